@@ -1,0 +1,16 @@
+//! flockd's core: the planning types, the seams to the outside world and the
+//! controller that drives one tick. Nothing here names wasmtime, WIT, AWS or
+//! GCP; those live in their own crates and convert at the edge.
+
+pub mod clock;
+pub mod decider;
+pub mod model;
+pub mod naming;
+pub mod provider;
+pub mod queue_source;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use decider::{Decider, Decision, PolicyRun};
+pub use model::*;
+pub use provider::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError};
+pub use queue_source::{QueueObservation, QueueSource, QueueState, SourceError, Worker};

@@ -1,0 +1,233 @@
+//! What a policy sees and what it returns: the snapshot and the plan.
+//!
+//! These mirror `wit/v0.1.0/policy.wit` field for field; the wasm runtime
+//! converts at its edge so nothing else in the host names a WIT type.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Unix time in milliseconds.
+pub type Millis = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Market {
+    Spot,
+    #[default]
+    OnDemand,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    Booting,
+    Running,
+    Stopping,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    Capacity,
+    Quota,
+    Auth,
+    BootTimeout,
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TerminationCause {
+    Idle,
+    BootTimeout,
+    Budget,
+    #[default]
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Queue {
+    pub name: String,
+    #[serde(default)]
+    pub pending: u32,
+    #[serde(default)]
+    pub oldest_wait_ms: u64,
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub external_idle_workers: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Resource {
+    pub name: String,
+    #[serde(default)]
+    pub queues: Vec<String>,
+    pub max_instances: u32,
+    #[serde(default)]
+    pub price_per_hour: f64,
+    #[serde(default)]
+    pub market: Market,
+    #[serde(default)]
+    pub last_boot_ok: Option<Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Instance {
+    pub id: String,
+    pub resource: String,
+    pub state: InstanceState,
+    #[serde(default)]
+    pub launched_at: Millis,
+    #[serde(default)]
+    pub worker: Option<String>,
+    #[serde(default)]
+    pub busy: bool,
+    #[serde(default)]
+    pub idle_since: Option<Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Failure {
+    pub resource: String,
+    pub kind: FailureKind,
+    pub at: Millis,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Budget {
+    pub max_instances: u32,
+    pub max_cost_per_hour: f64,
+    #[serde(default)]
+    pub cost_per_hour: f64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget { max_instances: u32::MAX, max_cost_per_hour: f64::INFINITY, cost_per_hour: 0.0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Snapshot {
+    pub now: Millis,
+    #[serde(default)]
+    pub queues: Vec<Queue>,
+    #[serde(default)]
+    pub resources: Vec<Resource>,
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+    #[serde(default)]
+    pub failures: Vec<Failure>,
+    #[serde(default)]
+    pub budget: Budget,
+}
+
+impl Snapshot {
+    /// A stable digest of the whole snapshot, recorded in the journal so a
+    /// decision can be tied to exactly what the policies saw.
+    pub fn digest(&self) -> String {
+        let bytes = serde_json::to_vec(self).expect("a snapshot always serializes");
+        hex::encode(&Sha256::digest(&bytes)[..12])
+    }
+
+    pub fn resource(&self, name: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+
+    pub fn instance(&self, id: &str) -> Option<&Instance> {
+        self.instances.iter().find(|i| i.id == id)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Launch {
+    pub resource: String,
+    pub count: u32,
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Termination {
+    pub instance: String,
+    #[serde(default)]
+    pub cause: TerminationCause,
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Plan {
+    #[serde(default)]
+    pub launches: Vec<Launch>,
+    #[serde(default)]
+    pub terminations: Vec<Termination>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.launches.is_empty() && self.terminations.is_empty()
+    }
+
+    /// Instances this plan asks for, per resource.
+    pub fn launch_count(&self, resource: &str) -> u32 {
+        self.launches.iter().filter(|l| l.resource == resource).map(|l| l.count).sum()
+    }
+
+    pub fn total_launches(&self) -> u32 {
+        self.launches.iter().map(|l| l.count).sum()
+    }
+
+    /// Checks what any plan must satisfy whatever policy produced it: known
+    /// resources and instances, no empty launches, no launch beyond its
+    /// resource's own cap. Limits *across* actions (global max, cost) are the
+    /// guardrails' job, not a validity question.
+    pub fn validate(&self, snapshot: &Snapshot) -> Result<(), String> {
+        for launch in &self.launches {
+            let Some(resource) = snapshot.resource(&launch.resource) else {
+                return Err(format!(
+                    "launch of {} × unknown resource {:?} (known: {})",
+                    launch.count,
+                    launch.resource,
+                    names(snapshot.resources.iter().map(|r| r.name.as_str()))
+                ));
+            };
+            if launch.count == 0 {
+                return Err(format!("launch of 0 × {:?}: drop the action instead", launch.resource));
+            }
+            if launch.count > resource.max_instances {
+                return Err(format!(
+                    "launch of {} × {:?} exceeds that resource's max-instances {}",
+                    launch.count, launch.resource, resource.max_instances
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.terminations {
+            if snapshot.instance(&t.instance).is_none() {
+                return Err(format!("termination of unknown instance {:?}", t.instance));
+            }
+            if !seen.insert(t.instance.as_str()) {
+                return Err(format!("instance {:?} terminated twice in one plan", t.instance));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<&str> = it.collect();
+    if v.is_empty() { "none".into() } else { v.join(", ") }
+}

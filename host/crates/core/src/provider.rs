@@ -1,0 +1,94 @@
+//! The cloud seam: launch, list what we own, terminate. Typed errors drive
+//! decisions (a capacity error makes the next snapshot steer policies to
+//! another resource), so providers must classify, not stringify.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{FailureKind, Millis};
+
+/// Everything a provider needs to start one machine. The resource's own
+/// provider settings (AMI, machine type, subnets, …) live in the provider,
+/// keyed by `resource`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LaunchRequest {
+    /// flockd's cluster id: every machine is tagged with it at creation.
+    pub cluster: String,
+    pub resource: String,
+    /// Queues its agent must serve (all queues of the resource).
+    pub queues: Vec<String>,
+    /// Unique per intended machine; a retried launch with the same key must
+    /// not start a second machine (EC2 ClientToken, GCE requestId).
+    pub idempotency_key: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloudState {
+    Pending,
+    Running,
+    Stopping,
+    Terminated,
+}
+
+/// A machine as the cloud reports it, found by flockd's cluster tag.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CloudInstance {
+    pub id: String,
+    pub resource: String,
+    pub state: CloudState,
+    /// Unix ms.
+    pub launched_at: Millis,
+    /// The idempotency key it was launched with, if the cloud kept it.
+    pub launch_key: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ProviderError {
+    #[error("no capacity: {0}")]
+    Capacity(String),
+    #[error("quota or limit reached: {0}")]
+    Quota(String),
+    #[error("throttled: {0}")]
+    Throttled(String),
+    #[error("not authorized: {0}")]
+    Auth(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ProviderError {
+    /// The failure a policy sees in the next snapshot.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            ProviderError::Capacity(_) => FailureKind::Capacity,
+            ProviderError::Quota(_) => FailureKind::Quota,
+            ProviderError::Auth(_) => FailureKind::Auth,
+            _ => FailureKind::Other,
+        }
+    }
+
+    /// Worth trying again soon with the same request.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ProviderError::Throttled(_) | ProviderError::Other(_))
+    }
+}
+
+#[async_trait]
+pub trait CloudProvider: Send + Sync {
+    /// Start one machine, tagged at creation with cluster, resource and launch
+    /// key, whose agent will register as
+    /// `naming::worker_id(cluster, resource, <its instance id>)`.
+    async fn launch(&self, request: &LaunchRequest) -> Result<CloudInstance, ProviderError>;
+
+    /// Every non-terminated machine carrying this cluster's tag. The cloud is
+    /// the source of truth: this is how a restarted flockd adopts its fleet.
+    async fn list(&self, cluster: &str) -> Result<Vec<CloudInstance>, ProviderError>;
+
+    /// Terminate a machine. Terminating one that is already gone is Ok.
+    async fn terminate(&self, instance_id: &str) -> Result<(), ProviderError>;
+}
