@@ -1,0 +1,337 @@
+//! Compiling policies once and calling them safely: a fresh instance per
+//! call, an epoch deadline, a memory cap, and no ambient capabilities.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use flockd_core::Plan;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::{self, PolicyBindings, PolicyBindingsPre, wit};
+
+/// One epoch tick. Deadlines are whole ticks, so this is their resolution.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// A policy that logs more than this in one call is cut off (its logs, not
+/// the call): a chatty plugin must not flood the host's log.
+const MAX_LOG_LINES_PER_CALL: usize = 64;
+const MAX_LOG_LINE_BYTES: usize = 2048;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CallLimits {
+    /// Wall-clock budget for instantiate + configure + decide.
+    pub timeout: Duration,
+    /// Cap on each linear memory and table of the instance.
+    pub memory_bytes: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits { timeout: Duration::from_millis(50), memory_bytes: 64 << 20 }
+    }
+}
+
+/// Why a component could not become a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("empty file (0 bytes): was it read mid-write? publish by writing elsewhere and renaming")]
+    Empty,
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    #[error("does not implement world flockd:policy/policy@0.1.0: {0}")]
+    WrongWorld(String),
+}
+
+/// Why one call of a policy failed. The chain logs it and passes the input
+/// plan on unchanged.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum CallError {
+    #[error("timed out after {0:?} (deadline exceeded)")]
+    Timeout(Duration),
+    #[error("memory limit of {} MiB exceeded", .0 >> 20)]
+    OutOfMemory(usize),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("rejected its settings: {0}")]
+    Settings(String),
+    #[error("returned an error: {0}")]
+    Declined(String),
+    #[error("returned an invalid plan: {0}")]
+    InvalidPlan(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// What one call produced besides its result.
+#[derive(Clone, Debug, Default)]
+pub struct CallReport {
+    pub logs: Vec<(LogLevel, String)>,
+    pub elapsed: Duration,
+}
+
+/// Shared by every policy: one wasmtime engine, one linker, one epoch ticker.
+pub struct PolicyEngine {
+    engine: Engine,
+    linker: Linker<CallState>,
+    limits: CallLimits,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl PolicyEngine {
+    pub fn new(limits: CallLimits) -> anyhow::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::<CallState>::new(&engine);
+        // Rust, Python and JS guests all import WASI through their standard
+        // libraries even when they never use it; they get a context with
+        // nothing in it (see `CallState::new`).
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        PolicyBindings::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop = ticker_stop.clone();
+        std::thread::Builder::new().name("flockd-epoch".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })?;
+        Ok(PolicyEngine { engine, linker, limits, ticker_stop })
+    }
+
+    pub fn limits(&self) -> CallLimits {
+        self.limits
+    }
+
+    /// Compiles and links a component against the policy world. CPU-heavy
+    /// (tens of ms for Rust, seconds for Python): never call it on an async
+    /// executor thread.
+    pub fn compile(&self, bytes: &[u8]) -> Result<CompiledPolicy, LoadError> {
+        if bytes.is_empty() {
+            return Err(LoadError::Empty);
+        }
+        let component = Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = PolicyBindingsPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        Ok(CompiledPolicy { pre })
+    }
+
+    /// One configure + decide on a fresh instance, under the deadline and the
+    /// memory cap. The instance is dropped afterwards: no state survives a
+    /// call, so a plan depends only on settings, snapshot and plan so far.
+    pub fn call(
+        &self,
+        policy: &CompiledPolicy,
+        settings_json: &str,
+        snapshot: &wit::Snapshot,
+        plan: &Plan,
+    ) -> (Result<Plan, CallError>, CallReport) {
+        let started = Instant::now();
+        let mut store = Store::new(&self.engine, CallState::new(self.limits.memory_bytes, snapshot.now));
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        store.epoch_deadline_trap();
+
+        let result = (|| {
+            let bindings: PolicyBindings = policy.pre.instantiate(&mut store).map_err(|e| self.classify(e))?;
+            bindings
+                .call_configure(&mut store, settings_json)
+                .map_err(|e| self.classify(e))?
+                .map_err(CallError::Settings)?;
+            let out = bindings
+                .call_decide(&mut store, snapshot, &bindings::plan_to_wit(plan))
+                .map_err(|e| self.classify(e))?
+                .map_err(CallError::Declined)?;
+            Ok(bindings::plan_from_wit(out))
+        })();
+        let report = CallReport { logs: std::mem::take(&mut store.data_mut().logs), elapsed: started.elapsed() };
+        (result, report)
+    }
+
+    /// Only `configure`, for checking settings before a policy goes live.
+    pub fn check_settings(&self, policy: &CompiledPolicy, settings_json: &str) -> Result<(), CallError> {
+        let mut store = Store::new(&self.engine, CallState::new(self.limits.memory_bytes, 0));
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        store.epoch_deadline_trap();
+        let bindings: PolicyBindings = policy.pre.instantiate(&mut store).map_err(|e| self.classify(e))?;
+        bindings.call_configure(&mut store, settings_json).map_err(|e| self.classify(e))?.map_err(CallError::Settings)
+    }
+
+    fn classify(&self, error: wasmtime::Error) -> CallError {
+        let text = format!("{error:#}");
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallError::Timeout(self.limits.timeout),
+            _ if text.contains("forcing a memory growth failure")
+                || text.contains("memory minimum size")
+                || text.contains("exceeds memory limits") =>
+            {
+                CallError::OutOfMemory(self.limits.memory_bytes)
+            }
+            Some(Trap::UnreachableCodeReached) => {
+                CallError::Trap(format!("unreachable code reached (the plugin panicked or aborted): {text}"))
+            }
+            _ => CallError::Trap(text),
+        }
+    }
+}
+
+impl Drop for PolicyEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+}
+
+/// A component compiled and linked against the policy world, ready to be
+/// instantiated cheaply any number of times.
+#[derive(Clone)]
+pub struct CompiledPolicy {
+    pre: PolicyBindingsPre<CallState>,
+}
+
+/// Per-call store data.
+pub(crate) struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    logs: Vec<(LogLevel, String)>,
+}
+
+impl CallState {
+    fn new(memory_bytes: usize, now_ms: u64) -> Self {
+        // No env, args, preopens, stdin or network; stdout/stderr discarded.
+        // Clocks are frozen at the snapshot's `now` and randomness is a fixed
+        // stream, so even a guest that reads them decides deterministically.
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(FrozenClock(now_ms))
+            .monotonic_clock(FrozenClock(now_ms))
+            .secure_random(FixedRandom::default())
+            .insecure_random(FixedRandom::default())
+            .insecure_random_seed(0)
+            .build();
+        CallState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_bytes)
+                .table_elements(1 << 20)
+                .trap_on_grow_failure(true)
+                .build(),
+            logs: Vec::new(),
+        }
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wit::Host for CallState {}
+
+impl bindings::flockd::policy::host::Host for CallState {
+    fn log(&mut self, level: wit::LogLevel, message: String) {
+        if self.logs.len() >= MAX_LOG_LINES_PER_CALL {
+            return;
+        }
+        let level = match level {
+            wit::LogLevel::Debug => LogLevel::Debug,
+            wit::LogLevel::Info => LogLevel::Info,
+            wit::LogLevel::Warn => LogLevel::Warn,
+            wit::LogLevel::Error => LogLevel::Error,
+        };
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE_BYTES {
+            let mut cut = MAX_LOG_LINE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        self.logs.push((level, message));
+    }
+}
+
+struct FrozenClock(u64);
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0)
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.0.saturating_mul(1_000_000)
+    }
+}
+
+/// A deterministic byte stream (xorshift) standing in for randomness.
+#[derive(Clone)]
+struct FixedRandom(u64);
+
+impl Default for FixedRandom {
+    fn default() -> Self {
+        FixedRandom(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+impl FixedRandom {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+impl rand10::TryRng for FixedRandom {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.next() as u32)
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.next())
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dest.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(())
+    }
+}

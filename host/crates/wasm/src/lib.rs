@@ -1,0 +1,18 @@
+//! flockd's policy runtime: WebAssembly components implementing
+//! `flockd:policy@0.1.0`, compiled once, called on a fresh instance under a
+//! deadline and a memory cap, chained, and hot-swapped.
+//!
+//! The rest of flockd sees a [`flockd_core::Decider`]; WIT and wasmtime
+//! types stay inside this crate.
+
+mod bindings;
+pub mod builtin;
+pub mod chain;
+pub mod engine;
+pub mod loader;
+pub mod reload;
+
+pub use chain::{Chain, LoadedPolicy, Origin, PolicyCounters, PolicyRuntime, ReloadEvent};
+pub use engine::{CallError, CallLimits, LoadError, PolicyEngine};
+pub use loader::{PolicySpec, load_chain};
+pub use reload::Reloader;
