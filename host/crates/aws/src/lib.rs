@@ -1,0 +1,338 @@
+//! flockd's EC2 provider. Every instance is tagged at creation (instance and
+//! volumes, in the RunInstances call itself), launched with the launch's
+//! idempotency key as ClientToken, requires IMDSv2, and is found again by
+//! its cluster tag. A capacity error moves the same launch to the next
+//! configured subnet; throttling is retried here with a bounded backoff; the
+//! SDK's own retry is off so a capacity error (an HTTP 500 from EC2) is never
+//! silently repeated.
+
+mod config;
+mod errors;
+mod run;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::config::retry::RetryConfig;
+use aws_sdk_ec2::config::timeout::TimeoutConfig;
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::types::{Filter, Instance, InstanceStateName};
+use aws_smithy_http_client::tls;
+use flockd_core::naming::tags;
+use flockd_core::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError};
+
+pub use config::{AwsCredentialRefs, AwsProviderConfig, AwsResourceConfig, Market, SecretRef};
+use errors::{Ec2Failure, classify};
+
+/// EC2 takes at most 16 KiB of user data (before base64).
+const MAX_USER_DATA: usize = 16 * 1024;
+const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(20);
+/// Every state but terminated: what `list` reports.
+const LIVE_STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
+
+pub struct AwsProvider {
+    client: Client,
+    resources: HashMap<String, AwsResourceConfig>,
+    startup_scripts: HashMap<String, String>,
+    throttle_retries: u32,
+    first_throttle_wait: Duration,
+    list_page_size: i32,
+}
+
+impl AwsProvider {
+    /// Builds the EC2 client. Credentials come from `config.credentials`
+    /// (resolved now, so a missing file fails at start-up) or else from AWS's
+    /// standard chain. Each resource's settings are checked here.
+    pub async fn new(
+        config: &AwsProviderConfig,
+        resources: HashMap<String, AwsResourceConfig>,
+    ) -> Result<Self, ProviderError> {
+        for (name, resource) in &resources {
+            resource
+                .validate(name)
+                .map_err(ProviderError::InvalidRequest)?;
+        }
+        if !(5..=1000).contains(&config.list_page_size) {
+            return Err(ProviderError::InvalidRequest(format!(
+                "[providers.aws] list-page-size must be between 5 and 1000, got {}",
+                config.list_page_size
+            )));
+        }
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .http_client(http_client)
+            // One attempt per call: throttling is retried by `retrying_throttles`,
+            // capacity errors move to the next subnet, nothing else repeats.
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let Some(url) = &config.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(refs) = &config.credentials {
+            let session_token = match &refs.session_token {
+                Some(token) => Some(token.resolve("[providers.aws.credentials] session-token")?),
+                None => None,
+            };
+            loader = loader.credentials_provider(Credentials::new(
+                refs.access_key_id
+                    .resolve("[providers.aws.credentials] access-key-id")?,
+                refs.secret_access_key
+                    .resolve("[providers.aws.credentials] secret-access-key")?,
+                session_token,
+                None,
+                "flockd-config",
+            ));
+        }
+        let sdk_config = loader.load().await;
+        Ok(AwsProvider {
+            client: Client::new(&sdk_config),
+            resources,
+            startup_scripts: HashMap::new(),
+            throttle_retries: config.throttle_retries,
+            first_throttle_wait: Duration::from_millis(config.throttle_backoff_ms),
+            list_page_size: config.list_page_size,
+        })
+    }
+
+    /// Start-up scripts (user data) by resource name. Scripts for resources
+    /// this provider does not have are ignored.
+    pub fn with_startup_scripts(
+        mut self,
+        scripts: HashMap<String, String>,
+    ) -> Result<Self, ProviderError> {
+        if let Some((resource, script)) = scripts.iter().find(|(_, s)| s.len() > MAX_USER_DATA) {
+            return Err(ProviderError::InvalidRequest(format!(
+                "the start-up script of resource {resource:?} is {} bytes; EC2 user data holds at most {MAX_USER_DATA}",
+                script.len()
+            )));
+        }
+        self.startup_scripts = scripts;
+        Ok(self)
+    }
+
+    /// Runs `call`, and again after a growing wait while EC2 throttles it
+    /// (at most `throttle_retries` more times).
+    async fn retrying_throttles<T, F, Fut>(
+        &self,
+        operation: &str,
+        mut call: F,
+    ) -> Result<T, Ec2Failure>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Ec2Failure>>,
+    {
+        let mut wait = self.first_throttle_wait;
+        let mut retries = 0;
+        loop {
+            match call().await {
+                Err(failure)
+                    if matches!(failure.error, ProviderError::Throttled(_))
+                        && retries < self.throttle_retries =>
+                {
+                    retries += 1;
+                    tracing::warn!(
+                        operation,
+                        retry = retries,
+                        ?wait,
+                        "EC2 throttled the call; backing off"
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_THROTTLE_WAIT);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Instances of this cluster launched with `launch_key`, in any state.
+    async fn find_launched(
+        &self,
+        cluster: &str,
+        launch_key: &str,
+    ) -> Result<Option<CloudInstance>, ProviderError> {
+        let filters = vec![
+            tag_filter(tags::CLUSTER, cluster),
+            tag_filter(tags::LAUNCH_KEY, launch_key),
+        ];
+        Ok(self.describe(filters).await?.into_iter().next())
+    }
+
+    /// Every page of DescribeInstances for these filters.
+    async fn describe(&self, filters: Vec<Filter>) -> Result<Vec<CloudInstance>, ProviderError> {
+        let mut found = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let page = self
+                .retrying_throttles("DescribeInstances", || {
+                    let call = self
+                        .client
+                        .describe_instances()
+                        .set_filters(Some(filters.clone()))
+                        .max_results(self.list_page_size)
+                        .set_next_token(next_token.clone());
+                    async move {
+                        call.send()
+                            .await
+                            .map_err(|e| classify("DescribeInstances", e))
+                    }
+                })
+                .await
+                .map_err(|f| f.error)?;
+            for reservation in page.reservations() {
+                found.extend(reservation.instances().iter().filter_map(cloud_instance));
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
+                _ => return Ok(found),
+            }
+        }
+    }
+}
+
+fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
+}
+
+fn tag_value<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> {
+    instance
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+/// None for an instance without an id (EC2 always sends one).
+pub(crate) fn cloud_instance(instance: &Instance) -> Option<CloudInstance> {
+    let state = match instance.state().and_then(|s| s.name()) {
+        Some(InstanceStateName::Running) => CloudState::Running,
+        Some(InstanceStateName::Terminated) => CloudState::Terminated,
+        // A stopped instance runs no agent; flockd treats it as on its way out.
+        Some(
+            InstanceStateName::ShuttingDown
+            | InstanceStateName::Stopping
+            | InstanceStateName::Stopped,
+        ) => CloudState::Stopping,
+        _ => CloudState::Pending,
+    };
+    Some(CloudInstance {
+        id: instance.instance_id()?.to_owned(),
+        resource: tag_value(instance, tags::RESOURCE)
+            .unwrap_or_default()
+            .to_owned(),
+        state,
+        launched_at: instance
+            .launch_time()
+            .and_then(|t| t.to_millis().ok())
+            .map_or(0, |ms| ms.max(0) as u64),
+        launch_key: tag_value(instance, tags::LAUNCH_KEY).map(str::to_owned),
+    })
+}
+
+#[async_trait]
+impl CloudProvider for AwsProvider {
+    async fn launch(&self, request: &LaunchRequest) -> Result<CloudInstance, ProviderError> {
+        let resource = self.resources.get(&request.resource).ok_or_else(|| {
+            let mut known: Vec<&str> = self.resources.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            ProviderError::InvalidRequest(format!(
+                "resource {:?} has no [providers.aws.resources] settings (configured: {known:?})",
+                request.resource
+            ))
+        })?;
+        let spec = run::RunSpec::new(
+            request,
+            resource,
+            self.startup_scripts.get(&request.resource),
+        )?;
+
+        let subnets: Vec<Option<&str>> = if resource.subnets.is_empty() {
+            vec![None]
+        } else {
+            resource.subnets.iter().map(|s| Some(s.as_str())).collect()
+        };
+        let mut no_capacity = Vec::new();
+        for subnet in subnets {
+            let attempt = self
+                .retrying_throttles("RunInstances", || {
+                    spec.call(&self.client, subnet).send_classified()
+                })
+                .await;
+            match attempt {
+                Ok(instance) => {
+                    tracing::info!(instance = %instance.id, resource = %request.resource, subnet, "launched EC2 instance");
+                    return Ok(instance);
+                }
+                Err(Ec2Failure {
+                    error: ProviderError::Capacity(reason),
+                    ..
+                }) => {
+                    tracing::warn!(resource = %request.resource, subnet, %reason, "no capacity; trying the next subnet");
+                    no_capacity.push(format!("{}: {reason}", subnet.unwrap_or("default subnet")));
+                }
+                // The key was used before with other parameters: another
+                // subnet, in an earlier try of this same launch.
+                Err(failure) if failure.code.as_deref() == Some("IdempotentParameterMismatch") => {
+                    return match self
+                        .find_launched(&request.cluster, &request.idempotency_key)
+                        .await?
+                    {
+                        Some(instance) => Ok(instance),
+                        None => Err(failure.error),
+                    };
+                }
+                Err(failure) => return Err(failure.error),
+            }
+        }
+        Err(ProviderError::Capacity(format!(
+            "resource {:?}: no capacity in any subnet ({})",
+            request.resource,
+            no_capacity.join("; ")
+        )))
+    }
+
+    async fn list(&self, cluster: &str) -> Result<Vec<CloudInstance>, ProviderError> {
+        let live = Filter::builder()
+            .name("instance-state-name")
+            .set_values(Some(LIVE_STATES.map(String::from).to_vec()))
+            .build();
+        self.describe(vec![tag_filter(tags::CLUSTER, cluster), live])
+            .await
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), ProviderError> {
+        let result = self
+            .retrying_throttles("TerminateInstances", || {
+                let call = self.client.terminate_instances().instance_ids(instance_id);
+                async move {
+                    call.send()
+                        .await
+                        .map_err(|e| classify("TerminateInstances", e))
+                }
+            })
+            .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(instance = instance_id, "terminating EC2 instance");
+                Ok(())
+            }
+            Err(failure) if failure.code.as_deref() == Some("InvalidInstanceID.NotFound") => Ok(()),
+            Err(failure) => Err(failure.error),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The `[providers.local]` section of flockd's config and its per-resource
+//! part.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Provider-level settings.
+///
+/// ```toml
+/// state-dir = "/var/lib/flockd/local"
+/// terminate-grace-ms = 10000
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LocalProviderConfig {
+    /// Directory holding one record per running machine (`<instance-id>.json`)
+    /// and its output (`<instance-id>.log`). Required; created if missing.
+    /// A restarted flockd adopts the live machines recorded here, so keep it
+    /// on persistent storage and use one directory per flockd.
+    pub state_dir: PathBuf,
+    /// How long terminate waits after SIGTERM to the machine's process group
+    /// before sending SIGKILL, in milliseconds. Default: 10000 (10 s).
+    #[serde(default = "default_terminate_grace_ms")]
+    pub terminate_grace_ms: u64,
+}
+
+fn default_terminate_grace_ms() -> u64 {
+    10_000
+}
+
+/// What one resource runs: a "machine" is one process (and its process
+/// group) started from this command.
+///
+/// The process also gets these environment variables, which override `env`:
+/// `CLEARML_WORKER_ID` (the worker id its agent must register with),
+/// `FLOCKD_CLUSTER`, `FLOCKD_RESOURCE`, `FLOCKD_INSTANCE_ID` and
+/// `FLOCKD_QUEUES` (the queues to serve, separated by spaces).
+///
+/// ```toml
+/// command = "clearml-agent"
+/// args = ["daemon", "--queue", "cpu", "--foreground"]
+/// env = { CLEARML_API_HOST = "http://127.0.0.1:8008" }
+/// working-dir = "/srv/agent"
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LocalResourceConfig {
+    /// Program to run, looked up in `PATH` unless it contains a `/`. Required.
+    /// It should not daemonize: when it exits, the machine counts as gone.
+    pub command: String,
+    /// Arguments, passed as they are (no shell). Default: none.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment variables, added to flockd's own environment.
+    /// Default: none.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the process. Default: the state directory.
+    #[serde(default)]
+    pub working_dir: Option<PathBuf>,
+}
