@@ -46,6 +46,7 @@ pub use logging::{debug, error, info, log, warn};
 ///
 /// Authors rarely need this module: the record types are re-exported at the
 /// crate root and [`export_policy!`] implements the world's exports.
+#[allow(clippy::too_many_arguments)] // generated lowering code, not ours
 pub mod bindings {
     wit_bindgen::generate!({
         world: "policy",
