@@ -1,0 +1,97 @@
+//! ClearML as flockd's queue source: two calls per observation whatever
+//! the number of queues (one `queues.get_all` with entries, one
+//! `workers.get_all`), issued concurrently.
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use flockd_core::{QueueObservation, QueueSource, QueueState, SourceError, Worker};
+
+use super::{ClearmlClient, ClearmlError, QueueInfo, WorkerInfo};
+
+impl From<ClearmlError> for SourceError {
+    fn from(e: ClearmlError) -> Self {
+        match &e {
+            ClearmlError::Api { code: 401, .. } | ClearmlError::Secret(_) => SourceError::Auth(e.to_string()),
+            ClearmlError::Api { code: 500.., .. } | ClearmlError::Transport { .. } => {
+                SourceError::Unreachable(e.to_string())
+            }
+            ClearmlError::MissingQueues(names) => SourceError::NoSuchQueue(names.join(", ")),
+            _ => SourceError::Other(e.to_string()),
+        }
+    }
+}
+
+#[async_trait]
+impl QueueSource for ClearmlClient {
+    async fn observe(&self, queues: &[String]) -> Result<QueueObservation, SourceError> {
+        let (found, workers) = tokio::try_join!(self.queues_by_name(queues), self.workers())?;
+        let now = Utc::now().timestamp_millis();
+        let mut states = Vec::with_capacity(queues.len());
+        for name in queues {
+            let queue = found.iter().find(|q| &q.name == name).ok_or_else(|| SourceError::NoSuchQueue(name.clone()))?;
+            states.push(queue_state(queue, now));
+        }
+        Ok(QueueObservation { queues: states, workers: workers.iter().map(to_worker).collect() })
+    }
+
+    async fn workers(&self) -> Result<Vec<Worker>, SourceError> {
+        Ok(ClearmlClient::workers(self).await?.iter().map(to_worker).collect())
+    }
+
+    async fn unregister_worker(&self, worker_id: &str) -> Result<(), SourceError> {
+        Ok(ClearmlClient::unregister_worker(self, worker_id).await?)
+    }
+}
+
+fn queue_state(queue: &QueueInfo, now_ms: i64) -> QueueState {
+    let oldest = queue.entries.iter().filter_map(|e| e.added.as_deref().and_then(parse_time)).min();
+    QueueState {
+        name: queue.name.clone(),
+        pending: queue.entries.len() as u32,
+        oldest_wait_ms: oldest.map_or(0, |added| (now_ms - added).max(0) as u64),
+    }
+}
+
+fn to_worker(worker: &WorkerInfo) -> Worker {
+    Worker {
+        id: worker.id.clone(),
+        queues: worker.queues.iter().map(|q| q.name.clone().unwrap_or_else(|| q.id.clone())).collect(),
+        task: worker.task.as_ref().filter(|t| !t.id.is_empty()).map(|t| t.id.clone()),
+        registered_at: worker.register_time.as_deref().and_then(parse_time).map(|ms| ms.max(0) as u64),
+    }
+}
+
+/// Unix ms of a ClearML timestamp; the server writes RFC 3339, older ones
+/// a naive UTC time.
+pub(crate) fn parse_time(text: &str) -> Option<i64> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.timestamp_millis());
+    }
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|t| t.and_utc().timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_timestamp_shapes() {
+        assert_eq!(parse_time("1970-01-01T00:00:01.500+00:00"), Some(1500));
+        assert_eq!(parse_time("1970-01-01T00:00:02.250000"), Some(2250));
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn worker_without_task_is_idle_and_empty_task_object_counts_as_none() {
+        let idle: WorkerInfo = serde_json::from_str(r#"{"id":"w","task":null,"queues":null}"#).unwrap();
+        assert_eq!(to_worker(&idle).task, None);
+        let empty: WorkerInfo = serde_json::from_str(r#"{"id":"w","task":{},"extra":1}"#).unwrap();
+        assert_eq!(to_worker(&empty).task, None);
+        let busy: WorkerInfo = serde_json::from_str(
+            r#"{"id":"w","task":{"id":"t1"},"queues":[{"id":"q1","name":"gpu"}],"register_time":"1970-01-01T00:00:03+00:00"}"#,
+        )
+        .unwrap();
+        let busy = to_worker(&busy);
+        assert_eq!((busy.task.as_deref(), busy.queues, busy.registered_at), (Some("t1"), vec!["gpu".to_string()], Some(3000)));
+    }
+}

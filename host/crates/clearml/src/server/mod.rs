@@ -1,0 +1,325 @@
+//! A ClearML-compatible API server: enough of the real one for the `clearml`
+//! SDK, `clearml-agent` and flockd's own client to create, enqueue, pull and
+//! finish tasks and to register workers. It backs `flockd dev` and the tests.
+//!
+//! State lives in memory; with `persist_path` queues, tasks and projects are
+//! also written (temp file + rename) after every change, so a restart keeps
+//! them. Workers are not persisted: live agents re-register on their next
+//! report.
+
+mod handlers;
+mod http;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::secret::Secret;
+use handlers::{Call, dispatch};
+use store::{Store, now_ms, write_atomically};
+
+/// How to run the compatible server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where to listen; port 0 picks a free one (see [`RunningServer::addr`]).
+    pub listen: SocketAddr,
+    /// The one credential pair `auth.login` accepts.
+    pub access_key: String,
+    pub secret_key: Secret,
+    /// JSON file keeping queues, tasks and projects across restarts.
+    pub persist_path: Option<PathBuf>,
+    /// Seconds of silence after which a worker is dropped (the real server's default is 600).
+    pub register_timeout_secs: u64,
+}
+
+impl ServerConfig {
+    pub fn new(listen: SocketAddr, access_key: impl Into<String>, secret_key: Secret) -> Self {
+        ServerConfig {
+            listen,
+            access_key: access_key.into(),
+            secret_key,
+            persist_path: None,
+            register_timeout_secs: 600,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    store: Mutex<Store>,
+    access_key: String,
+    secret_key: Secret,
+    /// Derived from the secret key so tokens survive a restart.
+    signing_key: Mutex<Vec<u8>>,
+    register_timeout: u64,
+    state_changed: Notify,
+}
+
+impl Shared {
+    fn signing_key(&self) -> Vec<u8> {
+        self.signing_key.lock().expect("signing key lock poisoned").clone()
+    }
+}
+
+pub struct ClearmlServer;
+
+impl ClearmlServer {
+    /// Binds, loads persisted state if any, and serves until
+    /// [`RunningServer::shutdown`].
+    pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+        let store = match &config.persist_path {
+            Some(path) => Store::load(path)?,
+            None => Store::default(),
+        };
+        let signing_key = Sha256::new()
+            .chain_update(b"flockd-clearml-token\0")
+            .chain_update(config.access_key.as_bytes())
+            .chain_update(b"\0")
+            .chain_update(config.secret_key.expose().as_bytes())
+            .finalize()
+            .to_vec();
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            access_key: config.access_key.clone(),
+            secret_key: config.secret_key.clone(),
+            signing_key: Mutex::new(signing_key),
+            register_timeout: config.register_timeout_secs,
+            state_changed: Notify::new(),
+        });
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} for the ClearML server", config.listen))?;
+        let addr = listener.local_addr()?;
+
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let app = axum::Router::new().fallback(http::handle).with_state(shared.clone());
+        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            });
+        let server_task = tokio::spawn(async move { serve.await.context("ClearML server stopped with an error") });
+        let saver_task = config.persist_path.clone().map(|path| tokio::spawn(save_on_change(shared.clone(), path)));
+        tracing::info!(%addr, "ClearML-compatible server listening");
+        Ok(RunningServer {
+            addr,
+            handle: ServerHandle { shared },
+            stop_tx: Some(stop_tx),
+            server_task: Some(server_task),
+            saver_task,
+            persist_path: config.persist_path,
+        })
+    }
+}
+
+/// Writes the state file after changes; a burst of changes coalesces into
+/// one write because `Notify` keeps at most one pending permit.
+async fn save_on_change(shared: Arc<Shared>, path: PathBuf) {
+    loop {
+        shared.state_changed.notified().await;
+        if let Err(e) = save(&shared, &path).await {
+            tracing::error!(path = %path.display(), error = %e, "cannot save ClearML server state");
+        }
+    }
+}
+
+async fn save(shared: &Shared, path: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = {
+        let store = shared.store.lock().expect("store lock poisoned");
+        serde_json::to_vec_pretty(&*store)?
+    };
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || write_atomically(&path, &bytes)).await??;
+    Ok(())
+}
+
+/// A server that is serving. Dropping it stops the listener without the final
+/// state flush; call [`RunningServer::shutdown`] to stop cleanly.
+pub struct RunningServer {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    stop_tx: Option<oneshot::Sender<()>>,
+    server_task: Option<JoinHandle<anyhow::Result<()>>>,
+    saver_task: Option<JoinHandle<()>>,
+    persist_path: Option<PathBuf>,
+}
+
+impl RunningServer {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, what clients use as their api host.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// In-process access to the server's state (for `flockd dev` and tests).
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, then writes the
+    /// state file one last time.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop_tx.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.server_task.take() {
+            task.await??;
+        }
+        if let Some(saver) = self.saver_task.take() {
+            saver.abort();
+        }
+        if let Some(path) = &self.persist_path {
+            save(&self.handle.shared, path).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop_tx.take() {
+            let _ = stop.send(());
+        }
+        if let Some(saver) = self.saver_task.take() {
+            saver.abort();
+        }
+    }
+}
+
+/// A task as the in-process API reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskSummary {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    /// The queue id it was last enqueued to.
+    pub queue: Option<String>,
+}
+
+/// A worker as the in-process API reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerSummary {
+    pub id: String,
+    /// Queue names (or ids, for queues that do not exist).
+    pub queues: Vec<String>,
+    pub task: Option<String>,
+}
+
+/// Calls the server's own endpoints in process: same rules, no HTTP, no auth.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Runs one endpoint (e.g. `"queues.create"`) with a JSON object body and
+    /// returns its `data`, or the error message the API would answer.
+    pub fn call(&self, endpoint: &str, body: Value) -> anyhow::Result<Value> {
+        let body: Map<String, Value> = match body {
+            Value::Object(map) => map,
+            Value::Null => Map::new(),
+            other => anyhow::bail!("{endpoint}: body must be a JSON object, got {other}"),
+        };
+        let mut store = self.shared.store.lock().expect("store lock poisoned");
+        let mut call = Call {
+            store: &mut store,
+            body: &body,
+            now: now_ms(),
+            register_timeout: self.shared.register_timeout,
+            ip: "127.0.0.1".into(),
+            changed: false,
+        };
+        let reply = dispatch(endpoint, &mut call).ok_or_else(|| anyhow::anyhow!("unknown endpoint {endpoint}"))?;
+        let changed = call.changed;
+        drop(store);
+        if changed {
+            self.shared.state_changed.notify_one();
+        }
+        reply.map_err(|e| anyhow::anyhow!("{endpoint} failed ({}/{}): {}", e.code, e.subcode, e.msg))
+    }
+
+    /// Creates a queue and returns its id.
+    pub fn create_queue(&self, name: &str) -> anyhow::Result<String> {
+        let data = self.call("queues.create", json!({ "name": name }))?;
+        Ok(data["id"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// The id of the queue named `name`, if it exists.
+    pub fn queue_id(&self, name: &str) -> Option<String> {
+        let store = self.shared.store.lock().expect("store lock poisoned");
+        store.queue_by_name(name).map(|q| q.id.clone())
+    }
+
+    /// Creates a task (status `created`) and returns its id.
+    pub fn create_task(&self, name: &str) -> anyhow::Result<String> {
+        let data = self.call("tasks.create", json!({ "name": name, "type": "training" }))?;
+        Ok(data["id"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Enqueues a task by queue name (the queue is created if missing).
+    pub fn enqueue(&self, task_id: &str, queue_name: &str) -> anyhow::Result<()> {
+        self.call("tasks.enqueue", json!({ "task": task_id, "queue_name": queue_name }))?;
+        Ok(())
+    }
+
+    /// Invalidates every token issued so far: clients must log in again.
+    pub fn revoke_tokens(&self) {
+        *self.shared.signing_key.lock().expect("signing key lock poisoned") = rand::random::<[u8; 32]>().to_vec();
+    }
+
+    /// Number of entries in the named queue, None if there is no such queue.
+    pub fn queue_depth(&self, name: &str) -> Option<usize> {
+        let store = self.shared.store.lock().expect("store lock poisoned");
+        store.queue_by_name(name).map(|q| q.entries.len())
+    }
+
+    pub fn tasks(&self) -> Vec<TaskSummary> {
+        let store = self.shared.store.lock().expect("store lock poisoned");
+        let text = |t: &Map<String, Value>, k: &str| t.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        store
+            .tasks
+            .values()
+            .map(|t| TaskSummary {
+                id: text(t, "id"),
+                name: text(t, "name"),
+                status: text(t, "status"),
+                queue: t
+                    .get("execution")
+                    .and_then(|e| e.get("queue"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            })
+            .collect()
+    }
+
+    pub fn task(&self, id: &str) -> Option<TaskSummary> {
+        self.tasks().into_iter().find(|t| t.id == id)
+    }
+
+    /// Live workers (the register-timeout sweep applied).
+    pub fn workers(&self) -> Vec<WorkerSummary> {
+        let mut store = self.shared.store.lock().expect("store lock poisoned");
+        store.sweep_workers(now_ms());
+        store
+            .workers
+            .values()
+            .map(|w| WorkerSummary {
+                id: w.id.clone(),
+                queues: w
+                    .queues
+                    .iter()
+                    .map(|q| store.queues.get(q).map_or(q.clone(), |q| q.name.clone()))
+                    .collect(),
+                task: w.task.clone(),
+            })
+            .collect()
+    }
+}
