@@ -3,14 +3,22 @@
 //! GCP; those live in their own crates and convert at the edge.
 
 pub mod clock;
+pub mod controller;
 pub mod decider;
+pub mod guardrails;
+pub mod journal;
 pub mod model;
 pub mod naming;
 pub mod provider;
 pub mod queue_source;
+pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use controller::{Controller, ControllerConfig, QueueSpec, ResourceSpec, Seams};
 pub use decider::{Decider, Decision, PolicyRun};
+pub use guardrails::HardLimits;
+pub use journal::{Action, Outcome, TickRecord};
 pub use model::*;
 pub use provider::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError};
 pub use queue_source::{QueueObservation, QueueSource, QueueState, SourceError, Worker};
+pub use store::{HostState, JournalQuery, MemoryStore, StateStore};

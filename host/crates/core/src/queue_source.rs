@@ -55,4 +55,10 @@ pub trait QueueSource: Send + Sync {
     /// Forget a worker whose machine is gone so it stops counting as
     /// capacity. Sources that cannot do this return Ok.
     async fn unregister_worker(&self, worker_id: &str) -> Result<(), SourceError>;
+
+    /// Every worker, fresh: the last look before terminating a machine.
+    /// Sources with a cheaper call than a full observation override it.
+    async fn workers(&self) -> Result<Vec<Worker>, SourceError> {
+        Ok(self.observe(&[]).await?.workers)
+    }
 }

@@ -1,0 +1,566 @@
+//! One tick: observe → snapshot → decide → guardrails → act → record.
+//!
+//! The controller owns no truth about what exists: every tick lists the
+//! cloud by flockd's cluster tag and adopts what it finds, so a crash, a
+//! restart or a lost response can never leave a machine untracked. What
+//! the cloud cannot tell (idle timers, failure history) is in the store.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tracing::Instrument;
+use sha2::{Digest, Sha256};
+
+use crate::clock::Clock;
+use crate::decider::Decider;
+use crate::guardrails::{self, HardLimits};
+use crate::journal::{Action, Outcome, QueueLine, TickRecord};
+use crate::model::*;
+use crate::naming;
+use crate::provider::{CloudInstance, CloudProvider, CloudState, LaunchRequest};
+use crate::queue_source::{QueueObservation, QueueSource, Worker};
+use crate::store::{HostState, RecentLaunch, StateStore};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueSpec {
+    pub name: String,
+    /// Resources that serve it, most preferred first.
+    pub resources: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResourceSpec {
+    pub name: String,
+    /// Key into the controller's providers.
+    pub provider: String,
+    pub max_instances: u32,
+    pub price_per_hour: f64,
+    pub market: Market,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControllerConfig {
+    /// Tags every machine; two flockds with different ids never touch each
+    /// other's machines.
+    pub cluster: String,
+    pub queues: Vec<QueueSpec>,
+    pub resources: Vec<ResourceSpec>,
+    pub limits: HardLimits,
+    /// Each observation (queue source, each provider's list) must answer
+    /// within this, or the tick decides nothing.
+    pub observe_timeout: Duration,
+    /// How long launch and boot failures stay in the snapshot.
+    pub failure_retention: Duration,
+    /// Launches in flight at once.
+    pub launch_concurrency: usize,
+    /// A launched instance the cloud does not list yet counts as booting
+    /// for this long (cloud listings are eventually consistent).
+    pub launch_visibility_grace: Duration,
+    /// After this long, a termination we asked for and the cloud has not
+    /// carried out is asked for again.
+    pub termination_retry: Duration,
+    /// Terminations are dropped when the observation is older than this by
+    /// the time the plan is ready.
+    pub max_observation_age: Duration,
+    /// Record plans, act on nothing.
+    pub dry_run: bool,
+}
+
+impl ControllerConfig {
+    pub fn new(cluster: &str, queues: Vec<QueueSpec>, resources: Vec<ResourceSpec>, limits: HardLimits) -> Self {
+        ControllerConfig {
+            cluster: cluster.into(),
+            queues,
+            resources,
+            limits,
+            observe_timeout: Duration::from_secs(10),
+            failure_retention: Duration::from_secs(3600),
+            launch_concurrency: 8,
+            launch_visibility_grace: Duration::from_secs(180),
+            termination_retry: Duration::from_secs(300),
+            max_observation_age: Duration::from_secs(30),
+            dry_run: false,
+        }
+    }
+
+    /// Every queue a resource serves: those that list it.
+    fn queues_of(&self, resource: &str) -> Vec<String> {
+        self.queues.iter().filter(|q| q.resources.iter().any(|r| r == resource)).map(|q| q.name.clone()).collect()
+    }
+}
+
+/// Everything a tick reads from outside, bundled.
+pub struct Seams {
+    pub source: Arc<dyn QueueSource>,
+    /// Provider name → provider.
+    pub providers: BTreeMap<String, Arc<dyn CloudProvider>>,
+    pub decider: Arc<dyn Decider>,
+    pub store: Arc<dyn StateStore>,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub struct Controller {
+    config: ControllerConfig,
+    seams: Seams,
+    state: tokio::sync::Mutex<HostState>,
+    last: Mutex<Option<(Arc<Snapshot>, Arc<TickRecord>)>>,
+    ready: AtomicBool,
+}
+
+/// What the observation produced, before policies see it.
+struct Observed {
+    queues: QueueObservation,
+    instances: Vec<CloudInstance>,
+}
+
+impl Controller {
+    pub fn new(config: ControllerConfig, seams: Seams) -> anyhow::Result<Self> {
+        for r in &config.resources {
+            anyhow::ensure!(
+                seams.providers.contains_key(&r.provider),
+                "resource {:?} uses provider {:?}, which is not configured (configured: {})",
+                r.name,
+                r.provider,
+                seams.providers.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        for q in &config.queues {
+            for r in &q.resources {
+                anyhow::ensure!(
+                    config.resources.iter().any(|x| &x.name == r),
+                    "queue {:?} lists resource {r:?}, which is not configured",
+                    q.name
+                );
+            }
+        }
+        let state = seams.store.load()?;
+        Ok(Controller { config, seams, state: tokio::sync::Mutex::new(state), last: Mutex::new(None), ready: AtomicBool::new(false) })
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.seams.store
+    }
+
+    /// True once a tick has observed successfully.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The last tick's snapshot (if it observed) and record.
+    pub fn last(&self) -> Option<(Arc<Snapshot>, Arc<TickRecord>)> {
+        self.last.lock().unwrap().clone()
+    }
+
+    pub async fn host_state(&self) -> HostState {
+        self.state.lock().await.clone()
+    }
+
+    /// Ticks every `interval` until `shutdown` resolves. A tick is never cut
+    /// short: shutdown waits for cloud calls in flight, then state is saved.
+    pub async fn run(&self, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let started = tokio::time::Instant::now();
+            self.tick().await;
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep_until(started + interval) => {}
+            }
+        }
+    }
+
+    pub async fn tick(&self) -> Arc<TickRecord> {
+        let mut state = self.state.lock().await;
+        state.tick += 1;
+        let span = tracing::info_span!("tick", tick = state.tick);
+        self.tick_locked(&mut state).instrument(span).await
+    }
+
+    async fn tick_locked(&self, state: &mut HostState) -> Arc<TickRecord> {
+        let started = Instant::now();
+        let now = self.seams.clock.now();
+        let mut record = TickRecord {
+            tick: state.tick,
+            at: now,
+            snapshot_digest: None,
+            observation_error: None,
+            queues: Vec::new(),
+            plan: Plan::default(),
+            policies: Vec::new(),
+            clamps: Vec::new(),
+            actions: Vec::new(),
+            dry_run: self.config.dry_run,
+            unregistered: Vec::new(),
+            micros: 0,
+        };
+        let snapshot = match self.observe().await {
+            Err(e) => {
+                tracing::warn!("observation failed, deciding nothing this tick: {e}");
+                record.observation_error = Some(e);
+                None
+            }
+            Ok(observed) => Some(self.build_snapshot(state, observed, now, &mut record).await),
+        };
+        let snapshot_arc = snapshot.map(Arc::new);
+        if let Some(snapshot) = &snapshot_arc {
+            self.ready.store(true, Ordering::Relaxed);
+            record.snapshot_digest = Some(snapshot.digest());
+            record.queues = snapshot.queues.iter().map(|q| QueueLine { name: q.name.clone(), pending: q.pending }).collect();
+
+            let decider = self.seams.decider.clone();
+            let input = snapshot.clone();
+            let decision = match tokio::task::spawn_blocking(move || decider.decide(&input)).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!("the policy chain panicked; acting on nothing this tick: {e}");
+                    Default::default()
+                }
+            };
+            record.plan = decision.plan.clone();
+            record.policies = decision.runs;
+
+            // A slow decision makes the observation stale: launches may still
+            // go (limits are re-checked against the same counts), but nothing
+            // is terminated on an old picture.
+            let age = Duration::from_millis(self.seams.clock.now().saturating_sub(now));
+            let fresh = age <= self.config.max_observation_age;
+            let clamped = guardrails::clamp(&decision.plan, snapshot, &self.config.limits, fresh);
+            for c in &clamped.clamps {
+                tracing::info!("guardrail: {c}");
+            }
+            record.clamps = clamped.clamps;
+            self.act(state, snapshot, &clamped.plan, now, &mut record).await;
+        }
+
+        record.micros = started.elapsed().as_micros() as u64;
+        if let Err(e) = self.seams.store.save(state) {
+            tracing::error!("could not save host state: {e:#}");
+        }
+        if let Err(e) = self.seams.store.append(&record) {
+            tracing::error!("could not append to the journal: {e:#}");
+        }
+        tracing::info!(
+            launched = record.launched(),
+            terminated = record.terminated(),
+            clamps = record.clamps.len(),
+            micros = record.micros,
+            "tick done"
+        );
+        let record = Arc::new(record);
+        let mut last = self.last.lock().unwrap();
+        *last = match (snapshot_arc, last.take()) {
+            (Some(s), _) => Some((s, record.clone())),
+            (None, Some((s, _))) => Some((s, record.clone())),
+            (None, None) => None,
+        };
+        record
+    }
+
+    /// Queue source and every provider in parallel, each under the timeout.
+    /// Any failure fails the whole observation: half a picture is how busy
+    /// machines get killed and fleets over-launched.
+    async fn observe(&self) -> Result<Observed, String> {
+        let timeout = self.config.observe_timeout;
+        let names: Vec<String> = self.config.queues.iter().map(|q| q.name.clone()).collect();
+        let queues = async {
+            match tokio::time::timeout(timeout, self.seams.source.observe(&names)).await {
+                Ok(Ok(o)) => Ok(o),
+                Ok(Err(e)) => Err(format!("queue source: {e}")),
+                Err(_) => Err(format!("queue source: no answer within {timeout:?}")),
+            }
+        };
+        let lists = futures::future::join_all(self.seams.providers.iter().map(|(name, p)| async move {
+            match tokio::time::timeout(timeout, p.list(&self.config.cluster)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(format!("provider {name}: listing instances failed: {e}")),
+                Err(_) => Err(format!("provider {name}: no answer within {timeout:?}")),
+            }
+        }));
+        let (queues, lists) = tokio::join!(queues, lists);
+        let queues = queues?;
+        let mut instances = Vec::new();
+        for l in lists {
+            instances.extend(l?.into_iter().filter(|i| i.state != CloudState::Terminated));
+        }
+        Ok(Observed { queues, instances })
+    }
+
+    async fn build_snapshot(&self, state: &mut HostState, observed: Observed, now: Millis, record: &mut TickRecord) -> Snapshot {
+        let cluster = &self.config.cluster;
+        let configured: BTreeSet<&str> = self.config.resources.iter().map(|r| r.name.as_str()).collect();
+
+        // Instances: what the cloud lists, plus our own launches it does not
+        // list yet.
+        let mut cloud: BTreeMap<String, CloudInstance> = BTreeMap::new();
+        for i in observed.instances {
+            if !configured.contains(i.resource.as_str()) {
+                tracing::warn!(
+                    instance = %i.id,
+                    "instance carries this cluster's tag but resource {:?} is no longer configured: flockd leaves it alone; restore the resource or terminate it by hand",
+                    i.resource
+                );
+                continue;
+            }
+            cloud.insert(i.id.clone(), i);
+        }
+        let grace = self.config.launch_visibility_grace.as_millis() as u64;
+        state.recent_launches.retain(|id, l| !cloud.contains_key(id) && now.saturating_sub(l.at) < grace);
+        for (id, l) in &state.recent_launches {
+            cloud.insert(
+                id.clone(),
+                CloudInstance { id: id.clone(), resource: l.resource.clone(), state: CloudState::Pending, launched_at: l.at, launch_key: Some(l.key.clone()) },
+            );
+        }
+        let retry = self.config.termination_retry.as_millis() as u64;
+        state.terminating.retain(|id, at| cloud.contains_key(id) && now.saturating_sub(*at) < retry);
+
+        // Workers: ours by id, the rest are external capacity.
+        let mut ours: HashMap<String, &Worker> = HashMap::new();
+        let mut external_idle: HashMap<&str, u32> = HashMap::new();
+        for w in &observed.queues.workers {
+            match naming::parse_worker_id(cluster, &w.id) {
+                Some((_, instance)) => {
+                    ours.insert(instance.to_string(), w);
+                }
+                None if w.task.is_none() => {
+                    for q in &w.queues {
+                        *external_idle.entry(q.as_str()).or_default() += 1;
+                    }
+                }
+                None => {}
+            }
+        }
+
+        // Zombie workers: registered under our cluster, machine gone. They
+        // are not capacity, and we tell the queue source to forget them.
+        for (instance, w) in &ours {
+            if !cloud.contains_key(instance) {
+                if !self.config.dry_run {
+                    match self.seams.source.unregister_worker(&w.id).await {
+                        Ok(()) => tracing::info!(worker = %w.id, "unregistered worker whose machine is gone"),
+                        Err(e) => tracing::warn!(worker = %w.id, "could not unregister worker whose machine is gone: {e}"),
+                    }
+                }
+                record.unregistered.push(w.id.clone());
+            }
+        }
+
+        let mut instances = Vec::with_capacity(cloud.len());
+        let mut cost = 0.0;
+        for (id, c) in &cloud {
+            let worker = ours.get(id);
+            let state_now = if matches!(c.state, CloudState::Stopping) || state.terminating.contains_key(id) {
+                InstanceState::Stopping
+            } else if worker.is_some() {
+                InstanceState::Running
+            } else {
+                InstanceState::Booting
+            };
+            if worker.is_some() && state.registered.insert(id.clone()) {
+                state.last_boot_ok.insert(c.resource.clone(), now);
+            }
+            let busy = worker.is_some_and(|w| w.task.is_some());
+            let idle_since = match worker {
+                Some(w) if w.task.is_none() => Some(*state.idle_since.entry(id.clone()).or_insert(now)),
+                _ => {
+                    state.idle_since.remove(id);
+                    None
+                }
+            };
+            cost += self.resource_spec(&c.resource).map_or(0.0, |r| r.price_per_hour);
+            instances.push(Instance {
+                id: id.clone(),
+                resource: c.resource.clone(),
+                state: state_now,
+                launched_at: c.launched_at,
+                worker: worker.map(|w| w.id.clone()),
+                busy,
+                idle_since,
+            });
+        }
+        state.idle_since.retain(|id, _| cloud.contains_key(id));
+        state.registered.retain(|id| cloud.contains_key(id));
+        let retention = self.config.failure_retention.as_millis() as u64;
+        state.failures.retain(|f| now.saturating_sub(f.at) < retention);
+
+        let depth: HashMap<&str, _> = observed.queues.queues.iter().map(|q| (q.name.as_str(), q)).collect();
+        let queues = self
+            .config
+            .queues
+            .iter()
+            .map(|q| Queue {
+                name: q.name.clone(),
+                pending: depth.get(q.name.as_str()).map_or(0, |d| d.pending),
+                oldest_wait_ms: depth.get(q.name.as_str()).map_or(0, |d| d.oldest_wait_ms),
+                resources: q.resources.clone(),
+                external_idle_workers: external_idle.get(q.name.as_str()).copied().unwrap_or(0),
+            })
+            .collect();
+        let resources = self
+            .config
+            .resources
+            .iter()
+            .map(|r| Resource {
+                name: r.name.clone(),
+                queues: self.config.queues_of(&r.name),
+                max_instances: r.max_instances,
+                price_per_hour: r.price_per_hour,
+                market: r.market,
+                last_boot_ok: state.last_boot_ok.get(&r.name).copied(),
+            })
+            .collect();
+        Snapshot {
+            now,
+            queues,
+            resources,
+            instances,
+            failures: state.failures.clone(),
+            budget: Budget {
+                max_instances: self.config.limits.max_instances,
+                max_cost_per_hour: self.config.limits.max_cost_per_hour,
+                cost_per_hour: cost,
+            },
+        }
+    }
+
+    fn resource_spec(&self, name: &str) -> Option<&ResourceSpec> {
+        self.config.resources.iter().find(|r| r.name == name)
+    }
+
+    async fn act(&self, state: &mut HostState, snapshot: &Snapshot, plan: &Plan, now: Millis, record: &mut TickRecord) {
+        let cluster_hash = hex::encode(&Sha256::digest(self.config.cluster.as_bytes())[..4]);
+        let mut requests = Vec::new();
+        for launch in &plan.launches {
+            for _ in 0..launch.count {
+                let key = format!("flockd-{cluster_hash}-{}-{}", state.tick, requests.len());
+                requests.push((launch, key));
+            }
+        }
+        if self.config.dry_run {
+            for (launch, key) in requests {
+                record.actions.push(Action::Launch {
+                    resource: launch.resource.clone(),
+                    key,
+                    reason: launch.reason.clone(),
+                    outcome: Outcome::Skipped,
+                    instance: None,
+                });
+            }
+            for t in &plan.terminations {
+                record.actions.push(self.termination_action(snapshot, t, Outcome::Skipped));
+            }
+            return;
+        }
+
+        let results: Vec<_> = futures::stream::iter(requests.into_iter().map(|(launch, key)| async move {
+            let spec = self.resource_spec(&launch.resource).expect("guardrails dropped unknown resources");
+            let provider = &self.seams.providers[&spec.provider];
+            let request = LaunchRequest {
+                cluster: self.config.cluster.clone(),
+                resource: launch.resource.clone(),
+                queues: self.config.queues_of(&launch.resource),
+                idempotency_key: key.clone(),
+            };
+            (launch, key, provider.launch(&request).await)
+        }))
+        .buffer_unordered(self.config.launch_concurrency.max(1))
+        .collect()
+        .await;
+        for (launch, key, result) in results {
+            let (outcome, instance) = match result {
+                Ok(instance) => {
+                    tracing::info!(resource = %launch.resource, instance = %instance.id, "launched: {}", launch.reason);
+                    state.recent_launches.insert(
+                        instance.id.clone(),
+                        RecentLaunch { resource: launch.resource.clone(), at: now, key: key.clone() },
+                    );
+                    (Outcome::Done, Some(instance.id))
+                }
+                Err(e) => {
+                    tracing::warn!(resource = %launch.resource, "launch failed: {e}");
+                    state.failures.push(Failure { resource: launch.resource.clone(), kind: e.failure_kind(), at: now, message: e.to_string() });
+                    (Outcome::Failed(e.to_string()), None)
+                }
+            };
+            record.actions.push(Action::Launch { resource: launch.resource.clone(), key, reason: launch.reason.clone(), outcome, instance });
+        }
+
+        if plan.terminations.is_empty() {
+            return;
+        }
+        // The last look: a worker may have taken a task since we observed.
+        let fresh = match tokio::time::timeout(self.config.observe_timeout, self.seams.source.workers()).await {
+            Ok(Ok(workers)) => Ok(workers),
+            Ok(Err(e)) => Err(format!("could not re-check workers before terminating: {e}")),
+            Err(_) => Err("could not re-check workers before terminating: no answer in time".to_string()),
+        };
+        for t in &plan.terminations {
+            let instance = snapshot.instance(&t.instance).expect("guardrails dropped unknown instances");
+            let outcome = match &fresh {
+                Err(e) => Outcome::Refused(e.clone()),
+                Ok(workers) => {
+                    let worker_id = naming::worker_id(&self.config.cluster, &instance.resource, &instance.id);
+                    match workers.iter().find(|w| w.id == worker_id).and_then(|w| w.task.as_ref()) {
+                        Some(task) => Outcome::Refused(format!("its worker took task {task} after the decision")),
+                        None => self.terminate(state, instance, t, now, &worker_id).await,
+                    }
+                }
+            };
+            if let Outcome::Refused(why) = &outcome {
+                tracing::info!(instance = %t.instance, "not terminated: {why}");
+            }
+            record.actions.push(self.termination_action(snapshot, t, outcome));
+        }
+    }
+
+    async fn terminate(&self, state: &mut HostState, instance: &Instance, t: &Termination, now: Millis, worker_id: &str) -> Outcome {
+        let Some(spec) = self.resource_spec(&instance.resource) else {
+            return Outcome::Failed(format!("resource {:?} is not configured", instance.resource));
+        };
+        match self.seams.providers[&spec.provider].terminate(&instance.id).await {
+            Ok(()) => {
+                tracing::info!(instance = %instance.id, resource = %instance.resource, "terminated: {}", t.reason);
+                state.terminating.insert(instance.id.clone(), now);
+                state.idle_since.remove(&instance.id);
+                state.recent_launches.remove(&instance.id);
+                if t.cause == TerminationCause::BootTimeout {
+                    state.failures.push(Failure {
+                        resource: instance.resource.clone(),
+                        kind: FailureKind::BootTimeout,
+                        at: now,
+                        message: format!("{} never registered its worker", instance.id),
+                    });
+                }
+                if instance.worker.is_some() {
+                    // Without this, the dead worker counts as free capacity
+                    // until the queue source times it out (prior-art #4).
+                    if let Err(e) = self.seams.source.unregister_worker(worker_id).await {
+                        tracing::warn!(worker = %worker_id, "could not unregister the terminated machine's worker: {e}");
+                    }
+                }
+                Outcome::Done
+            }
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, "termination failed: {e}");
+                Outcome::Failed(e.to_string())
+            }
+        }
+    }
+
+    fn termination_action(&self, snapshot: &Snapshot, t: &Termination, outcome: Outcome) -> Action {
+        Action::Terminate {
+            instance: t.instance.clone(),
+            resource: snapshot.instance(&t.instance).map(|i| i.resource.clone()).unwrap_or_default(),
+            cause: t.cause,
+            reason: t.reason.clone(),
+            outcome,
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Hard limits the host enforces on whatever the policy chain asked for. A
+//! plugin can ask for anything; it can never get past these.
+
+use std::collections::HashMap;
+
+use crate::model::{InstanceState, Launch, Plan, Snapshot, Termination};
+
+/// Limits from the config, not from any plugin.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HardLimits {
+    pub max_instances: u32,
+    pub max_cost_per_hour: f64,
+}
+
+/// What the guardrails let through, and a sentence per cut.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Clamped {
+    pub plan: Plan,
+    pub clamps: Vec<String>,
+}
+
+/// Clamps `plan` to the limits. Every non-terminated instance counts,
+/// stopping ones included: they bill until they are gone. When
+/// `allow_terminations` is false (the observation failed or is stale) no
+/// termination passes.
+pub fn clamp(plan: &Plan, snapshot: &Snapshot, limits: &HardLimits, allow_terminations: bool) -> Clamped {
+    let mut clamps = Vec::new();
+    let mut alive: HashMap<&str, u32> = HashMap::new();
+    let mut cost = 0.0;
+    for i in &snapshot.instances {
+        *alive.entry(i.resource.as_str()).or_default() += 1;
+        cost += snapshot.resource(&i.resource).map_or(0.0, |r| r.price_per_hour);
+    }
+    let mut total: u32 = alive.values().sum();
+
+    let mut launches = Vec::new();
+    for launch in &plan.launches {
+        let Some(resource) = snapshot.resource(&launch.resource) else {
+            clamps.push(format!("dropped launch of {} × unknown resource {:?}", launch.count, launch.resource));
+            continue;
+        };
+        let have = alive.entry(resource.name.as_str()).or_default();
+        let by_resource = resource.max_instances.saturating_sub(*have);
+        let by_global = limits.max_instances.saturating_sub(total);
+        let by_cost = if resource.price_per_hour > 0.0 {
+            (((limits.max_cost_per_hour - cost) / resource.price_per_hour) + 1e-9).floor().max(0.0) as u32
+        } else {
+            u32::MAX
+        };
+        let allowed = launch.count.min(by_resource).min(by_global).min(by_cost);
+        if allowed < launch.count {
+            let (what, room) = [
+                (format!("{}'s max-instances {}", resource.name, resource.max_instances), by_resource),
+                (format!("the global max-instances {}", limits.max_instances), by_global),
+                (format!("the cost cap {:.2}/h (now {:.2}/h)", limits.max_cost_per_hour, cost), by_cost),
+            ]
+            .into_iter()
+            .min_by_key(|(_, room)| *room)
+            .unwrap();
+            clamps.push(format!(
+                "launch of {} × {} cut to {allowed} by {what} (room {room})",
+                launch.count, resource.name
+            ));
+        }
+        if allowed > 0 {
+            *have += allowed;
+            total += allowed;
+            cost += resource.price_per_hour * f64::from(allowed);
+            launches.push(Launch { count: allowed, ..launch.clone() });
+        }
+    }
+
+    let mut terminations: Vec<Termination> = Vec::new();
+    for t in &plan.terminations {
+        let Some(instance) = snapshot.instance(&t.instance) else {
+            clamps.push(format!("dropped termination of unknown instance {}", t.instance));
+            continue;
+        };
+        if !allow_terminations {
+            clamps.push(format!("kept {}: this tick's observation failed or is stale, so nothing is terminated", t.instance));
+        } else if instance.busy {
+            clamps.push(format!("kept {}: its worker is running a task", t.instance));
+        } else if instance.state == InstanceState::Stopping {
+            clamps.push(format!("skipped {}: already stopping", t.instance));
+        } else if terminations.iter().any(|x| x.instance == t.instance) {
+            clamps.push(format!("skipped a second termination of {}", t.instance));
+        } else {
+            terminations.push(t.clone());
+        }
+    }
+    Clamped { plan: Plan { launches, terminations }, clamps }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            now: 1,
+            resources: vec![
+                Resource { name: "a".into(), max_instances: 2, price_per_hour: 1.0, ..Default::default() },
+                Resource { name: "b".into(), max_instances: 5, price_per_hour: 3.0, ..Default::default() },
+            ],
+            instances: vec![Instance {
+                id: "i-1".into(),
+                resource: "a".into(),
+                state: InstanceState::Running,
+                launched_at: 0,
+                worker: Some("w".into()),
+                busy: true,
+                idle_since: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn launch(r: &str, n: u32) -> Launch {
+        Launch { resource: r.into(), count: n, reason: "test".into() }
+    }
+
+    #[test]
+    fn per_resource_global_and_cost_caps_all_hold() {
+        let limits = HardLimits { max_instances: 4, max_cost_per_hour: 7.0 };
+        let plan = Plan { launches: vec![launch("a", 1_000_000), launch("b", 5), launch("zzz", 3)], terminations: vec![] };
+        let out = clamp(&plan, &snapshot(), &limits, true);
+        // a: 1 alive, max 2 → 1 more (cost 2/h). b: global room 2, cost room (7-2)/3 = 1.
+        assert_eq!(out.plan.launches, vec![launch("a", 1), launch("b", 1)]);
+        assert_eq!(out.clamps.len(), 3, "{:?}", out.clamps);
+        assert!(out.clamps[1].contains("cost cap"), "{:?}", out.clamps);
+    }
+
+    #[test]
+    fn busy_instances_and_failed_observations_block_terminations() {
+        let limits = HardLimits { max_instances: 10, max_cost_per_hour: 100.0 };
+        let t = Termination { instance: "i-1".into(), cause: TerminationCause::Idle, reason: "idle".into() };
+        let plan = Plan { launches: vec![], terminations: vec![t.clone()] };
+        assert!(clamp(&plan, &snapshot(), &limits, true).plan.terminations.is_empty());
+        let mut idle = snapshot();
+        idle.instances[0].busy = false;
+        assert_eq!(clamp(&plan, &idle, &limits, true).plan.terminations, vec![t]);
+        assert!(clamp(&plan, &idle, &limits, false).plan.terminations.is_empty());
+    }
+}

@@ -1,0 +1,84 @@
+//! What one tick saw, decided, clamped and did: the answer to "why is this
+//! machine up?" and "why was it terminated?".
+
+use serde::{Deserialize, Serialize};
+
+use crate::decider::PolicyRun;
+use crate::model::{Millis, Plan, TerminationCause};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TickRecord {
+    pub tick: u64,
+    pub at: Millis,
+    /// Digest of the snapshot the policies saw (None when observation failed).
+    pub snapshot_digest: Option<String>,
+    /// Set when observing failed: nothing was decided or done.
+    pub observation_error: Option<String>,
+    pub queues: Vec<QueueLine>,
+    /// What the policy chain asked for.
+    pub plan: Plan,
+    pub policies: Vec<PolicyRun>,
+    /// What the guardrails cut, and why.
+    pub clamps: Vec<String>,
+    pub actions: Vec<Action>,
+    pub dry_run: bool,
+    /// Workers unregistered because their machine is gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unregistered: Vec<String>,
+    pub micros: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueueLine {
+    pub name: String,
+    pub pending: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Action {
+    Launch {
+        resource: String,
+        key: String,
+        reason: String,
+        outcome: Outcome,
+        /// The instance it became, when it succeeded.
+        instance: Option<String>,
+    },
+    Terminate {
+        instance: String,
+        resource: String,
+        cause: TerminationCause,
+        reason: String,
+        outcome: Outcome,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", content = "detail", rename_all = "kebab-case")]
+pub enum Outcome {
+    Done,
+    /// `--dry-run`: recorded, not done.
+    Skipped,
+    Failed(String),
+    /// The guard right before acting refused (e.g. the worker took a task).
+    Refused(String),
+}
+
+impl TickRecord {
+    pub fn mentions(&self, instance: &str) -> bool {
+        self.actions.iter().any(|a| match a {
+            Action::Launch { instance: Some(i), .. } => i == instance,
+            Action::Terminate { instance: i, .. } => i == instance,
+            _ => false,
+        })
+    }
+
+    pub fn launched(&self) -> usize {
+        self.actions.iter().filter(|a| matches!(a, Action::Launch { outcome: Outcome::Done, .. })).count()
+    }
+
+    pub fn terminated(&self) -> usize {
+        self.actions.iter().filter(|a| matches!(a, Action::Terminate { outcome: Outcome::Done, .. })).count()
+    }
+}

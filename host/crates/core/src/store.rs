@@ -1,0 +1,93 @@
+//! Host-owned state that must survive a restart (idle timers, failure
+//! history, launches not yet visible in the cloud) and the decision journal.
+//! The cloud stays the source of truth for *what exists*; this is only what
+//! the cloud cannot tell us.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::journal::TickRecord;
+use crate::model::{Failure, Millis};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostState {
+    /// Ticks run so far; part of every idempotency key, so keys stay unique
+    /// across restarts.
+    pub tick: u64,
+    /// Instance id → since when its worker has been idle.
+    pub idle_since: BTreeMap<String, Millis>,
+    /// Instances whose worker has registered at least once.
+    pub registered: BTreeSet<String>,
+    /// Resource → when one of its instances last registered its worker.
+    pub last_boot_ok: BTreeMap<String, Millis>,
+    /// Launch and boot failures, oldest first, pruned to the retention window.
+    pub failures: Vec<Failure>,
+    /// Launched by us but maybe not yet listed by the cloud (its listing is
+    /// eventually consistent): counted as booting until it shows up.
+    pub recent_launches: BTreeMap<String, RecentLaunch>,
+    /// Instance id → when we asked the cloud to terminate it.
+    pub terminating: BTreeMap<String, Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecentLaunch {
+    pub resource: String,
+    pub at: Millis,
+    pub key: String,
+}
+
+/// Which journal entries to return, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct JournalQuery {
+    pub limit: usize,
+    /// Only ticks that acted on (or launched) this instance.
+    pub instance: Option<String>,
+}
+
+pub trait StateStore: Send + Sync {
+    fn load(&self) -> anyhow::Result<HostState>;
+    fn save(&self, state: &HostState) -> anyhow::Result<()>;
+    fn append(&self, record: &TickRecord) -> anyhow::Result<()>;
+    fn journal(&self, query: &JournalQuery) -> anyhow::Result<Vec<TickRecord>>;
+}
+
+/// For tests and the simulator: everything in memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<HostState>,
+    journal: Mutex<Vec<TickRecord>>,
+    /// Keep at most this many journal entries (0 = all).
+    pub journal_cap: usize,
+}
+
+impl MemoryStore {
+    pub fn with_journal_cap(cap: usize) -> Self {
+        MemoryStore { journal_cap: cap, ..Default::default() }
+    }
+}
+
+impl StateStore for MemoryStore {
+    fn load(&self) -> anyhow::Result<HostState> {
+        Ok(self.state.lock().unwrap().clone())
+    }
+    fn save(&self, state: &HostState) -> anyhow::Result<()> {
+        *self.state.lock().unwrap() = state.clone();
+        Ok(())
+    }
+    fn append(&self, record: &TickRecord) -> anyhow::Result<()> {
+        let mut j = self.journal.lock().unwrap();
+        j.push(record.clone());
+        if self.journal_cap > 0 && j.len() > self.journal_cap {
+            let excess = j.len() - self.journal_cap;
+            j.drain(..excess);
+        }
+        Ok(())
+    }
+    fn journal(&self, query: &JournalQuery) -> anyhow::Result<Vec<TickRecord>> {
+        let j = self.journal.lock().unwrap();
+        let limit = if query.limit == 0 { usize::MAX } else { query.limit };
+        Ok(j.iter().rev().filter(|r| query.instance.as_deref().is_none_or(|i| r.mentions(i))).take(limit).cloned().collect())
+    }
+}
