@@ -43,6 +43,21 @@ pub struct LoadedPolicy {
     pub(crate) compiled: CompiledPolicy,
 }
 
+impl LoadedPolicy {
+    /// The same compiled code with other settings (not checked here: the
+    /// next call's `configure` does). Cheap: the compiled code is shared.
+    pub fn with_settings(&self, settings_json: impl Into<String>) -> LoadedPolicy {
+        LoadedPolicy {
+            name: self.name.clone(),
+            origin: self.origin.clone(),
+            digest: self.digest.clone(),
+            settings_json: settings_json.into(),
+            loaded_at: self.loaded_at,
+            compiled: self.compiled.clone(),
+        }
+    }
+}
+
 /// The chain in order. Cheap to clone (Arcs) so a swap copies pointers only.
 #[derive(Clone, Default)]
 pub struct Chain {

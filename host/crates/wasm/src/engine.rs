@@ -120,6 +120,10 @@ impl PolicyEngine {
         self.limits
     }
 
+    pub(crate) fn wasmtime_engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Compiles and links a component against the policy world. CPU-heavy
     /// (tens of ms for Rust, seconds for Python): never call it on an async
     /// executor thread.

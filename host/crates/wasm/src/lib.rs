@@ -9,6 +9,7 @@ mod bindings;
 pub mod builtin;
 pub mod chain;
 pub mod engine;
+pub mod inspect;
 pub mod loader;
 pub mod reload;
 

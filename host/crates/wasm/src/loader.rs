@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::builtin;
 use crate::chain::{Chain, LoadedPolicy, Origin, PolicyRuntime};
-use crate::engine::PolicyEngine;
+use crate::engine::{LoadError, PolicyEngine};
 
 /// One entry of the configured chain.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,6 +53,20 @@ impl PolicySpec {
 
 pub fn digest(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..12])
+}
+
+/// Compiles a component as a policy without calling it (settings `{}`; see
+/// [`LoadedPolicy::with_settings`]), for tools that run one component under
+/// many settings, like `flockd policy test`.
+pub fn compile(engine: &PolicyEngine, name: &str, origin: Origin, bytes: &[u8]) -> Result<LoadedPolicy, LoadError> {
+    Ok(LoadedPolicy {
+        name: name.to_string(),
+        origin,
+        digest: digest(bytes),
+        settings_json: "{}".into(),
+        loaded_at: SystemTime::now(),
+        compiled: engine.compile(bytes)?,
+    })
 }
 
 /// Compiles a component and checks that `configure` accepts the settings.
