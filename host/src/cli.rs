@@ -32,6 +32,35 @@ pub enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the autoscaler against a ClearML server and real clouds.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Record what would be done in the journal; launch and terminate nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Validate a config and its policies without any network call (exit 2 on error).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Serve the built-in ClearML-compatible API server.
+    DevServer {
+        #[arg(long, default_value = "127.0.0.1:8008")]
+        listen: std::net::SocketAddr,
+        /// Access key clients log in with.
+        #[arg(long, default_value = "flockd-dev")]
+        access_key: String,
+        /// Secret key reference (`env:NAME` or `file:PATH`); a fixed dev secret when absent.
+        #[arg(long)]
+        secret_key: Option<String>,
+        /// Keep queues and tasks in this file across restarts.
+        #[arg(long)]
+        persist: Option<PathBuf>,
+    },
+    /// Replay a task trace through the real controller and policies against a simulated cloud; report cost and waits.
+    Simulate(crate::simulate::SimulateArgs),
     /// Work with policy components: inspect, test against case files, export a built-in.
     #[command(subcommand)]
     Policy(crate::policy_cli::PolicyCommand),
@@ -48,11 +77,16 @@ pub fn init_logging(args: &GlobalArgs) {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { config, dry_run } => runtime()?.block_on(crate::run::run(&config, dry_run)),
+        Command::Check { config } => Ok(crate::run::check_command(&config)),
+        Command::DevServer { listen, access_key, secret_key, persist } => {
+            runtime()?.block_on(crate::dev::dev_server(listen, access_key, secret_key, persist))
+        }
+        Command::Simulate(args) => crate::simulate::command(args),
         Command::Policy(cmd) => crate::policy_cli::run(cmd),
     }
 }
 
-/// Resolves a path given on the command line for messages.
-pub fn display_path(p: &std::path::Path) -> String {
-    PathBuf::from(p).display().to_string()
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

@@ -2,5 +2,13 @@
 //! wiring of queue sources, cloud providers and the policy runtime into the
 //! controller from `flockd-core`.
 
+pub mod agent;
 pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod policy_cases;
 pub mod policy_cli;
+pub mod providers;
+pub mod run;
+pub mod simulate;
+pub mod store;

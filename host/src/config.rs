@@ -1,0 +1,433 @@
+//! flockd's TOML configuration: parse, validate, and turn into the plain
+//! structs the controller and the policy runtime take.
+//!
+//! Provider-specific tables (`[provider.NAME]`, `[resource.NAME.<kind>]`) are
+//! kept as TOML here and parsed by the provider's own crate when it is built
+//! (see `providers.rs`), so this module stays free of cloud SDK types and a
+//! build without a cloud feature still reads every config.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flockd_core::{ControllerConfig, HardLimits, Market, QueueSpec, ResourceSpec};
+use flockd_wasm::PolicySpec;
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// Tags every machine this flockd launches; two flockds with different
+    /// cluster ids never touch each other's machines. [a-z0-9-], ≤ 32 chars.
+    pub cluster: String,
+    /// Seconds between ticks.
+    #[serde(default = "defaults::poll_interval_secs")]
+    pub poll_interval_secs: f64,
+    /// Record what would be done, do nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Where host state and the decision journal live.
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+    pub limits: Limits,
+    /// The ClearML server to watch. Without it, `flockd run` refuses to start
+    /// (use `flockd dev` for the built-in server).
+    #[serde(default)]
+    pub clearml: Option<toml::Value>,
+    /// Start-up settings for launched machines' agents.
+    #[serde(default)]
+    pub agent: Option<toml::Value>,
+    #[serde(default, rename = "queue")]
+    pub queues: Vec<QueueEntry>,
+    #[serde(default, rename = "resource")]
+    pub resources: BTreeMap<String, ResourceEntry>,
+    #[serde(default, rename = "provider")]
+    pub providers: BTreeMap<String, ProviderEntry>,
+    #[serde(default)]
+    pub policies: PoliciesSection,
+    /// The policy chain in order; the four built-ins when omitted.
+    #[serde(default, rename = "policy")]
+    pub policy: Vec<PolicyEntry>,
+    #[serde(default)]
+    pub http: HttpSection,
+    /// Advanced controller timings.
+    #[serde(default)]
+    pub controller: ControllerSection,
+    /// Where this config was read from (relative paths resolve against it).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    pub fn poll_interval_secs() -> f64 {
+        10.0
+    }
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from("flockd-state")
+    }
+    pub fn policy_dir() -> PathBuf {
+        PathBuf::from("policies")
+    }
+    pub fn timeout_ms() -> u64 {
+        50
+    }
+    pub fn memory_mib() -> u64 {
+        64
+    }
+    pub fn listen() -> String {
+        "127.0.0.1:9090".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Limits {
+    /// Hard cap on instances of all resources together.
+    pub max_instances: u32,
+    /// Hard cap on the fleet's cost per hour (same currency as prices).
+    pub max_cost_per_hour: f64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct QueueEntry {
+    pub name: String,
+    /// Resource names, most preferred first (e.g. spot, then on-demand).
+    pub resources: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ResourceEntry {
+    /// The `[provider.NAME]` that launches it.
+    pub provider: String,
+    pub max_instances: u32,
+    #[serde(default)]
+    pub price_per_hour: f64,
+    #[serde(default)]
+    pub market: Market,
+    /// Provider-specific settings, under the provider's kind:
+    /// `[resource.NAME.aws]`, `.gcp`, `.local` or `.simulated`.
+    #[serde(default)]
+    pub aws: Option<toml::Value>,
+    #[serde(default)]
+    pub gcp: Option<toml::Value>,
+    #[serde(default)]
+    pub local: Option<toml::Value>,
+    #[serde(default)]
+    pub simulated: Option<toml::Value>,
+}
+
+impl ResourceEntry {
+    pub fn settings_for(&self, kind: ProviderKind) -> Option<&toml::Value> {
+        match kind {
+            ProviderKind::Aws => self.aws.as_ref(),
+            ProviderKind::Gcp => self.gcp.as_ref(),
+            ProviderKind::Local => self.local.as_ref(),
+            ProviderKind::Simulated => self.simulated.as_ref(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    Aws,
+    Gcp,
+    Local,
+    Simulated,
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProviderKind::Aws => "aws",
+            ProviderKind::Gcp => "gcp",
+            ProviderKind::Local => "local",
+            ProviderKind::Simulated => "simulated",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ProviderEntry {
+    pub kind: ProviderKind,
+    /// Everything else: the provider crate's own settings.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PoliciesSection {
+    /// A file `<dir>/<name>.wasm` replaces the policy of that name while
+    /// flockd runs (watched; publish by writing elsewhere and renaming).
+    #[serde(default = "defaults::policy_dir")]
+    pub dir: PathBuf,
+    /// Watch `dir` and hot-swap changed policies.
+    #[serde(default = "defaults::yes")]
+    pub watch: bool,
+    /// Per-call deadline for one policy (instantiate + configure + decide).
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// Memory cap per policy instance.
+    #[serde(default = "defaults::memory_mib")]
+    pub memory_mib: u64,
+}
+
+impl Default for PoliciesSection {
+    fn default() -> Self {
+        PoliciesSection {
+            dir: defaults::policy_dir(),
+            watch: true,
+            timeout_ms: defaults::timeout_ms(),
+            memory_mib: defaults::memory_mib(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PolicyEntry {
+    pub name: String,
+    /// Defaults to `<policies.dir>/<name>.wasm`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Passed to the policy's `configure` as JSON.
+    #[serde(default)]
+    pub settings: Option<toml::Table>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HttpSection {
+    /// Status API, metrics and dashboard. Loopback by default; any other
+    /// address requires `token`.
+    #[serde(default = "defaults::listen")]
+    pub listen: String,
+    /// Bearer token reference (`env:NAME` or `file:PATH`).
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection { listen: defaults::listen(), token: None, enabled: true }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ControllerSection {
+    pub observe_timeout_secs: Option<f64>,
+    pub failure_retention_secs: Option<f64>,
+    pub launch_concurrency: Option<usize>,
+    pub launch_visibility_grace_secs: Option<f64>,
+    pub termination_retry_secs: Option<f64>,
+    pub max_observation_age_secs: Option<f64>,
+}
+
+/// A config problem, with where it is and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { file: path.display().to_string(), message: format!("cannot read: {e}") })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates; `path` is used for messages and relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError { file: file.clone(), message: e.to_string() })?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.validate().map_err(|message| ConfigError { file, message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let ok_id = |s: &str| !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !ok_id(&self.cluster) {
+            return Err(format!(
+                "cluster = {:?}: use 1–32 characters of a-z, 0-9 and '-' (it becomes a cloud tag and label)",
+                self.cluster
+            ));
+        }
+        if !(self.poll_interval_secs > 0.0) {
+            return Err(format!("poll-interval-secs = {}: must be more than 0", self.poll_interval_secs));
+        }
+        if self.queues.is_empty() {
+            return Err("no [[queue]]: add at least one queue with the resources that serve it".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for q in &self.queues {
+            if !seen.insert(&q.name) {
+                return Err(format!("queue {:?} is defined twice", q.name));
+            }
+            if q.resources.is_empty() {
+                return Err(format!("queue {:?} has no resources: list at least one [resource.NAME] in `resources`", q.name));
+            }
+            for r in &q.resources {
+                if !self.resources.contains_key(r) {
+                    return Err(format!(
+                        "queue {:?} lists resource {r:?}, which has no [resource.{r}] section (defined: {})",
+                        q.name,
+                        list(self.resources.keys())
+                    ));
+                }
+            }
+        }
+        for (name, r) in &self.resources {
+            if !ok_id(name) {
+                return Err(format!("resource name {name:?}: use 1–32 characters of a-z, 0-9 and '-'"));
+            }
+            let Some(p) = self.providers.get(&r.provider) else {
+                return Err(format!(
+                    "resource {name:?} uses provider {:?}, which has no [provider.{}] section (defined: {})",
+                    r.provider,
+                    r.provider,
+                    list(self.providers.keys())
+                ));
+            };
+            if r.max_instances == 0 {
+                return Err(format!("resource {name:?}: max-instances = 0 means it can never launch; remove it or raise the cap"));
+            }
+            if r.max_instances > self.limits.max_instances {
+                return Err(format!(
+                    "resource {name:?}: max-instances {} exceeds limits.max-instances {}; lower one of them",
+                    r.max_instances, self.limits.max_instances
+                ));
+            }
+            if r.price_per_hour < 0.0 || !r.price_per_hour.is_finite() {
+                return Err(format!("resource {name:?}: price-per-hour must be a finite number ≥ 0"));
+            }
+            if r.price_per_hour > self.limits.max_cost_per_hour {
+                return Err(format!(
+                    "resource {name:?}: one instance costs {}/h, more than limits.max-cost-per-hour {}: it could never launch",
+                    r.price_per_hour, self.limits.max_cost_per_hour
+                ));
+            }
+            for (kind, present) in [
+                (ProviderKind::Aws, r.aws.is_some()),
+                (ProviderKind::Gcp, r.gcp.is_some()),
+                (ProviderKind::Local, r.local.is_some()),
+                (ProviderKind::Simulated, r.simulated.is_some()),
+            ] {
+                if present && kind != p.kind {
+                    return Err(format!(
+                        "resource {name:?} has a [resource.{name}.{kind}] table but its provider {:?} is of kind {}: rename the table to [resource.{name}.{}]",
+                        r.provider, p.kind, p.kind
+                    ));
+                }
+            }
+            if !self.queues.iter().any(|q| q.resources.contains(name)) {
+                return Err(format!("resource {name:?} serves no queue: add it to a [[queue]]'s resources or remove it"));
+            }
+        }
+        if self.limits.max_instances == 0 {
+            return Err("limits.max-instances = 0: nothing could ever launch".into());
+        }
+        if !(self.limits.max_cost_per_hour > 0.0) {
+            return Err("limits.max-cost-per-hour must be more than 0".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &self.policy {
+            if !names.insert(&p.name) {
+                return Err(format!("policy {:?} appears twice in the chain", p.name));
+            }
+            let has_builtin = flockd_wasm::builtin::component(&p.name).is_some();
+            if !has_builtin && p.file.is_none() && !self.resolve(&self.policies.dir).join(format!("{}.wasm", p.name)).exists() {
+                return Err(format!(
+                    "policy {:?} is not a built-in ({}) and {} does not exist: set `file` or add the component",
+                    p.name,
+                    flockd_wasm::builtin::names().collect::<Vec<_>>().join(", "),
+                    self.resolve(&self.policies.dir).join(format!("{}.wasm", p.name)).display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A path from the config, relative to the config file.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.poll_interval_secs)
+    }
+
+    pub fn controller_config(&self) -> ControllerConfig {
+        let mut c = ControllerConfig::new(
+            &self.cluster,
+            self.queues.iter().map(|q| QueueSpec { name: q.name.clone(), resources: q.resources.clone() }).collect(),
+            self.resources
+                .iter()
+                .map(|(name, r)| ResourceSpec {
+                    name: name.clone(),
+                    provider: r.provider.clone(),
+                    max_instances: r.max_instances,
+                    price_per_hour: r.price_per_hour,
+                    market: r.market,
+                })
+                .collect(),
+            HardLimits { max_instances: self.limits.max_instances, max_cost_per_hour: self.limits.max_cost_per_hour },
+        );
+        let s = &self.controller;
+        let secs = |v: Option<f64>, d: Duration| v.map(Duration::from_secs_f64).unwrap_or(d);
+        c.observe_timeout = secs(s.observe_timeout_secs, c.observe_timeout);
+        c.failure_retention = secs(s.failure_retention_secs, c.failure_retention);
+        c.launch_visibility_grace = secs(s.launch_visibility_grace_secs, c.launch_visibility_grace);
+        c.termination_retry = secs(s.termination_retry_secs, c.termination_retry);
+        c.max_observation_age = secs(s.max_observation_age_secs, c.max_observation_age);
+        c.launch_concurrency = s.launch_concurrency.unwrap_or(c.launch_concurrency);
+        c.dry_run = self.dry_run;
+        c
+    }
+
+    /// The policy chain: the configured entries, or the built-ins in their
+    /// default order. Each may be replaced by `<policies.dir>/<name>.wasm`.
+    pub fn policy_specs(&self) -> Vec<PolicySpec> {
+        let dir = self.resolve(&self.policies.dir);
+        let entries: Vec<PolicyEntry> = if self.policy.is_empty() {
+            flockd_wasm::builtin::names().map(|n| PolicyEntry { name: n.into(), file: None, settings: None }).collect()
+        } else {
+            self.policy.clone()
+        };
+        entries
+            .into_iter()
+            .map(|e| PolicySpec {
+                builtin: flockd_wasm::builtin::component(&e.name).map(|_| e.name.clone()),
+                file: Some(e.file.map(|f| self.resolve(&f)).unwrap_or_else(|| dir.join(format!("{}.wasm", e.name)))),
+                settings: serde_json::to_value(e.settings.unwrap_or_default()).unwrap_or_default(),
+                name: e.name,
+            })
+            .collect()
+    }
+
+    pub fn call_limits(&self) -> flockd_wasm::CallLimits {
+        flockd_wasm::CallLimits {
+            timeout: Duration::from_millis(self.policies.timeout_ms),
+            memory_bytes: (self.policies.memory_mib as usize) << 20,
+        }
+    }
+}
+
+fn list<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = it.map(String::as_str).collect();
+    if v.is_empty() { "none".into() } else { v.join(", ") }
+}
