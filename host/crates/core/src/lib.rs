@@ -11,6 +11,7 @@ pub mod model;
 pub mod naming;
 pub mod provider;
 pub mod queue_source;
+pub mod sim;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
