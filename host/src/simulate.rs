@@ -99,7 +99,8 @@ pub fn parse_trace(text: &str, config: &Config) -> Result<Vec<TraceTask>, String
         if line.trim().is_empty() {
             continue;
         }
-        let task: TraceTask = serde_json::from_str(line).map_err(|e| format!("{n}: {e} (expected {{\"at\": seconds, \"queue\": name, \"duration\": seconds}})"))?;
+        let task: TraceTask = serde_json::from_str(line)
+            .map_err(|e| format!("{n}: {e} (expected {{\"at\": seconds, \"queue\": name, \"duration\": seconds}})"))?;
         if !(task.at.is_finite() && task.at >= 0.0) {
             return Err(format!("{n}: at = {}: must be seconds ≥ 0 from the start", task.at));
         }
@@ -183,7 +184,12 @@ pub fn simulate(config: &Config, trace: &[TraceTask], until: Option<Millis>, ver
     }
 }
 
-async fn replay(config: &Config, trace: &[TraceTask], until: Option<Millis>, quiet: Option<tracing::Dispatch>) -> anyhow::Result<Report> {
+async fn replay(
+    config: &Config,
+    trace: &[TraceTask],
+    until: Option<Millis>,
+    quiet: Option<tracing::Dispatch>,
+) -> anyhow::Result<Report> {
     let clock = Arc::new(ManualClock::new(ORIGIN));
     let queue = SimQueue::new(clock.clone());
     let world = SimWorld::new(clock.clone(), Arc::new(queue.clone()));
@@ -204,7 +210,8 @@ async fn replay(config: &Config, trace: &[TraceTask], until: Option<Millis>, qui
     limits.timeout = limits.timeout.max(Duration::from_secs(10));
     let engine = Arc::new(flockd_wasm::PolicyEngine::new(limits)?);
     let chain = flockd_wasm::load_chain(&engine, &config.policy_specs()).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
-    let decider = Arc::new(QuietDecider { inner: Arc::new(flockd_wasm::PolicyRuntime::new(engine, chain)), dispatch: quiet });
+    let decider =
+        Arc::new(QuietDecider { inner: Arc::new(flockd_wasm::PolicyRuntime::new(engine, chain)), dispatch: quiet });
 
     let mut controller_config = config.controller_config();
     // The point of a replay is to see what flockd would do.
@@ -336,7 +343,10 @@ impl Report {
         let stats = world.stats(end);
         let tasks = queue.tasks();
         let started_on = |t: &flockd_core::sim::TaskRecord| {
-            t.first_started.as_ref().and_then(|(_, w)| naming::parse_worker_id(&config.cluster, w)).map(|(r, _)| r.to_string())
+            t.first_started
+                .as_ref()
+                .and_then(|(_, w)| naming::parse_worker_id(&config.cluster, w))
+                .map(|(r, _)| r.to_string())
         };
         let resources: Vec<ResourceReport> = config
             .resources
@@ -414,7 +424,19 @@ impl Report {
         let _ = writeln!(
             out,
             "{:<20} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "resource", "inst-hours", "cost", "launches", "failed", "termin.", "reclaim", "peak", "finished", "interr.", "wait-p50", "wait-p95", "wait-max"
+            "resource",
+            "inst-hours",
+            "cost",
+            "launches",
+            "failed",
+            "termin.",
+            "reclaim",
+            "peak",
+            "finished",
+            "interr.",
+            "wait-p50",
+            "wait-p95",
+            "wait-max"
         );
         for r in &self.resources {
             let _ = writeln!(
@@ -453,7 +475,11 @@ impl Report {
             secs(t.waits.wait_p95_secs),
             secs(t.waits.wait_max_secs)
         );
-        let _ = writeln!(out, "\n{:<20} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}", "queue", "tasks", "finished", "interr.", "wait-p50", "wait-p95", "wait-max");
+        let _ = writeln!(
+            out,
+            "\n{:<20} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "queue", "tasks", "finished", "interr.", "wait-p50", "wait-p95", "wait-max"
+        );
         for q in &self.queues {
             let _ = writeln!(
                 out,
@@ -471,7 +497,11 @@ impl Report {
             let _ = writeln!(out, "\n{} task(s) never started", t.tasks_never_started);
         }
         if t.tasks_killed_by_termination > 0 {
-            let _ = writeln!(out, "\n{} task(s) were killed by a termination flockd asked for", t.tasks_killed_by_termination);
+            let _ = writeln!(
+                out,
+                "\n{} task(s) were killed by a termination flockd asked for",
+                t.tasks_killed_by_termination
+            );
         }
         out
     }
