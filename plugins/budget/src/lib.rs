@@ -49,9 +49,7 @@ impl Policy for BudgetPolicy {
                     "{} max-instances {} with {alive} alive and {planned} planned",
                     resource.name, resource.max_instances
                 );
-                trimmer.trim(&mut plan, excess, &why, |launch| {
-                    launch.resource == resource.name
-                });
+                trimmer.trim(&mut plan, excess, &why, |launch| launch.resource == resource.name);
             }
         }
 
@@ -60,8 +58,7 @@ impl Policy for BudgetPolicy {
         let limit = snapshot.budget.max_instances;
         let excess = (alive + planned).saturating_sub(limit);
         if excess > 0 {
-            let why =
-                format!("budget max-instances {limit} with {alive} alive and {planned} planned");
+            let why = format!("budget max-instances {limit} with {alive} alive and {planned} planned");
             trimmer.trim(&mut plan, excess, &why, |_| true);
         }
 
@@ -69,9 +66,8 @@ impl Policy for BudgetPolicy {
         let cost_planned = plan.launch_cost_per_hour(snapshot);
         let cap = snapshot.budget.max_cost_per_hour;
         if cost_now + cost_planned > cap + COST_EPSILON {
-            let why = format!(
-                "budget max-cost-per-hour {cap:.2} with {cost_now:.2}/h alive and {cost_planned:.2}/h planned"
-            );
+            let why =
+                format!("budget max-cost-per-hour {cap:.2} with {cost_now:.2}/h alive and {cost_planned:.2}/h planned");
             trimmer.trim_cost(snapshot, &mut plan, cost_now + cost_planned - cap, &why);
         }
 
@@ -103,22 +99,12 @@ impl Trimmer {
         };
         let mut order: Vec<usize> = (0..plan.launches.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse((rank(&plan.launches[i].resource), i)));
-        let notes = plan
-            .launches
-            .iter()
-            .map(|l| (l.count, Vec::new()))
-            .collect();
+        let notes = plan.launches.iter().map(|l| (l.count, Vec::new())).collect();
         Trimmer { order, notes }
     }
 
     /// Removes `excess` instances from the launches `applies` to.
-    fn trim(
-        &mut self,
-        plan: &mut Plan,
-        mut excess: u32,
-        why: &str,
-        applies: impl Fn(&Launch) -> bool,
-    ) {
+    fn trim(&mut self, plan: &mut Plan, mut excess: u32, why: &str, applies: impl Fn(&Launch) -> bool) {
         for &i in &self.order {
             let launch = &mut plan.launches[i];
             if excess == 0 {
@@ -141,15 +127,11 @@ impl Trimmer {
                 break;
             }
             let launch = &mut plan.launches[i];
-            let price = snapshot
-                .resource(&launch.resource)
-                .map_or(0.0, |r| r.price_per_hour);
+            let price = snapshot.resource(&launch.resource).map_or(0.0, |r| r.price_per_hour);
             if price <= 0.0 || launch.count == 0 {
                 continue;
             }
-            let cut = ((over - COST_EPSILON) / price)
-                .ceil()
-                .min(f64::from(launch.count)) as u32;
+            let cut = ((over - COST_EPSILON) / price).ceil().min(f64::from(launch.count)) as u32;
             over -= f64::from(cut) * price;
             record_cut(&mut self.notes, launch, i, cut, why);
         }
@@ -159,11 +141,7 @@ impl Trimmer {
     fn finish(self, plan: &mut Plan) {
         for (launch, (before, whys)) in plan.launches.iter_mut().zip(self.notes) {
             if !whys.is_empty() && launch.count > 0 {
-                launch.reason += &format!(
-                    " [budget: {before} → {}: {}]",
-                    launch.count,
-                    whys.join("; ")
-                );
+                launch.reason += &format!(" [budget: {before} → {}: {}]", launch.count, whys.join("; "));
             }
         }
         plan.launches.retain(|l| l.count > 0);
@@ -172,13 +150,7 @@ impl Trimmer {
 
 /// Applies one trim: logs it, reduces the count and keeps the reason for
 /// the note on the launch.
-fn record_cut(
-    notes: &mut [(u32, Vec<String>)],
-    launch: &mut Launch,
-    index: usize,
-    cut: u32,
-    why: &str,
-) {
+fn record_cut(notes: &mut [(u32, Vec<String>)], launch: &mut Launch, index: usize, cut: u32, why: &str) {
     info(&format!(
         "budget: trimmed {cut} of {} × {} (launch #{} of the plan): {why}",
         launch.count,

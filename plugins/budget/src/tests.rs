@@ -11,10 +11,7 @@ fn decide(snap: &Snapshot, plan: Plan) -> Plan {
 }
 
 fn planned(launches: &[(&str, u32)]) -> Plan {
-    let mut plan = Plan {
-        launches: vec![],
-        terminations: vec![],
-    };
+    let mut plan = Plan { launches: vec![], terminations: vec![] };
     for (resource, count) in launches {
         plan.launch(resource, *count, format!("want {count} {resource}"));
     }
@@ -22,18 +19,18 @@ fn planned(launches: &[(&str, u32)]) -> Plan {
 }
 
 fn counts(plan: &Plan) -> Vec<(String, u32)> {
-    plan.launches
-        .iter()
-        .map(|l| (l.resource.clone(), l.count))
-        .collect()
+    plan.launches.iter().map(|l| (l.resource.clone(), l.count)).collect()
 }
 
 /// Queue q prefers A (1.0/h) over B (2.0/h).
 fn two_resources() -> flockd_policy::testing::SnapshotBuilder {
-    snapshot(NOW)
-        .queue("q", 10, &["A", "B"])
-        .resource("A", &["q"], 10, 1.0, Market::Spot)
-        .resource("B", &["q"], 10, 2.0, Market::OnDemand)
+    snapshot(NOW).queue("q", 10, &["A", "B"]).resource("A", &["q"], 10, 1.0, Market::Spot).resource(
+        "B",
+        &["q"],
+        10,
+        2.0,
+        Market::OnDemand,
+    )
 }
 
 #[test]
@@ -45,16 +42,9 @@ fn global_max_trims_the_least_preferred_resource_first() {
     // B comes first in the plan but is the queue's second choice.
     let plan = decide(&b.build(), planned(&[("B", 2), ("A", 2)]));
     assert_eq!(counts(&plan), [("B".into(), 1), ("A".into(), 2)]);
-    assert!(
-        plan.launches[0]
-            .reason
-            .contains("[budget: 2 → 1: budget max-instances 10 with 7 alive and 4 planned]")
-    );
+    assert!(plan.launches[0].reason.contains("[budget: 2 → 1: budget max-instances 10 with 7 alive and 4 planned]"));
     let logs = take_logs();
-    assert!(
-        logs.iter().any(|(_, l)| l.contains("trimmed 1 of 2 × B")),
-        "{logs:?}"
-    );
+    assert!(logs.iter().any(|(_, l)| l.contains("trimmed 1 of 2 × B")), "{logs:?}");
 }
 
 #[test]
@@ -66,14 +56,8 @@ fn equal_preference_trims_the_later_launch_first_and_drops_it_at_zero() {
         .resource("C", &["q2"], 10, 1.0, Market::Spot)
         .budget(3, f64::INFINITY, 0.0)
         .build();
-    assert_eq!(
-        counts(&decide(&snap, planned(&[("A", 2), ("C", 2)]))),
-        [("A".into(), 2), ("C".into(), 1)]
-    );
-    assert_eq!(
-        counts(&decide(&snap, planned(&[("A", 3), ("C", 2)]))),
-        [("A".into(), 3)]
-    );
+    assert_eq!(counts(&decide(&snap, planned(&[("A", 2), ("C", 2)]))), [("A".into(), 2), ("C".into(), 1)]);
+    assert_eq!(counts(&decide(&snap, planned(&[("A", 3), ("C", 2)]))), [("A".into(), 3)]);
 }
 
 #[test]
@@ -97,23 +81,13 @@ fn cost_cap_trims_the_fewest_instances_that_fit() {
     // 10 + 2×1.0 + 3×2.0 = 18 > 15: two B (4.0) go, leaving 14.
     let plan = decide(&snap, planned(&[("A", 2), ("B", 3)]));
     assert_eq!(counts(&plan), [("A".into(), 2), ("B".into(), 1)]);
-    assert!(
-        plan.launches[1]
-            .reason
-            .contains("max-cost-per-hour 15.00 with 10.00/h alive and 8.00/h planned")
-    );
+    assert!(plan.launches[1].reason.contains("max-cost-per-hour 15.00 with 10.00/h alive and 8.00/h planned"));
 }
 
 #[test]
 fn cost_exactly_at_the_cap_is_allowed() {
-    let snap = two_resources()
-        .budget(100, 0.3, 0.1)
-        .resource("cheap", &["q"], 10, 0.1, Market::Spot)
-        .build();
-    assert_eq!(
-        counts(&decide(&snap, planned(&[("cheap", 2)]))),
-        [("cheap".into(), 2)]
-    );
+    let snap = two_resources().budget(100, 0.3, 0.1).resource("cheap", &["q"], 10, 0.1, Market::Spot).build();
+    assert_eq!(counts(&decide(&snap, planned(&[("cheap", 2)]))), [("cheap".into(), 2)]);
 }
 
 #[test]
@@ -125,8 +99,11 @@ fn within_every_cap_nothing_changes() {
 
 #[test]
 fn any_setting_is_rejected() {
-    let err = configure::<BudgetPolicy>("budget", r#"{"max-instances": 3}"#)
-        .err()
-        .unwrap();
+    let err = configure::<BudgetPolicy>("budget", r#"{"max-instances": 3}"#).err().unwrap();
     assert!(err.contains("max-instances"), "{err}");
+}
+
+#[test]
+fn case_file_passes() {
+    flockd_policy::testing::cases::assert_case_file::<BudgetPolicy>(include_str!("../cases.toml"));
 }

@@ -33,12 +33,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            max_idle_secs: 600,
-            min_idle: 0,
-            resources: BTreeMap::new(),
-            spare_for_pending: true,
-        }
+        Settings { max_idle_secs: 600, min_idle: 0, resources: BTreeMap::new(), spare_for_pending: true }
     }
 }
 
@@ -63,9 +58,7 @@ impl Policy for Idle {
     fn decide(&self, snapshot: &Snapshot, mut plan: Plan) -> Result<Plan, String> {
         for name in self.settings.resources.keys() {
             if snapshot.resource(name).is_none() {
-                warn(&format!(
-                    "idle: settings name resource {name:?}, which is not configured"
-                ));
+                warn(&format!("idle: settings name resource {name:?}, which is not configured"));
             }
         }
         // Pending tasks per queue that no external worker covers; idle
@@ -73,12 +66,7 @@ impl Policy for Idle {
         let mut uncovered: Vec<(&str, u32)> = snapshot
             .queues
             .iter()
-            .map(|q| {
-                (
-                    q.name.as_str(),
-                    q.pending.saturating_sub(q.external_idle_workers),
-                )
-            })
+            .map(|q| (q.name.as_str(), q.pending.saturating_sub(q.external_idle_workers)))
             .collect();
         let mut take_pending = |resource: &str| match uncovered
             .iter_mut()
@@ -96,9 +84,7 @@ impl Policy for Idle {
             let mut idle: Vec<&Instance> = snapshot
                 .instances
                 .iter()
-                .filter(|i| {
-                    i.resource == resource.name && i.is_idle() && !plan.is_terminating(&i.id)
-                })
+                .filter(|i| i.resource == resource.name && i.is_idle() && !plan.is_terminating(&i.id))
                 .collect();
             // Most recently idle first: those are the ones kept warm. No
             // idle-since means it just became idle.
@@ -132,10 +118,8 @@ impl Idle {
     fn limits(&self, resource: &str) -> (u64, u32) {
         let over = self.settings.resources.get(resource);
         (
-            over.and_then(|o| o.max_idle_secs)
-                .unwrap_or(self.settings.max_idle_secs),
-            over.and_then(|o| o.min_idle)
-                .unwrap_or(self.settings.min_idle),
+            over.and_then(|o| o.max_idle_secs).unwrap_or(self.settings.max_idle_secs),
+            over.and_then(|o| o.min_idle).unwrap_or(self.settings.min_idle),
         )
     }
 }

@@ -8,20 +8,8 @@ const MIN: u64 = 60_000;
 
 fn terminated(settings: &str, snap: &Snapshot) -> Vec<String> {
     let policy: Idle = configure("idle", settings).expect("valid settings");
-    let plan = policy
-        .decide(
-            snap,
-            Plan {
-                launches: vec![],
-                terminations: vec![],
-            },
-        )
-        .expect("decide");
-    assert!(
-        plan.terminations
-            .iter()
-            .all(|t| t.cause == TerminationCause::Idle)
-    );
+    let plan = policy.decide(snap, Plan { launches: vec![], terminations: vec![] }).expect("decide");
+    assert!(plan.terminations.iter().all(|t| t.cause == TerminationCause::Idle));
     let mut ids: Vec<String> = plan.terminations.into_iter().map(|t| t.instance).collect();
     ids.sort();
     ids
@@ -48,10 +36,7 @@ fn min_idle_keeps_the_most_recently_idle() {
         .idle("newer", "A", NOW - 12 * MIN)
         .idle("middle", "A", NOW - 20 * MIN)
         .build();
-    assert_eq!(
-        terminated(r#"{"min-idle": 1}"#, &snap),
-        ["middle", "oldest"]
-    );
+    assert_eq!(terminated(r#"{"min-idle": 1}"#, &snap), ["middle", "oldest"]);
 }
 
 #[test]
@@ -78,10 +63,7 @@ fn spares_one_overdue_instance_per_uncovered_pending_task() {
         .idle("i2", "A", NOW - 30 * MIN)
         .build();
     assert_eq!(terminated("", &snap).len(), 1);
-    assert_eq!(
-        terminated(r#"{"spare-for-pending": false}"#, &snap).len(),
-        2
-    );
+    assert_eq!(terminated(r#"{"spare-for-pending": false}"#, &snap).len(), 2);
 }
 
 #[test]
@@ -97,34 +79,21 @@ fn a_young_idle_instance_covers_the_pending_task_first() {
 
 #[test]
 fn reason_names_the_numbers() {
-    let snap = snapshot(NOW)
-        .resource("A", &["q"], 10, 1.0, Market::Spot)
-        .idle("i", "A", NOW - 11 * MIN)
-        .build();
+    let snap = snapshot(NOW).resource("A", &["q"], 10, 1.0, Market::Spot).idle("i", "A", NOW - 11 * MIN).build();
     let policy: Idle = configure("idle", "").unwrap();
-    let plan = policy
-        .decide(
-            &snap,
-            Plan {
-                launches: vec![],
-                terminations: vec![],
-            },
-        )
-        .unwrap();
-    assert_eq!(
-        plan.terminations[0].reason,
-        "idle 660 s > max-idle-secs 600 (A: 1 idle, min-idle 0)"
-    );
+    let plan = policy.decide(&snap, Plan { launches: vec![], terminations: vec![] }).unwrap();
+    assert_eq!(plan.terminations[0].reason, "idle 660 s > max-idle-secs 600 (A: 1 idle, min-idle 0)");
 }
 
 #[test]
 fn unknown_keys_are_rejected_at_both_levels() {
-    let err = configure::<Idle>("idle", r#"{"max-idle": 5}"#)
-        .err()
-        .unwrap();
+    let err = configure::<Idle>("idle", r#"{"max-idle": 5}"#).err().unwrap();
     assert!(err.contains("max-idle"), "{err}");
-    let err = configure::<Idle>("idle", r#"{"resources": {"A": {"min_idle": 1}}}"#)
-        .err()
-        .unwrap();
+    let err = configure::<Idle>("idle", r#"{"resources": {"A": {"min_idle": 1}}}"#).err().unwrap();
     assert!(err.contains("min_idle"), "{err}");
+}
+
+#[test]
+fn case_file_passes() {
+    flockd_policy::testing::cases::assert_case_file::<Idle>(include_str!("../cases.toml"));
 }

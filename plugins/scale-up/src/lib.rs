@@ -34,10 +34,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            cool_off_secs: 300,
-            max_launches_per_tick: None,
-        }
+        Settings { cool_off_secs: 300, max_launches_per_tick: None }
     }
 }
 
@@ -64,11 +61,7 @@ impl Policy for ScaleUp {
             }
             let mut head = format!(
                 "queue {}: {} pending, {} external idle, {} idle, {} booting",
-                queue.name,
-                queue.pending,
-                queue.external_idle_workers,
-                claimed.0[IDLE],
-                claimed.0[BOOTING]
+                queue.name, queue.pending, queue.external_idle_workers, claimed.0[IDLE], claimed.0[BOOTING]
             );
             if claimed.0[PLANNED] > 0 {
                 head += &format!(", {} already planned", claimed.0[PLANNED]);
@@ -89,17 +82,11 @@ impl Policy for ScaleUp {
                 let alive = snapshot.alive_count(name);
                 let room = snapshot.room(name, &plan);
                 if room == 0 {
-                    skipped.push(format!(
-                        "{name}: full ({alive} alive of max {})",
-                        resource.max_instances
-                    ));
+                    skipped.push(format!("{name}: full ({alive} alive of max {})", resource.max_instances));
                     continue;
                 }
                 let count = needed.min(room).min(launches_left);
-                let mut reason = format!(
-                    "{head} → {count} of {name} (max {}, {alive} alive)",
-                    resource.max_instances
-                );
+                let mut reason = format!("{head} → {count} of {name} (max {}, {alive} alive)", resource.max_instances);
                 if !skipped.is_empty() {
                     reason += &format!("; skipped {}", skipped.join("; "));
                 }
@@ -110,14 +97,9 @@ impl Policy for ScaleUp {
             if needed > 0 {
                 let mut why = skipped.join("; ");
                 if launches_left == 0 {
-                    why = format!(
-                        "max-launches-per-tick {} reached",
-                        self.settings.max_launches_per_tick.unwrap_or(0)
-                    );
+                    why = format!("max-launches-per-tick {} reached", self.settings.max_launches_per_tick.unwrap_or(0));
                 }
-                info(&format!(
-                    "{head}: {needed} more needed but none launched ({why})"
-                ));
+                info(&format!("{head}: {needed} more needed but none launched ({why})"));
             }
         }
         Ok(plan)
@@ -132,17 +114,10 @@ impl ScaleUp {
             .failures
             .iter()
             .rev()
-            .filter(|f| {
-                f.resource == resource
-                    && matches!(f.kind, FailureKind::Capacity | FailureKind::Quota)
-            })
+            .filter(|f| f.resource == resource && matches!(f.kind, FailureKind::Capacity | FailureKind::Quota))
             .find(|f| snapshot.now.saturating_sub(f.at) < cool_off_ms)
             .map(|f| {
-                let kind = if f.kind == FailureKind::Capacity {
-                    "capacity"
-                } else {
-                    "quota"
-                };
+                let kind = if f.kind == FailureKind::Capacity { "capacity" } else { "quota" };
                 format!(
                     "{resource}: {kind} failure {} s ago (cool-off {} s)",
                     snapshot.secs_since(f.at),
@@ -183,17 +158,10 @@ impl<'a> SpareCapacity<'a> {
             .resources
             .iter()
             .map(|r| {
-                let queues = snapshot
-                    .queues
-                    .iter()
-                    .map(|q| q.name.as_str())
-                    .filter(|q| snapshot.serves(&r.name, q))
-                    .collect();
+                let queues =
+                    snapshot.queues.iter().map(|q| q.name.as_str()).filter(|q| snapshot.serves(&r.name, q)).collect();
                 let mut units = [0, 0, plan.launch_count(&r.name)];
-                for instance in snapshot
-                    .alive(&r.name)
-                    .filter(|i| !plan.is_terminating(&i.id))
-                {
+                for instance in snapshot.alive(&r.name).filter(|i| !plan.is_terminating(&i.id)) {
                     if instance.is_idle() {
                         units[IDLE] += 1;
                     } else if instance.state == InstanceState::Booting {
@@ -215,11 +183,7 @@ impl<'a> SpareCapacity<'a> {
         let mut claimed = Claimed([0; 3]);
         let mut left = wanted;
         for kind in [IDLE, BOOTING, PLANNED] {
-            for resource in self
-                .resources
-                .iter_mut()
-                .filter(|r| r.queues.contains(&queue))
-            {
+            for resource in self.resources.iter_mut().filter(|r| r.queues.contains(&queue)) {
                 let take = left.min(resource.units[kind]);
                 resource.units[kind] -= take;
                 claimed.0[kind] += take;

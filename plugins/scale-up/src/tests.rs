@@ -7,22 +7,11 @@ const NOW: u64 = 1_700_000_000_000;
 
 fn decide(settings: &str, snap: &Snapshot) -> Plan {
     let policy: ScaleUp = configure("scale-up", settings).expect("valid settings");
-    policy
-        .decide(
-            snap,
-            Plan {
-                launches: vec![],
-                terminations: vec![],
-            },
-        )
-        .expect("decide")
+    policy.decide(snap, Plan { launches: vec![], terminations: vec![] }).expect("decide")
 }
 
 fn counts(plan: &Plan) -> Vec<(String, u32)> {
-    plan.launches
-        .iter()
-        .map(|l| (l.resource.clone(), l.count))
-        .collect()
+    plan.launches.iter().map(|l| (l.resource.clone(), l.count)).collect()
 }
 
 #[test]
@@ -34,11 +23,7 @@ fn three_pending_over_a_max_2_and_b_max_5_gives_2_a_and_1_b() {
         .build();
     let plan = decide("", &snap);
     assert_eq!(counts(&plan), [("A".into(), 2), ("B".into(), 1)]);
-    assert!(
-        plan.launches[0].reason.contains("3 pending"),
-        "{}",
-        plan.launches[0].reason
-    );
+    assert!(plan.launches[0].reason.contains("3 pending"), "{}", plan.launches[0].reason);
 }
 
 #[test]
@@ -90,18 +75,9 @@ fn capacity_failure_in_cool_off_falls_back_to_on_demand() {
         .build();
     let plan = decide("", &snap);
     assert_eq!(counts(&plan), [("od".into(), 2)]);
-    assert!(
-        plan.launches[0]
-            .reason
-            .contains("capacity failure 60 s ago"),
-        "{}",
-        plan.launches[0].reason
-    );
+    assert!(plan.launches[0].reason.contains("capacity failure 60 s ago"), "{}", plan.launches[0].reason);
     // Once the cool-off is over, spot is preferred again.
-    assert_eq!(
-        counts(&decide(r#"{"cool-off-secs": 30}"#, &snap)),
-        [("spot".into(), 2)]
-    );
+    assert_eq!(counts(&decide(r#"{"cool-off-secs": 30}"#, &snap)), [("spot".into(), 2)]);
 }
 
 #[test]
@@ -124,10 +100,7 @@ fn room_counts_alive_instances_and_earlier_launches() {
         .stopping("i-2", "A")
         .build();
     let policy: ScaleUp = configure("scale-up", "{}").unwrap();
-    let mut earlier = Plan {
-        launches: vec![],
-        terminations: vec![],
-    };
+    let mut earlier = Plan { launches: vec![], terminations: vec![] };
     earlier.launch("A", 1, "warm pool".into());
     let plan = policy.decide(&snap, earlier).unwrap();
     // 4 max − 1 alive (stopping ones do not count) − 1 planned = 2 more.
@@ -142,16 +115,16 @@ fn max_launches_per_tick_caps_the_total() {
         .resource("A", &["q1"], 10, 1.0, Market::Spot)
         .resource("B", &["q2"], 10, 1.0, Market::Spot)
         .build();
-    assert_eq!(
-        counts(&decide(r#"{"max-launches-per-tick": 4}"#, &snap)),
-        [("A".into(), 3), ("B".into(), 1)]
-    );
+    assert_eq!(counts(&decide(r#"{"max-launches-per-tick": 4}"#, &snap)), [("A".into(), 3), ("B".into(), 1)]);
 }
 
 #[test]
 fn unknown_setting_is_rejected_by_name() {
-    let err = configure::<ScaleUp>("scale-up", r#"{"cooloff-secs": 1}"#)
-        .err()
-        .unwrap();
+    let err = configure::<ScaleUp>("scale-up", r#"{"cooloff-secs": 1}"#).err().unwrap();
     assert!(err.contains("cooloff-secs"), "{err}");
+}
+
+#[test]
+fn case_file_passes() {
+    flockd_policy::testing::cases::assert_case_file::<ScaleUp>(include_str!("../cases.toml"));
 }

@@ -1,8 +1,6 @@
 //! The questions every policy asks of a snapshot and a plan.
 
-use crate::{
-    Instance, InstanceState, Launch, Plan, Resource, Snapshot, Termination, TerminationCause,
-};
+use crate::{Instance, InstanceState, Launch, Plan, Resource, Snapshot, Termination, TerminationCause};
 
 /// Whole seconds in `ms` milliseconds (rounded down), for reasons and settings.
 pub fn secs(ms: u64) -> u64 {
@@ -42,9 +40,7 @@ impl Snapshot {
 
     /// Alive (booting or running) instances of `resource`.
     pub fn alive<'a>(&'a self, resource: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
-        self.instances
-            .iter()
-            .filter(move |i| i.resource == resource && i.is_alive())
+        self.instances.iter().filter(move |i| i.resource == resource && i.is_alive())
     }
 
     pub fn alive_count(&self, resource: &str) -> u32 {
@@ -58,11 +54,8 @@ impl Snapshot {
 
     /// Whether an instance of `resource` serves `queue`, by either side's list.
     pub fn serves(&self, resource: &str, queue: &str) -> bool {
-        self.resource(resource)
-            .is_some_and(|r| r.queues.iter().any(|q| q == queue))
-            || self
-                .queue(queue)
-                .is_some_and(|q| q.resources.iter().any(|r| r == resource))
+        self.resource(resource).is_some_and(|r| r.queues.iter().any(|q| q == queue))
+            || self.queue(queue).is_some_and(|q| q.resources.iter().any(|r| r == resource))
     }
 
     /// How many more instances of `resource` fit under its max-instances,
@@ -70,9 +63,7 @@ impl Snapshot {
     /// terminations free nothing until they happen). 0 for an unknown resource.
     pub fn room(&self, resource: &str, plan: &Plan) -> u32 {
         self.resource(resource).map_or(0, |r| {
-            r.max_instances
-                .saturating_sub(self.alive_count(resource))
-                .saturating_sub(plan.launch_count(resource))
+            r.max_instances.saturating_sub(self.alive_count(resource)).saturating_sub(plan.launch_count(resource))
         })
     }
 
@@ -85,11 +76,7 @@ impl Snapshot {
 impl Plan {
     /// Instances this plan launches of `resource`.
     pub fn launch_count(&self, resource: &str) -> u32 {
-        self.launches
-            .iter()
-            .filter(|l| l.resource == resource)
-            .map(|l| l.count)
-            .sum()
+        self.launches.iter().filter(|l| l.resource == resource).map(|l| l.count).sum()
     }
 
     pub fn total_launches(&self) -> u32 {
@@ -103,11 +90,7 @@ impl Plan {
     /// Appends a launch; a count of 0 appends nothing (the host rejects it).
     pub fn launch(&mut self, resource: &str, count: u32, reason: String) {
         if count > 0 {
-            self.launches.push(Launch {
-                resource: resource.to_string(),
-                count,
-                reason,
-            });
+            self.launches.push(Launch { resource: resource.to_string(), count, reason });
         }
     }
 
@@ -117,11 +100,7 @@ impl Plan {
         if self.is_terminating(instance) {
             return false;
         }
-        self.terminations.push(Termination {
-            instance: instance.to_string(),
-            cause,
-            reason,
-        });
+        self.terminations.push(Termination { instance: instance.to_string(), cause, reason });
         true
     }
 
@@ -129,12 +108,7 @@ impl Plan {
     pub fn launch_cost_per_hour(&self, snapshot: &Snapshot) -> f64 {
         self.launches
             .iter()
-            .map(|l| {
-                snapshot
-                    .resource(&l.resource)
-                    .map_or(0.0, |r| r.price_per_hour)
-                    * f64::from(l.count)
-            })
+            .map(|l| snapshot.resource(&l.resource).map_or(0.0, |r| r.price_per_hour) * f64::from(l.count))
             .sum()
     }
 }

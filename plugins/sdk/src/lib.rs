@@ -62,8 +62,8 @@ pub mod bindings {
 // at the bindings root; everything comes from `types` here so each name is
 // re-exported once.
 pub use bindings::flockd::policy::types::{
-    Budget, Failure, FailureKind, Instance, InstanceState, Launch, LogLevel, Market, Plan, Queue,
-    Resource, Snapshot, Termination, TerminationCause,
+    Budget, Failure, FailureKind, Instance, InstanceState, Launch, LogLevel, Market, Plan, Queue, Resource, Snapshot,
+    Termination, TerminationCause,
 };
 
 /// A scaling policy: built once per plugin instance from its settings, then
@@ -94,8 +94,7 @@ pub fn configure<P: Policy>(policy_name: &str, settings_json: &str) -> Result<P,
     let settings = if text.is_empty() || text == "null" {
         P::Settings::default()
     } else {
-        serde_json::from_str(text)
-            .map_err(|e| format!("invalid settings for policy `{policy_name}`: {e}"))?
+        serde_json::from_str(text).map_err(|e| format!("invalid settings for policy `{policy_name}`: {e}"))?
     };
     P::new(settings).map_err(|e| format!("invalid settings for policy `{policy_name}`: {e}"))
 }

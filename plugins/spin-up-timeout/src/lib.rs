@@ -37,12 +37,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            timeout_secs: 900,
-            max_consecutive_failures: 3,
-            backoff_secs: 1800,
-            reoffer: true,
-        }
+        Settings { timeout_secs: 900, max_consecutive_failures: 3, backoff_secs: 1800, reoffer: true }
     }
 }
 
@@ -55,7 +50,9 @@ impl Policy for SpinUpTimeout {
 
     fn new(settings: Settings) -> Result<Self, String> {
         if settings.max_consecutive_failures == 0 {
-            return Err("max-consecutive-failures must be at least 1 (it is the failure count that opens the breaker)".into());
+            return Err(
+                "max-consecutive-failures must be at least 1 (it is the failure count that opens the breaker)".into()
+            );
         }
         Ok(SpinUpTimeout { settings })
     }
@@ -77,10 +74,7 @@ impl Policy for SpinUpTimeout {
         let open: Vec<(&str, String)> = snapshot
             .resources
             .iter()
-            .filter_map(|r| {
-                self.open_breaker(snapshot, &plan, &r.name)
-                    .map(|why| (r.name.as_str(), why))
-            })
+            .filter_map(|r| self.open_breaker(snapshot, &plan, &r.name).map(|why| (r.name.as_str(), why)))
             .collect();
         for (resource, why) in &open {
             let removed = plan.launch_count(resource);
@@ -88,9 +82,7 @@ impl Policy for SpinUpTimeout {
                 continue;
             }
             plan.launches.retain(|l| l.resource != *resource);
-            warn(&format!(
-                "spin-up-timeout: removed {removed} planned launch(es) of {resource}: {why}"
-            ));
+            warn(&format!("spin-up-timeout: removed {removed} planned launch(es) of {resource}: {why}"));
             if self.settings.reoffer {
                 self.reoffer(snapshot, &mut plan, resource, removed, why, &open);
             }
@@ -112,16 +104,9 @@ impl SpinUpTimeout {
             .terminations
             .iter()
             .filter(|t| t.cause == TerminationCause::BootTimeout)
-            .filter(|t| {
-                snapshot
-                    .instance(&t.instance)
-                    .is_some_and(|i| i.resource == resource)
-            })
+            .filter(|t| snapshot.instance(&t.instance).is_some_and(|i| i.resource == resource))
             .map(|_| snapshot.now);
-        let since_ok: Vec<u64> = recorded
-            .chain(planned)
-            .filter(|at| last_ok.is_none_or(|ok| *at > ok))
-            .collect();
+        let since_ok: Vec<u64> = recorded.chain(planned).filter(|at| last_ok.is_none_or(|ok| *at > ok)).collect();
         let newest = *since_ok.iter().max()?;
         let newest_age_ms = snapshot.now.saturating_sub(newest);
         let failures = since_ok.len();
@@ -131,10 +116,7 @@ impl SpinUpTimeout {
             return None;
         }
         let since = match last_ok {
-            Some(ok) => format!(
-                "since its last successful boot {} s ago",
-                snapshot.secs_since(ok)
-            ),
+            Some(ok) => format!("since its last successful boot {} s ago", snapshot.secs_since(ok)),
             None => "and no successful boot on record".to_string(),
         };
         Some(format!(
@@ -157,11 +139,7 @@ impl SpinUpTimeout {
         open: &[(&str, String)],
     ) {
         let mut left = count;
-        for queue in snapshot
-            .queues
-            .iter()
-            .filter(|q| snapshot.serves(tripped, &q.name))
-        {
+        for queue in snapshot.queues.iter().filter(|q| snapshot.serves(tripped, &q.name)) {
             let after_tripped = queue.resources.iter().skip_while(|r| *r != tripped).skip(1);
             for next in after_tripped {
                 if left == 0 {

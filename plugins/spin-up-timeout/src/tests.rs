@@ -12,10 +12,7 @@ fn decide(settings: &str, snap: &Snapshot, plan: Plan) -> Plan {
 }
 
 fn empty() -> Plan {
-    Plan {
-        launches: vec![],
-        terminations: vec![],
-    }
+    Plan { launches: vec![], terminations: vec![] }
 }
 
 fn planned(launches: &[(&str, u32)]) -> Plan {
@@ -27,10 +24,7 @@ fn planned(launches: &[(&str, u32)]) -> Plan {
 }
 
 fn counts(plan: &Plan) -> Vec<(String, u32)> {
-    plan.launches
-        .iter()
-        .map(|l| (l.resource.clone(), l.count))
-        .collect()
+    plan.launches.iter().map(|l| (l.resource.clone(), l.count)).collect()
 }
 
 /// gpu-spot has failed to boot `failures` times, a minute apart, the newest
@@ -41,11 +35,7 @@ fn broken_spot(failures: u64, newest_ago: u64) -> flockd_policy::testing::Snapsh
         .resource("gpu-spot", &["gpu"], 4, 1.0, Market::Spot)
         .resource("gpu-od", &["gpu"], 1, 3.0, Market::OnDemand);
     for n in (0..failures).rev() {
-        b = b.failure(
-            "gpu-spot",
-            FailureKind::BootTimeout,
-            NOW - newest_ago - n * MIN,
-        );
+        b = b.failure("gpu-spot", FailureKind::BootTimeout, NOW - newest_ago - n * MIN);
     }
     b
 }
@@ -62,11 +52,7 @@ fn terminates_only_booting_instances_past_the_timeout() {
     assert_eq!(plan.terminations.len(), 1);
     assert_eq!(plan.terminations[0].instance, "late");
     assert_eq!(plan.terminations[0].cause, TerminationCause::BootTimeout);
-    assert!(
-        plan.terminations[0]
-            .reason
-            .contains("booting for 960 s > timeout-secs 900")
-    );
+    assert!(plan.terminations[0].reason.contains("booting for 960 s > timeout-secs 900"));
 }
 
 #[test]
@@ -74,48 +60,27 @@ fn open_breaker_removes_launches_and_reoffers_to_the_next_resource_within_its_ro
     let snap = broken_spot(3, MIN).build();
     let plan = decide("", &snap, planned(&[("gpu-spot", 2)]));
     assert_eq!(counts(&plan), [("gpu-od".into(), 1)]);
-    assert!(
-        plan.launches[0].reason.contains("3 boot timeouts"),
-        "{}",
-        plan.launches[0].reason
-    );
+    assert!(plan.launches[0].reason.contains("3 boot timeouts"), "{}", plan.launches[0].reason);
     let logs = take_logs();
-    assert!(
-        logs.iter()
-            .any(|(_, l)| l.contains("removed 2 planned launch(es) of gpu-spot")),
-        "{logs:?}"
-    );
-    assert!(
-        logs.iter()
-            .any(|(_, l)| l.contains("1 launch(es) of gpu-spot not re-offered")),
-        "{logs:?}"
-    );
+    assert!(logs.iter().any(|(_, l)| l.contains("removed 2 planned launch(es) of gpu-spot")), "{logs:?}");
+    assert!(logs.iter().any(|(_, l)| l.contains("1 launch(es) of gpu-spot not re-offered")), "{logs:?}");
 }
 
 #[test]
 fn reoffer_can_be_turned_off() {
     let snap = broken_spot(3, MIN).build();
-    assert!(
-        decide(r#"{"reoffer": false}"#, &snap, planned(&[("gpu-spot", 2)]))
-            .launches
-            .is_empty()
-    );
+    assert!(decide(r#"{"reoffer": false}"#, &snap, planned(&[("gpu-spot", 2)])).launches.is_empty());
 }
 
 #[test]
 fn fewer_failures_than_the_limit_keep_the_breaker_closed() {
     let snap = broken_spot(2, MIN).build();
-    assert_eq!(
-        counts(&decide("", &snap, planned(&[("gpu-spot", 2)]))),
-        [("gpu-spot".into(), 2)]
-    );
+    assert_eq!(counts(&decide("", &snap, planned(&[("gpu-spot", 2)]))), [("gpu-spot".into(), 2)]);
 }
 
 #[test]
 fn a_timeout_terminated_this_tick_counts_towards_the_breaker() {
-    let snap = broken_spot(2, MIN)
-        .booting("stuck", "gpu-spot", NOW - 20 * MIN)
-        .build();
+    let snap = broken_spot(2, MIN).booting("stuck", "gpu-spot", NOW - 20 * MIN).build();
     let plan = decide("", &snap, planned(&[("gpu-spot", 1)]));
     assert_eq!(counts(&plan), [("gpu-od".into(), 1)]);
 }
@@ -125,35 +90,26 @@ fn a_successful_boot_closes_the_breaker() {
     let snap = broken_spot(3, MIN).build();
     let mut snap_after_ok = snap.clone();
     snap_after_ok.resources[0].last_boot_ok = Some(NOW - MIN / 2);
-    assert_eq!(
-        counts(&decide("", &snap_after_ok, planned(&[("gpu-spot", 2)]))),
-        [("gpu-spot".into(), 2)]
-    );
+    assert_eq!(counts(&decide("", &snap_after_ok, planned(&[("gpu-spot", 2)]))), [("gpu-spot".into(), 2)]);
     // A boot before the failures does not.
     let mut snap_ok_before = snap;
     snap_ok_before.resources[0].last_boot_ok = Some(NOW - 60 * MIN);
-    assert_eq!(
-        counts(&decide("", &snap_ok_before, planned(&[("gpu-spot", 2)]))),
-        [("gpu-od".into(), 1)]
-    );
+    assert_eq!(counts(&decide("", &snap_ok_before, planned(&[("gpu-spot", 2)]))), [("gpu-od".into(), 1)]);
 }
 
 #[test]
 fn the_breaker_closes_after_the_backoff() {
     let snap = broken_spot(3, 31 * MIN).build();
-    assert_eq!(
-        counts(&decide("", &snap, planned(&[("gpu-spot", 2)]))),
-        [("gpu-spot".into(), 2)]
-    );
+    assert_eq!(counts(&decide("", &snap, planned(&[("gpu-spot", 2)]))), [("gpu-spot".into(), 2)]);
 }
 
 #[test]
 fn zero_failure_limit_is_rejected() {
-    let err = configure::<SpinUpTimeout>("spin-up-timeout", r#"{"max-consecutive-failures": 0}"#)
-        .err()
-        .unwrap();
-    assert!(
-        err.contains("max-consecutive-failures must be at least 1"),
-        "{err}"
-    );
+    let err = configure::<SpinUpTimeout>("spin-up-timeout", r#"{"max-consecutive-failures": 0}"#).err().unwrap();
+    assert!(err.contains("max-consecutive-failures must be at least 1"), "{err}");
+}
+
+#[test]
+fn case_file_passes() {
+    flockd_policy::testing::cases::assert_case_file::<SpinUpTimeout>(include_str!("../cases.toml"));
 }

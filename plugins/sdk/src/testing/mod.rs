@@ -10,10 +10,10 @@
 
 use std::cell::RefCell;
 
-use crate::{
-    Budget, Failure, FailureKind, Instance, InstanceState, LogLevel, Market, Queue, Resource,
-    Snapshot,
-};
+#[cfg(feature = "cases")]
+pub mod cases;
+
+use crate::{Budget, Failure, FailureKind, Instance, InstanceState, LogLevel, Market, Queue, Resource, Snapshot};
 
 pub fn snapshot(now: u64) -> SnapshotBuilder {
     SnapshotBuilder(Snapshot {
@@ -22,11 +22,7 @@ pub fn snapshot(now: u64) -> SnapshotBuilder {
         resources: Vec::new(),
         instances: Vec::new(),
         failures: Vec::new(),
-        budget: Budget {
-            max_instances: u32::MAX,
-            max_cost_per_hour: f64::INFINITY,
-            cost_per_hour: 0.0,
-        },
+        budget: Budget { max_instances: u32::MAX, max_cost_per_hour: f64::INFINITY, cost_per_hour: 0.0 },
     })
 }
 
@@ -46,11 +42,7 @@ impl SnapshotBuilder {
 
     /// Sets external-idle-workers of the queue added last.
     pub fn external_idle(mut self, workers: u32) -> Self {
-        self.0
-            .queues
-            .last_mut()
-            .expect("add a queue first")
-            .external_idle_workers = workers;
+        self.0.queues.last_mut().expect("add a queue first").external_idle_workers = workers;
         self
     }
 
@@ -75,11 +67,7 @@ impl SnapshotBuilder {
 
     /// Sets last-boot-ok of the resource added last.
     pub fn last_boot_ok(mut self, at: u64) -> Self {
-        self.0
-            .resources
-            .last_mut()
-            .expect("add a resource first")
-            .last_boot_ok = Some(at);
+        self.0.resources.last_mut().expect("add a resource first").last_boot_ok = Some(at);
         self
     }
 
@@ -113,26 +101,12 @@ impl SnapshotBuilder {
     }
 
     pub fn failure(mut self, resource: &str, kind: FailureKind, at: u64) -> Self {
-        self.0.failures.push(Failure {
-            resource: resource.into(),
-            kind,
-            at,
-            message: String::new(),
-        });
+        self.0.failures.push(Failure { resource: resource.into(), kind, at, message: String::new() });
         self
     }
 
-    pub fn budget(
-        mut self,
-        max_instances: u32,
-        max_cost_per_hour: f64,
-        cost_per_hour: f64,
-    ) -> Self {
-        self.0.budget = Budget {
-            max_instances,
-            max_cost_per_hour,
-            cost_per_hour,
-        };
+    pub fn budget(mut self, max_instances: u32, max_cost_per_hour: f64, cost_per_hour: f64) -> Self {
+        self.0.budget = Budget { max_instances, max_cost_per_hour, cost_per_hour };
         self
     }
 
