@@ -26,6 +26,10 @@ pub struct LocalProviderConfig {
     pub terminate_grace_ms: u64,
 }
 
+fn default_pass_env() -> Vec<String> {
+    ["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "TZ", "TMPDIR"].map(String::from).to_vec()
+}
+
 fn default_terminate_grace_ms() -> u64 {
     10_000
 }
@@ -33,7 +37,9 @@ fn default_terminate_grace_ms() -> u64 {
 /// What one resource runs: a "machine" is one process (and its process
 /// group) started from this command.
 ///
-/// The process also gets these environment variables, which override `env`:
+/// The process does not inherit flockd's environment (which may hold cloud
+/// keys): it gets the variables named in `pass-env` that flockd has, then
+/// `env`, then these, which override both:
 /// `CLEARML_WORKER_ID` (the worker id its agent must register with),
 /// `FLOCKD_CLUSTER`, `FLOCKD_RESOURCE`, `FLOCKD_INSTANCE_ID` and
 /// `FLOCKD_QUEUES` (the queues to serve, separated by spaces).
@@ -53,11 +59,28 @@ pub struct LocalResourceConfig {
     /// Arguments, passed as they are (no shell). Default: none.
     #[serde(default)]
     pub args: Vec<String>,
-    /// Extra environment variables, added to flockd's own environment.
-    /// Default: none.
+    /// Environment variables to set. Default: none.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Names of flockd's own environment variables the process inherits.
+    /// Default: PATH, HOME, USER, LOGNAME, SHELL, LANG, LC_ALL, TZ, TMPDIR.
+    #[serde(default = "default_pass_env")]
+    pub pass_env: Vec<String>,
     /// Working directory of the process. Default: the state directory.
     #[serde(default)]
     pub working_dir: Option<PathBuf>,
+}
+
+impl LocalResourceConfig {
+    /// A resource running `command` with `args`, other settings at their
+    /// defaults.
+    pub fn new(command: impl Into<String>, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        LocalResourceConfig {
+            command: command.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            env: BTreeMap::new(),
+            pass_env: default_pass_env(),
+            working_dir: None,
+        }
+    }
 }

@@ -28,6 +28,9 @@ pub use config::{LocalProviderConfig, LocalResourceConfig};
 use process::ProcessIdentity;
 use state::{MachineRecord, StateDir};
 
+/// Set in every machine's environment; how a record whose start was
+/// interrupted finds its process.
+const INSTANCE_ID_VAR: &str = "FLOCKD_INSTANCE_ID";
 /// How often terminate looks whether the process group is gone.
 const EXIT_POLL: Duration = Duration::from_millis(20);
 /// How long terminate waits for the kernel after SIGKILL.
@@ -71,41 +74,43 @@ impl LocalProvider {
         })
     }
 
+    /// Starts the process. The caller has already recorded the machine
+    /// as starting (leader None), so a crash in here leaves it findable.
     fn spawn(
         &self,
         state: &StateDir,
         request: &LaunchRequest,
         instance_id: &str,
         resource: &LocalResourceConfig,
-    ) -> Result<MachineRecord, ProviderError> {
+    ) -> Result<ProcessIdentity, ProviderError> {
         let log_path = state.log_path(instance_id);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| {
-                ProviderError::Other(format!("cannot open {}: {e}", log_path.display()))
-            })?;
-        let log_err = log.try_clone().map_err(|e| {
-            ProviderError::Other(format!("cannot open {}: {e}", log_path.display()))
-        })?;
+        let open_log = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(|e| ProviderError::Other(format!("cannot open {}: {e}", log_path.display())))
+        };
+        let working_dir = resource.working_dir.as_deref().unwrap_or(state.path());
 
         let mut command = Command::new(&resource.command);
+        command.args(&resource.args).env_clear();
+        for name in &resource.pass_env {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
         command
-            .args(&resource.args)
             .envs(&resource.env)
-            .env(
-                "CLEARML_WORKER_ID",
-                naming::worker_id(&request.cluster, &request.resource, instance_id),
-            )
+            .env("CLEARML_WORKER_ID", naming::worker_id(&request.cluster, &request.resource, instance_id))
             .env("FLOCKD_CLUSTER", &request.cluster)
             .env("FLOCKD_RESOURCE", &request.resource)
-            .env("FLOCKD_INSTANCE_ID", instance_id)
+            .env(INSTANCE_ID_VAR, instance_id)
             .env("FLOCKD_QUEUES", request.queues.join(" "))
-            .current_dir(resource.working_dir.as_deref().unwrap_or(state.path()))
+            .current_dir(working_dir)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
+            .stdout(open_log()?)
+            .stderr(open_log()?);
         // A session of its own: its own process group (terminate signals the
         // whole group) and no controlling terminal, so neither a Ctrl-C nor a
         // crash of flockd takes it down.
@@ -118,38 +123,35 @@ impl LocalProvider {
                 "resource {:?}: cannot start {:?} (working-dir {}): {e}",
                 request.resource,
                 resource.command,
-                resource
-                    .working_dir
-                    .as_deref()
-                    .unwrap_or(state.path())
-                    .display()
+                working_dir.display()
             ))
         })?;
         let pid = child.id() as i32;
-
         let identity = ProcessIdentity::of(pid);
-        let record = identity.map(|leader| MachineRecord {
-            instance_id: instance_id.to_owned(),
-            cluster: request.cluster.clone(),
-            resource: request.resource.clone(),
-            launch_key: request.idempotency_key.clone(),
-            launched_at: now_ms(),
-            leader,
-        });
-        let written = record.and_then(|record| state.write(&record).map(|()| record));
         // Reap it when it exits, so it never lingers as a zombie of flockd.
         std::thread::spawn(move || child.wait());
-        match written {
-            Ok(record) => Ok(record),
-            Err(e) => {
-                // Untracked means leaked: stop it before reporting the failure.
-                let _ = process::signal_group(pid, Some(Signal::SIGKILL));
-                Err(ProviderError::Other(format!(
-                    "started {instance_id} but could not record it in {} ({e}); killed it",
-                    state.path().display()
-                )))
-            }
+        identity.map_err(|e| {
+            let _ = process::signal_group(pid, Some(Signal::SIGKILL));
+            ProviderError::Other(format!("started {instance_id} but cannot read /proc/{pid} ({e}); killed it"))
+        })
+    }
+
+    /// The record with a leader known to be alive, or None if the machine
+    /// is gone. A record left "starting" by a crash is completed from the
+    /// process that carries its instance id, if one runs.
+    fn live(&self, state: &StateDir, record: MachineRecord) -> Result<Option<MachineRecord>, ProviderError> {
+        if let Some(leader) = &record.leader {
+            return Ok(leader.is_alive().then_some(record));
         }
+        let found = process::find_group_leader_with_env(INSTANCE_ID_VAR, &record.instance_id)
+            .map_err(|e| ProviderError::Other(format!("cannot scan /proc: {e}")))?;
+        let Some(leader) = found.and_then(|pid| ProcessIdentity::of(pid).ok()) else {
+            return Ok(None);
+        };
+        tracing::info!(instance = %record.instance_id, pid = leader.pid, "found the process of a machine whose start was interrupted");
+        let record = MachineRecord { leader: Some(leader), ..record };
+        state.write(&record).map_err(|e| state_error(state, e))?;
+        Ok(Some(record))
     }
 }
 
@@ -164,10 +166,7 @@ fn instance_id_for(cluster: &str, idempotency_key: &str) -> String {
 }
 
 fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
 
 fn instance_of(record: &MachineRecord) -> CloudInstance {
@@ -181,10 +180,7 @@ fn instance_of(record: &MachineRecord) -> CloudInstance {
 }
 
 fn state_error(state: &StateDir, e: io::Error) -> ProviderError {
-    ProviderError::Other(format!(
-        "local provider state-dir {}: {e}",
-        state.path().display()
-    ))
+    ProviderError::Other(format!("local provider state-dir {}: {e}", state.path().display()))
 }
 
 #[async_trait]
@@ -193,19 +189,39 @@ impl CloudProvider for LocalProvider {
         let resource = self.resource(&request.resource)?;
         let instance_id = instance_id_for(&request.cluster, &request.idempotency_key);
         let state = self.state.lock().await;
-        if let Some(existing) = state
-            .read(&instance_id)
-            .map_err(|e| state_error(&state, e))?
-        {
-            if existing.leader.is_alive() {
-                return Ok(instance_of(&existing));
+        if let Some(existing) = state.read(&instance_id).map_err(|e| state_error(&state, e))? {
+            if let Some(live) = self.live(&state, existing)? {
+                return Ok(instance_of(&live));
             }
-            state
-                .remove(&instance_id)
-                .map_err(|e| state_error(&state, e))?;
         }
-        let record = self.spawn(&state, request, &instance_id, resource)?;
-        tracing::info!(instance = %instance_id, resource = %request.resource, pid = record.leader.pid, "started local machine");
+        let mut record = MachineRecord {
+            instance_id: instance_id.clone(),
+            cluster: request.cluster.clone(),
+            resource: request.resource.clone(),
+            launch_key: request.idempotency_key.clone(),
+            launched_at: now_ms(),
+            leader: None,
+        };
+        state.write(&record).map_err(|e| state_error(&state, e))?;
+        let leader = match self.spawn(&state, request, &instance_id, resource) {
+            Ok(leader) => leader,
+            Err(e) => {
+                let _ = state.remove(&instance_id);
+                return Err(e);
+            }
+        };
+        let pid = leader.pid;
+        record.leader = Some(leader);
+        if let Err(e) = state.write(&record) {
+            // Untracked means leaked: stop it before reporting the failure.
+            let _ = process::signal_group(pid, Some(Signal::SIGKILL));
+            let _ = state.remove(&instance_id);
+            return Err(ProviderError::Other(format!(
+                "started {instance_id} but could not record it in {} ({e}); killed it",
+                state.path().display()
+            )));
+        }
+        tracing::info!(instance = %instance_id, resource = %request.resource, pid, "started local machine");
         Ok(instance_of(&record))
     }
 
@@ -216,46 +232,36 @@ impl CloudProvider for LocalProvider {
             tracing::warn!(path = %path.display(), "ignoring an unreadable local machine record");
         }
         let mut live = Vec::new();
-        for record in records.iter().filter(|r| r.cluster == cluster) {
-            if record.leader.is_alive() {
-                live.push(instance_of(record));
-            } else {
-                tracing::info!(instance = %record.instance_id, "local machine exited on its own; forgetting it");
-                state
-                    .remove(&record.instance_id)
-                    .map_err(|e| state_error(&state, e))?;
+        for record in records.into_iter().filter(|r| r.cluster == cluster) {
+            let instance_id = record.instance_id.clone();
+            match self.live(&state, record)? {
+                Some(record) => live.push(instance_of(&record)),
+                None => {
+                    tracing::info!(instance = %instance_id, "local machine exited on its own; forgetting it");
+                    state.remove(&instance_id).map_err(|e| state_error(&state, e))?;
+                }
             }
         }
         Ok(live)
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), ProviderError> {
-        let record = {
+        let live = {
             let state = self.state.lock().await;
-            match state
-                .read(instance_id)
-                .map_err(|e| state_error(&state, e))?
-            {
-                Some(record) => record,
+            match state.read(instance_id).map_err(|e| state_error(&state, e))? {
+                Some(record) => self.live(&state, record)?,
                 None => return Ok(()),
             }
         };
         // Only signal a group whose leader is the very process we started: a
         // dead leader's pid (and so group id) may belong to a stranger now.
-        if record.leader.is_alive() {
-            stop_group(record.leader.pid, self.terminate_grace)
+        if let Some(leader) = live.and_then(|r| r.leader) {
+            stop_group(leader.pid, self.terminate_grace)
                 .await
-                .map_err(|e| {
-                    ProviderError::Other(format!(
-                        "cannot stop {instance_id} (pid {}): {e}",
-                        record.leader.pid
-                    ))
-                })?;
+                .map_err(|e| ProviderError::Other(format!("cannot stop {instance_id} (pid {}): {e}", leader.pid)))?;
         }
         let state = self.state.lock().await;
-        state
-            .remove(instance_id)
-            .map_err(|e| state_error(&state, e))?;
+        state.remove(instance_id).map_err(|e| state_error(&state, e))?;
         tracing::info!(instance = %instance_id, "terminated local machine");
         Ok(())
     }
@@ -269,17 +275,12 @@ async fn stop_group(pgid: i32, grace: Duration) -> io::Result<()> {
     if wait_group_gone(pgid, grace).await? {
         return Ok(());
     }
-    tracing::warn!(
-        pgid,
-        "process group ignored SIGTERM for {grace:?}; sending SIGKILL"
-    );
+    tracing::warn!(pgid, "process group ignored SIGTERM for {grace:?}; sending SIGKILL");
     process::signal_group(pgid, Some(Signal::SIGKILL))?;
     if wait_group_gone(pgid, AFTER_KILL_WAIT).await? {
         return Ok(());
     }
-    Err(io::Error::other(format!(
-        "process group {pgid} still exists {AFTER_KILL_WAIT:?} after SIGKILL"
-    )))
+    Err(io::Error::other(format!("process group {pgid} still exists {AFTER_KILL_WAIT:?} after SIGKILL")))
 }
 
 async fn wait_group_gone(pgid: i32, within: Duration) -> io::Result<bool> {

@@ -24,13 +24,9 @@ pub struct ProcessIdentity {
 impl ProcessIdentity {
     /// Reads the identity of a live process.
     pub fn of(pid: i32) -> io::Result<Self> {
-        let stat = read_stat(pid)?
-            .ok_or_else(|| io::Error::other(format!("process {pid} vanished right after start")))?;
-        Ok(ProcessIdentity {
-            pid,
-            start_ticks: stat.start_ticks,
-            boot_id: boot_id()?,
-        })
+        let stat =
+            read_stat(pid)?.ok_or_else(|| io::Error::other(format!("process {pid} vanished right after start")))?;
+        Ok(ProcessIdentity { pid, start_ticks: stat.start_ticks, boot_id: boot_id()? })
     }
 
     /// True while this very process (not a later one with the same pid) runs
@@ -40,9 +36,7 @@ impl ProcessIdentity {
             return false;
         }
         match read_stat(self.pid) {
-            Ok(Some(stat)) => {
-                stat.start_ticks == self.start_ticks && !matches!(stat.state, 'Z' | 'X')
-            }
+            Ok(Some(stat)) => stat.start_ticks == self.start_ticks && !matches!(stat.state, 'Z' | 'X'),
             _ => false,
         }
     }
@@ -74,21 +68,39 @@ fn read_stat(pid: i32) -> io::Result<Option<Stat>> {
     let process_group = fields.get(2).and_then(|s| s.parse().ok());
     let start_ticks = fields.get(19).and_then(|s| s.parse().ok());
     match (state, process_group, start_ticks) {
-        (Some(state), Some(process_group), Some(start_ticks)) => Ok(Some(Stat {
-            state,
-            process_group,
-            start_ticks,
-        })),
-        _ => Err(io::Error::other(format!(
-            "unexpected /proc/{pid}/stat: {text}"
-        ))),
+        (Some(state), Some(process_group), Some(start_ticks)) => Ok(Some(Stat { state, process_group, start_ticks })),
+        _ => Err(io::Error::other(format!("unexpected /proc/{pid}/stat: {text}"))),
     }
 }
 
 fn boot_id() -> io::Result<String> {
-    Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id")?
-        .trim()
-        .to_owned())
+    Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_owned())
+}
+
+/// The process-group leader (pid == pgid) whose environment holds
+/// `KEY=VALUE`, if one runs. Its children inherit the variable but lead no
+/// group, so the result is the process flockd started.
+pub fn find_group_leader_with_env(key: &str, value: &str) -> io::Result<Option<i32>> {
+    let needle = format!("{key}={value}");
+    for entry in fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // Unreadable (another user's) or gone meanwhile: not ours.
+        let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
+            continue;
+        }
+        if let Ok(Some(stat)) = read_stat(pid)
+            && stat.process_group == pid
+            && !matches!(stat.state, 'Z' | 'X')
+        {
+            return Ok(Some(pid));
+        }
+    }
+    Ok(None)
 }
 
 /// Sends `signal` to every process in group `pgid`. Ok(false) if the group
@@ -109,11 +121,7 @@ pub fn group_running(pgid: i32) -> io::Result<bool> {
         return Ok(false);
     }
     for entry in fs::read_dir("/proc")? {
-        let Some(pid) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
         if let Ok(Some(stat)) = read_stat(pid)

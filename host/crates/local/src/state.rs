@@ -21,7 +21,10 @@ pub struct MachineRecord {
     /// Unix ms.
     pub launched_at: Millis,
     /// The process group leader; its pid is also the group id (setsid).
-    pub leader: ProcessIdentity,
+    /// None while the machine is being started: the record is written
+    /// before the process, so a crash in between leaves a record to find
+    /// the process by (its `FLOCKD_INSTANCE_ID`), never an untracked process.
+    pub leader: Option<ProcessIdentity>,
 }
 
 pub struct StateDir {
@@ -33,9 +36,7 @@ const RECORD_SUFFIX: &str = ".json";
 impl StateDir {
     pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        Ok(StateDir {
-            dir: dir.to_owned(),
-        })
+        Ok(StateDir { dir: dir.to_owned() })
     }
 
     pub fn path(&self) -> &Path {
@@ -96,9 +97,9 @@ impl StateDir {
 
 fn read_record(path: &Path) -> io::Result<Option<MachineRecord>> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| io::Error::other(format!("{}: {e}", path.display()))),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map(Some).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
