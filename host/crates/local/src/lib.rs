@@ -189,10 +189,9 @@ impl CloudProvider for LocalProvider {
         let resource = self.resource(&request.resource)?;
         let instance_id = instance_id_for(&request.cluster, &request.idempotency_key);
         let state = self.state.lock().await;
-        if let Some(existing) = state.read(&instance_id).map_err(|e| state_error(&state, e))? {
-            if let Some(live) = self.live(&state, existing)? {
-                return Ok(instance_of(&live));
-            }
+        let existing = state.read(&instance_id).map_err(|e| state_error(&state, e))?;
+        if let Some(live) = existing.map(|record| self.live(&state, record)).transpose()?.flatten() {
+            return Ok(instance_of(&live));
         }
         let mut record = MachineRecord {
             instance_id: instance_id.clone(),
