@@ -45,6 +45,22 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Everything on one machine: the built-in ClearML-compatible server, a
+    /// simulated cloud in real time and the HTTP dashboard. No cloud account.
+    Dev {
+        /// A config to use instead of the embedded default (examples/dev.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Where the ClearML-compatible API listens.
+        #[arg(long, default_value = "127.0.0.1:8008")]
+        clearml_listen: std::net::SocketAddr,
+        /// Enqueue a sample workload, show the fleet scale up and down, print a summary and exit.
+        #[arg(long)]
+        demo: bool,
+        /// How long each task runs on a simulated machine, in seconds.
+        #[arg(long, default_value_t = 4.0)]
+        task_secs: f64,
+    },
     /// Serve the built-in ClearML-compatible API server.
     DevServer {
         #[arg(long, default_value = "127.0.0.1:8008")]
@@ -79,6 +95,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, dry_run } => runtime()?.block_on(crate::run::run(&config, dry_run)),
         Command::Check { config } => Ok(crate::run::check_command(&config)),
+        Command::Dev { config, clearml_listen, demo, task_secs } => {
+            // A demo must not fail because a dev server already holds 8008.
+            let clearml_listen = if demo && clearml_listen.port() == 8008 { ([127, 0, 0, 1], 0).into() } else { clearml_listen };
+            runtime()?.block_on(crate::dev::dev(crate::dev::DevOptions { config, clearml_listen, demo, task_secs }))
+        }
         Command::DevServer { listen, access_key, secret_key, persist } => {
             runtime()?.block_on(crate::dev::dev_server(listen, access_key, secret_key, persist))
         }

@@ -138,19 +138,34 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     serve(config, source, providers).await
 }
 
-/// The loop shared by `run` and `dev`: controller, policies, signals.
-pub async fn serve(config: Config, source: Arc<dyn QueueSource>, providers: crate::providers::Providers) -> anyhow::Result<ExitCode> {
-    let (runtime, _reloader) = start_policies(&config)?;
+/// A started flockd: controller and policies, not yet ticking.
+pub struct Started {
+    pub controller: Arc<Controller>,
+    pub policies: Arc<PolicyRuntime>,
+    /// Watching the policy folder while this lives.
+    pub reloader: Option<Reloader>,
+}
+
+/// Builds the controller over the given queue source and providers, with the
+/// config's policy chain and the on-disk store.
+pub fn start(config: &Config, source: Arc<dyn QueueSource>, providers: crate::providers::Providers) -> anyhow::Result<Started> {
+    let (policies, reloader) = start_policies(config)?;
     let store = Arc::new(RedbStore::open(&config.resolve(&config.state_dir), JOURNAL_KEEP)?);
     let controller = Arc::new(Controller::new(
         config.controller_config(),
-        Seams { source, providers, decider: runtime.clone(), store, clock: Arc::new(SystemClock) },
+        Seams { source, providers, decider: policies.clone(), store, clock: Arc::new(SystemClock) },
     )?);
+    Ok(Started { controller, policies, reloader })
+}
+
+/// The loop shared by `run` and `dev`: tick until SIGTERM/SIGINT.
+pub async fn serve(config: Config, source: Arc<dyn QueueSource>, providers: crate::providers::Providers) -> anyhow::Result<ExitCode> {
+    let started = start(&config, source, providers)?;
     if config.dry_run {
         tracing::warn!("dry run: plans are recorded in the journal, nothing is launched or terminated");
     }
     tracing::info!(cluster = %config.cluster, interval = ?config.poll_interval(), "flockd running");
-    controller.run(config.poll_interval(), shutdown_signal()).await;
+    started.controller.run(config.poll_interval(), shutdown_signal()).await;
     tracing::info!("stopped: in-flight cloud calls finished and state saved");
     Ok(ExitCode::SUCCESS)
 }
