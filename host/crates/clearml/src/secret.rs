@@ -23,9 +23,7 @@ pub enum SecretRef {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SecretError {
-    #[error(
-        "secret reference {0:?} is neither `env:NAME` nor `file:PATH`; write e.g. `env:CLEARML_SECRET_KEY`"
-    )]
+    #[error("secret reference {0:?} is neither `env:NAME` nor `file:PATH`; write e.g. `env:CLEARML_SECRET_KEY`")]
     BadReference(String),
     #[error("secret {reference}: environment variable {name} is not set (or not valid UTF-8)")]
     EnvMissing { reference: String, name: String },
@@ -39,10 +37,8 @@ impl SecretRef {
     /// Reads the secret now. Errors name the reference, never the value.
     pub fn resolve(&self) -> Result<Secret, SecretError> {
         let value = match self {
-            SecretRef::Env(name) => std::env::var(name).map_err(|_| SecretError::EnvMissing {
-                reference: self.to_string(),
-                name: name.clone(),
-            })?,
+            SecretRef::Env(name) => std::env::var(name)
+                .map_err(|_| SecretError::EnvMissing { reference: self.to_string(), name: name.clone() })?,
             SecretRef::File(path) => {
                 let mut text = std::fs::read_to_string(path).map_err(|e| SecretError::FileUnreadable {
                     reference: self.to_string(),
@@ -147,10 +143,7 @@ mod tests {
     #[test]
     fn parses_env_and_file_and_rejects_the_rest_without_echoing() {
         assert_eq!("env:CML_KEY".parse::<SecretRef>().unwrap(), SecretRef::Env("CML_KEY".into()));
-        assert_eq!(
-            "file:/run/secrets/k".parse::<SecretRef>().unwrap(),
-            SecretRef::File("/run/secrets/k".into())
-        );
+        assert_eq!("file:/run/secrets/k".parse::<SecretRef>().unwrap(), SecretRef::File("/run/secrets/k".into()));
         let err = "hunter2-the-actual-secret".parse::<SecretRef>().unwrap_err().to_string();
         assert!(!err.contains("hunter2-the"), "{err}");
         assert!(err.contains("env:NAME"), "{err}");

@@ -194,11 +194,9 @@ fn validate(settings: &BootstrapSettings, queues: &[String], prefix: &str) -> Re
             hint: "use flockd_core::naming::worker_id_prefix(cluster, resource)",
         });
     }
-    for (field, value) in [
-        ("api-host", &settings.api_host),
-        ("web-host", &settings.web_host),
-        ("files-host", &settings.files_host),
-    ] {
+    for (field, value) in
+        [("api-host", &settings.api_host), ("web-host", &settings.web_host), ("files-host", &settings.files_host)]
+    {
         if !(value.starts_with("http://") || value.starts_with("https://")) {
             return Err(BootstrapError::NotAUrl { field, value: value.clone() });
         }

@@ -129,9 +129,7 @@ impl ClearmlClient {
     pub fn new(config: &ClearmlConfig) -> Result<Self, ClearmlError> {
         let api_host = config.api_host.trim_end_matches('/').to_string();
         if !(api_host.starts_with("http://") || api_host.starts_with("https://")) {
-            return Err(ClearmlError::Config(format!(
-                "api-host {api_host:?} must start with http:// or https://"
-            )));
+            return Err(ClearmlError::Config(format!("api-host {api_host:?} must start with http:// or https://")));
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
@@ -166,10 +164,8 @@ impl ClearmlClient {
                 }
                 other => {
                     let data = other?;
-                    return serde_json::from_value(data).map_err(|e| ClearmlError::Decode {
-                        endpoint: endpoint.to_string(),
-                        reason: e.to_string(),
-                    });
+                    return serde_json::from_value(data)
+                        .map_err(|e| ClearmlError::Decode { endpoint: endpoint.to_string(), reason: e.to_string() });
                 }
             }
         }

@@ -92,6 +92,9 @@ mod tests {
         )
         .unwrap();
         let busy = to_worker(&busy);
-        assert_eq!((busy.task.as_deref(), busy.queues, busy.registered_at), (Some("t1"), vec!["gpu".to_string()], Some(3000)));
+        assert_eq!(
+            (busy.task.as_deref(), busy.queues, busy.registered_at),
+            (Some("t1"), vec!["gpu".to_string()], Some(3000))
+        );
     }
 }

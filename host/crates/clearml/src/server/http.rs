@@ -19,9 +19,6 @@ use super::store::{COMPANY_ID, COMPANY_NAME, USER_ID, USER_NAME, new_id, now_ms}
 use crate::token;
 use crate::wire::{self, codes};
 
-/// Tokens live 30 days unless the client asks for less, as on the real server.
-const DEFAULT_TOKEN_SECS: u64 = 30 * 24 * 3600;
-
 pub async fn handle(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -73,6 +70,7 @@ fn answer(
     };
     let Some(reply) = handlers::dispatch(endpoint, &mut call) else {
         tracing::warn!(endpoint, "clearml server: unknown endpoint called; answering 404");
+        shared.unknown_endpoints.lock().expect("lock poisoned").insert(endpoint.to_string());
         return Err(ApiError::new(codes::UNKNOWN_ENDPOINT, format!("Unable to find endpoint for name {endpoint}")));
     };
     let changed = call.changed;
@@ -134,7 +132,7 @@ fn login(shared: &Shared, headers: &HeaderMap, request: &Map<String, Value>) -> 
         _ => None,
     }
     .filter(|secs| *secs > 0)
-    .unwrap_or(DEFAULT_TOKEN_SECS);
+    .map_or(shared.token_lifetime_secs, |asked| asked.min(shared.token_lifetime_secs));
     let now = now_ms() / 1000;
     let claims = json!({
         "identity": {

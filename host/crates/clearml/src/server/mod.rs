@@ -11,6 +11,7 @@ mod handlers;
 mod http;
 pub mod store;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,8 @@ pub struct ServerConfig {
     pub persist_path: Option<PathBuf>,
     /// Seconds of silence after which a worker is dropped (the real server's default is 600).
     pub register_timeout_secs: u64,
+    /// Lifetime of issued tokens unless the client asks for less (30 days, as the real server).
+    pub token_lifetime_secs: u64,
 }
 
 impl ServerConfig {
@@ -47,6 +50,7 @@ impl ServerConfig {
             secret_key,
             persist_path: None,
             register_timeout_secs: 600,
+            token_lifetime_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -58,7 +62,10 @@ pub(crate) struct Shared {
     /// Derived from the secret key so tokens survive a restart.
     signing_key: Mutex<Vec<u8>>,
     register_timeout: u64,
+    token_lifetime_secs: u64,
     state_changed: Notify,
+    /// Endpoints clients called that this server does not implement.
+    unknown_endpoints: Mutex<BTreeSet<String>>,
 }
 
 impl Shared {
@@ -90,7 +97,9 @@ impl ClearmlServer {
             secret_key: config.secret_key.clone(),
             signing_key: Mutex::new(signing_key),
             register_timeout: config.register_timeout_secs,
+            token_lifetime_secs: config.token_lifetime_secs,
             state_changed: Notify::new(),
+            unknown_endpoints: Mutex::new(BTreeSet::new()),
         });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -270,6 +279,12 @@ impl ServerHandle {
         Ok(())
     }
 
+    /// Endpoints that clients called and this server answered with 404:
+    /// what to implement next when a new client version appears.
+    pub fn unknown_endpoints(&self) -> Vec<String> {
+        self.shared.unknown_endpoints.lock().expect("lock poisoned").iter().cloned().collect()
+    }
+
     /// Invalidates every token issued so far: clients must log in again.
     pub fn revoke_tokens(&self) {
         *self.shared.signing_key.lock().expect("signing key lock poisoned") = rand::random::<[u8; 32]>().to_vec();
@@ -291,11 +306,7 @@ impl ServerHandle {
                 id: text(t, "id"),
                 name: text(t, "name"),
                 status: text(t, "status"),
-                queue: t
-                    .get("execution")
-                    .and_then(|e| e.get("queue"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
+                queue: t.get("execution").and_then(|e| e.get("queue")).and_then(Value::as_str).map(str::to_string),
             })
             .collect()
     }
@@ -313,11 +324,7 @@ impl ServerHandle {
             .values()
             .map(|w| WorkerSummary {
                 id: w.id.clone(),
-                queues: w
-                    .queues
-                    .iter()
-                    .map(|q| store.queues.get(q).map_or(q.clone(), |q| q.name.clone()))
-                    .collect(),
+                queues: w.queues.iter().map(|q| store.queues.get(q).map_or(q.clone(), |q| q.name.clone())).collect(),
                 task: w.task.clone(),
             })
             .collect()

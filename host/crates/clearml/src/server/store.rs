@@ -47,11 +47,7 @@ impl QueueRecord {
     }
 
     pub fn to_json(&self) -> Value {
-        let entries: Vec<Value> = self
-            .entries
-            .iter()
-            .map(|e| json!({"task": e.task, "added": iso(e.added)}))
-            .collect();
+        let entries: Vec<Value> = self.entries.iter().map(|e| json!({"task": e.task, "added": iso(e.added)})).collect();
         json!({
             "id": self.id, "name": self.name, "display_name": self.name,
             "created": iso(self.created), "company": COMPANY_ID, "user": USER_ID,
@@ -118,8 +114,7 @@ impl Store {
 
     /// Drops workers silent for longer than their timeout.
     pub fn sweep_workers(&mut self, now: i64) {
-        self.workers
-            .retain(|_, w| now - w.last_activity <= (w.timeout_secs as i64).saturating_mul(1000));
+        self.workers.retain(|_, w| now - w.last_activity <= (w.timeout_secs as i64).saturating_mul(1000));
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Store> {
@@ -159,9 +154,7 @@ pub fn now_ms() -> i64 {
 
 /// ClearML's timestamp format: `2025-01-01T00:00:00.000+00:00`.
 pub fn iso(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, false)
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, false)
 }
 
 /// A fresh 32-hex id, the shape ClearML ids have.

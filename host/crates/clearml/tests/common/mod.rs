@@ -49,11 +49,8 @@ pub async fn start_server_with(adjust: impl FnOnce(&mut ServerConfig)) -> Runnin
 pub fn client_for(url: &str, dir: &Path) -> ClearmlClient {
     std::fs::write(dir.join("access-key"), ACCESS_KEY).unwrap();
     std::fs::write(dir.join("secret-key"), format!("{SECRET_KEY}\n")).unwrap();
-    let mut config = ClearmlConfig::new(
-        url,
-        SecretRef::File(dir.join("access-key")),
-        SecretRef::File(dir.join("secret-key")),
-    );
+    let mut config =
+        ClearmlConfig::new(url, SecretRef::File(dir.join("access-key")), SecretRef::File(dir.join("secret-key")));
     config.max_attempts = 3;
     config.request_timeout_secs = 10;
     ClearmlClient::new(&config).expect("client builds")

@@ -13,7 +13,8 @@ pub fn create_project(call: &mut Call) -> Reply {
         return Err(ApiError::new(codes::DUPLICATE, format!("project name already exists: name={name}")));
     }
     let id = new_id();
-    let mut project: Object = call.body.iter().filter(|(k, _)| k.as_str() != "method").map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut project: Object =
+        call.body.iter().filter(|(k, _)| k.as_str() != "method").map(|(k, v)| (k.clone(), v.clone())).collect();
     for (k, v) in [
         ("id", json!(id)),
         ("created", json!(iso(call.now))),

@@ -90,10 +90,7 @@ pub fn create(call: &mut Call) -> Reply {
 pub fn delete(call: &mut Call) -> Reply {
     let id = queue_id(call)?;
     if !call.store.queues[&id].entries.is_empty() && !call.bool("force") {
-        return Err(ApiError::new(
-            codes::QUEUE_NOT_EMPTY,
-            "queue is not empty: remove its tasks or pass force=true",
-        ));
+        return Err(ApiError::new(codes::QUEUE_NOT_EMPTY, "queue is not empty: remove its tasks or pass force=true"));
     }
     call.store.queues.remove(&id);
     call.changed = true;
