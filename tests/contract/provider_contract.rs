@@ -19,64 +19,32 @@ pub fn request(cluster: &str, resource: &str, key: &str) -> LaunchRequest {
 /// terminate, terminate again. `cluster` must be fresh (nothing launched in
 /// it yet); `resource` must be configured on the provider.
 pub async fn run_contract(provider: &dyn CloudProvider, cluster: &str, resource: &str) {
-    assert!(
-        provider
-            .list(cluster)
-            .await
-            .expect("list a fresh cluster")
-            .is_empty(),
-        "a fresh cluster lists nothing"
-    );
+    assert!(provider.list(cluster).await.expect("list a fresh cluster").is_empty(), "a fresh cluster lists nothing");
 
-    let first = provider
-        .launch(&request(cluster, resource, "contract-key-1"))
-        .await
-        .expect("launch");
+    let first = provider.launch(&request(cluster, resource, "contract-key-1")).await.expect("launch");
     assert_eq!(first.resource, resource);
     assert_eq!(first.launch_key.as_deref(), Some("contract-key-1"));
-    assert!(
-        matches!(first.state, CloudState::Pending | CloudState::Running),
-        "{:?}",
-        first.state
-    );
+    assert!(matches!(first.state, CloudState::Pending | CloudState::Running), "{:?}", first.state);
     assert!(first.launched_at > 0, "launched_at is set");
 
-    let retried = provider
-        .launch(&request(cluster, resource, "contract-key-1"))
-        .await
-        .expect("retried launch");
-    assert_eq!(
-        retried.id, first.id,
-        "the same idempotency key gives the same machine"
-    );
+    let retried = provider.launch(&request(cluster, resource, "contract-key-1")).await.expect("retried launch");
+    assert_eq!(retried.id, first.id, "the same idempotency key gives the same machine");
 
     let listed = provider.list(cluster).await.expect("list");
-    assert_eq!(
-        listed.len(),
-        1,
-        "exactly one machine after two launches with one key: {listed:?}"
-    );
+    assert_eq!(listed.len(), 1, "exactly one machine after two launches with one key: {listed:?}");
     assert_eq!(listed[0].id, first.id);
     assert_eq!(listed[0].resource, resource);
     assert_eq!(listed[0].launch_key.as_deref(), Some("contract-key-1"));
 
     let other_cluster = format!("{cluster}-other");
     assert!(
-        provider
-            .list(&other_cluster)
-            .await
-            .expect("list another cluster")
-            .iter()
-            .all(|i| i.id != first.id),
+        provider.list(&other_cluster).await.expect("list another cluster").iter().all(|i| i.id != first.id),
         "another cluster's list does not show this cluster's machine"
     );
 
     provider.terminate(&first.id).await.expect("terminate");
     wait_until_gone(provider, cluster, &first.id).await;
-    provider
-        .terminate(&first.id)
-        .await
-        .expect("terminating a machine that is gone is Ok");
+    provider.terminate(&first.id).await.expect("terminating a machine that is gone is Ok");
 }
 
 /// Polls `list` until `instance_id` is no longer in it (30 s deadline).
@@ -87,10 +55,7 @@ pub async fn wait_until_gone(provider: &dyn CloudProvider, cluster: &str, instan
         if listed.iter().all(|i| i.id != instance_id) {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{instance_id} still listed: {listed:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{instance_id} still listed: {listed:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -87,11 +87,9 @@ impl TryFrom<String> for SecretRef {
             Ok(SecretRef::File(PathBuf::from(path)))
         } else {
             // Never echo the value: it may be the secret itself.
-            Err(
-                "a credential must be a reference, `env:NAME` or `file:PATH`, \
+            Err("a credential must be a reference, `env:NAME` or `file:PATH`, \
                  not the value itself (move the key into an environment variable or a file)"
-                    .to_owned(),
-            )
+                .to_owned())
         }
     }
 }
@@ -116,13 +114,10 @@ impl SecretRef {
     pub fn resolve(&self, what: &str) -> Result<String, ProviderError> {
         let value = match self {
             SecretRef::Env(name) => std::env::var(name).map_err(|_| {
-                ProviderError::Auth(format!(
-                    "{what}: environment variable {name} is not set (or not UTF-8)"
-                ))
+                ProviderError::Auth(format!("{what}: environment variable {name} is not set (or not UTF-8)"))
             })?,
-            SecretRef::File(path) => std::fs::read_to_string(path).map_err(|e| {
-                ProviderError::Auth(format!("{what}: cannot read {}: {e}", path.display()))
-            })?,
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| ProviderError::Auth(format!("{what}: cannot read {}: {e}", path.display())))?,
         };
         let value = value.trim().to_owned();
         if value.is_empty() {
@@ -210,19 +205,13 @@ impl AwsResourceConfig {
             return Err(format!("{at} ami is empty: set the image id (ami-…)"));
         }
         if self.instance_type.trim().is_empty() {
-            return Err(format!(
-                "{at} instance-type is empty: set e.g. \"g5.xlarge\""
-            ));
+            return Err(format!("{at} instance-type is empty: set e.g. \"g5.xlarge\""));
         }
         if let Some(key) = self.tags.keys().find(|k| k.starts_with("flockd-")) {
-            return Err(format!(
-                "{at} tag {key:?} uses the reserved prefix \"flockd-\": rename it"
-            ));
+            return Err(format!("{at} tag {key:?} uses the reserved prefix \"flockd-\": rename it"));
         }
         if self.spot_max_price.is_some() && self.market != Market::Spot {
-            return Err(format!(
-                "{at} spot-max-price is set but market is not \"spot\""
-            ));
+            return Err(format!("{at} spot-max-price is set but market is not \"spot\""));
         }
         if let Some(size) = self.ebs_size_gb
             && size <= 0

@@ -36,10 +36,7 @@ where
         Some(status) => format!("{operation}: {code_str} (HTTP {status}): {message}"),
         None => format!("{operation}: {code_str}: {message}"),
     };
-    Ec2Failure {
-        error: class_of(code_str, status)(detail),
-        code,
-    }
+    Ec2Failure { error: class_of(code_str, status)(detail), code }
 }
 
 fn class_of(code: &str, status: Option<u16>) -> fn(String) -> ProviderError {
@@ -57,9 +54,7 @@ fn class_of(code: &str, status: Option<u16>) -> fn(String) -> ProviderError {
         | "MaxSpotInstanceCountExceeded"
         | "ResourceLimitExceeded"
         | "VolumeLimitExceeded" => ProviderError::Quota,
-        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "RequestThrottled" => {
-            ProviderError::Throttled
-        }
+        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "RequestThrottled" => ProviderError::Throttled,
         "UnauthorizedOperation"
         | "AuthFailure"
         | "InvalidClientTokenId"
@@ -95,62 +90,20 @@ mod tests {
 
     #[test]
     fn codes_map_to_classes() {
-        assert_eq!(
-            class("InsufficientInstanceCapacity", 500),
-            ProviderError::Capacity(String::new())
-        );
-        assert_eq!(
-            class("SpotMaxPriceTooLow", 400),
-            ProviderError::Capacity(String::new())
-        );
-        assert_eq!(
-            class("Unsupported", 400),
-            ProviderError::Capacity(String::new())
-        );
-        assert_eq!(
-            class("VcpuLimitExceeded", 400),
-            ProviderError::Quota(String::new())
-        );
-        assert_eq!(
-            class("MaxSpotInstanceCountExceeded", 400),
-            ProviderError::Quota(String::new())
-        );
-        assert_eq!(
-            class("RequestLimitExceeded", 503),
-            ProviderError::Throttled(String::new())
-        );
-        assert_eq!(
-            class("SlowDown", 429),
-            ProviderError::Throttled(String::new())
-        );
-        assert_eq!(
-            class("UnauthorizedOperation", 403),
-            ProviderError::Auth(String::new())
-        );
-        assert_eq!(
-            class("AuthFailure", 401),
-            ProviderError::Auth(String::new())
-        );
-        assert_eq!(
-            class("InvalidAMIID.Malformed", 400),
-            ProviderError::InvalidRequest(String::new())
-        );
-        assert_eq!(
-            class("InvalidAMIID.NotFound", 400),
-            ProviderError::InvalidRequest(String::new())
-        );
-        assert_eq!(
-            class("InvalidParameterValue", 400),
-            ProviderError::InvalidRequest(String::new())
-        );
-        assert_eq!(
-            class("InvalidInstanceID.NotFound", 400),
-            ProviderError::NotFound(String::new())
-        );
-        assert_eq!(
-            class("InternalError", 500),
-            ProviderError::Other(String::new())
-        );
+        assert_eq!(class("InsufficientInstanceCapacity", 500), ProviderError::Capacity(String::new()));
+        assert_eq!(class("SpotMaxPriceTooLow", 400), ProviderError::Capacity(String::new()));
+        assert_eq!(class("Unsupported", 400), ProviderError::Capacity(String::new()));
+        assert_eq!(class("VcpuLimitExceeded", 400), ProviderError::Quota(String::new()));
+        assert_eq!(class("MaxSpotInstanceCountExceeded", 400), ProviderError::Quota(String::new()));
+        assert_eq!(class("RequestLimitExceeded", 503), ProviderError::Throttled(String::new()));
+        assert_eq!(class("SlowDown", 429), ProviderError::Throttled(String::new()));
+        assert_eq!(class("UnauthorizedOperation", 403), ProviderError::Auth(String::new()));
+        assert_eq!(class("AuthFailure", 401), ProviderError::Auth(String::new()));
+        assert_eq!(class("InvalidAMIID.Malformed", 400), ProviderError::InvalidRequest(String::new()));
+        assert_eq!(class("InvalidAMIID.NotFound", 400), ProviderError::InvalidRequest(String::new()));
+        assert_eq!(class("InvalidParameterValue", 400), ProviderError::InvalidRequest(String::new()));
+        assert_eq!(class("InvalidInstanceID.NotFound", 400), ProviderError::NotFound(String::new()));
+        assert_eq!(class("InternalError", 500), ProviderError::Other(String::new()));
         assert_eq!(class("Whatever", 403), ProviderError::Auth(String::new()));
     }
 }

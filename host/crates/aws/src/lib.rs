@@ -51,9 +51,7 @@ impl AwsProvider {
         resources: HashMap<String, AwsResourceConfig>,
     ) -> Result<Self, ProviderError> {
         for (name, resource) in &resources {
-            resource
-                .validate(name)
-                .map_err(ProviderError::InvalidRequest)?;
+            resource.validate(name).map_err(ProviderError::InvalidRequest)?;
         }
         if !(5..=1000).contains(&config.list_page_size) {
             return Err(ProviderError::InvalidRequest(format!(
@@ -62,9 +60,7 @@ impl AwsProvider {
             )));
         }
         let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
             .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
@@ -87,10 +83,8 @@ impl AwsProvider {
                 None => None,
             };
             loader = loader.credentials_provider(Credentials::new(
-                refs.access_key_id
-                    .resolve("[providers.aws.credentials] access-key-id")?,
-                refs.secret_access_key
-                    .resolve("[providers.aws.credentials] secret-access-key")?,
+                refs.access_key_id.resolve("[providers.aws.credentials] access-key-id")?,
+                refs.secret_access_key.resolve("[providers.aws.credentials] secret-access-key")?,
                 session_token,
                 None,
                 "flockd-config",
@@ -109,10 +103,7 @@ impl AwsProvider {
 
     /// Start-up scripts (user data) by resource name. Scripts for resources
     /// this provider does not have are ignored.
-    pub fn with_startup_scripts(
-        mut self,
-        scripts: HashMap<String, String>,
-    ) -> Result<Self, ProviderError> {
+    pub fn with_startup_scripts(mut self, scripts: HashMap<String, String>) -> Result<Self, ProviderError> {
         if let Some((resource, script)) = scripts.iter().find(|(_, s)| s.len() > MAX_USER_DATA) {
             return Err(ProviderError::InvalidRequest(format!(
                 "the start-up script of resource {resource:?} is {} bytes; EC2 user data holds at most {MAX_USER_DATA}",
@@ -125,11 +116,7 @@ impl AwsProvider {
 
     /// Runs `call`, and again after a growing wait while EC2 throttles it
     /// (at most `throttle_retries` more times).
-    async fn retrying_throttles<T, F, Fut>(
-        &self,
-        operation: &str,
-        mut call: F,
-    ) -> Result<T, Ec2Failure>
+    async fn retrying_throttles<T, F, Fut>(&self, operation: &str, mut call: F) -> Result<T, Ec2Failure>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Ec2Failure>>,
@@ -139,16 +126,10 @@ impl AwsProvider {
         loop {
             match call().await {
                 Err(failure)
-                    if matches!(failure.error, ProviderError::Throttled(_))
-                        && retries < self.throttle_retries =>
+                    if matches!(failure.error, ProviderError::Throttled(_)) && retries < self.throttle_retries =>
                 {
                     retries += 1;
-                    tracing::warn!(
-                        operation,
-                        retry = retries,
-                        ?wait,
-                        "EC2 throttled the call; backing off"
-                    );
+                    tracing::warn!(operation, retry = retries, ?wait, "EC2 throttled the call; backing off");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(MAX_THROTTLE_WAIT);
                 }
@@ -158,15 +139,8 @@ impl AwsProvider {
     }
 
     /// Instances of this cluster launched with `launch_key`, in any state.
-    async fn find_launched(
-        &self,
-        cluster: &str,
-        launch_key: &str,
-    ) -> Result<Option<CloudInstance>, ProviderError> {
-        let filters = vec![
-            tag_filter(tags::CLUSTER, cluster),
-            tag_filter(tags::LAUNCH_KEY, launch_key),
-        ];
+    async fn find_launched(&self, cluster: &str, launch_key: &str) -> Result<Option<CloudInstance>, ProviderError> {
+        let filters = vec![tag_filter(tags::CLUSTER, cluster), tag_filter(tags::LAUNCH_KEY, launch_key)];
         Ok(self.describe(filters).await?.into_iter().next())
     }
 
@@ -183,11 +157,7 @@ impl AwsProvider {
                         .set_filters(Some(filters.clone()))
                         .max_results(self.list_page_size)
                         .set_next_token(next_token.clone());
-                    async move {
-                        call.send()
-                            .await
-                            .map_err(|e| classify("DescribeInstances", e))
-                    }
+                    async move { call.send().await.map_err(|e| classify("DescribeInstances", e)) }
                 })
                 .await
                 .map_err(|f| f.error)?;
@@ -203,18 +173,11 @@ impl AwsProvider {
 }
 
 fn tag_filter(key: &str, value: &str) -> Filter {
-    Filter::builder()
-        .name(format!("tag:{key}"))
-        .values(value)
-        .build()
+    Filter::builder().name(format!("tag:{key}")).values(value).build()
 }
 
 fn tag_value<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> {
-    instance
-        .tags()
-        .iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
+    instance.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
 }
 
 /// None for an instance without an id (EC2 always sends one).
@@ -223,23 +186,16 @@ pub(crate) fn cloud_instance(instance: &Instance) -> Option<CloudInstance> {
         Some(InstanceStateName::Running) => CloudState::Running,
         Some(InstanceStateName::Terminated) => CloudState::Terminated,
         // A stopped instance runs no agent; flockd treats it as on its way out.
-        Some(
-            InstanceStateName::ShuttingDown
-            | InstanceStateName::Stopping
-            | InstanceStateName::Stopped,
-        ) => CloudState::Stopping,
+        Some(InstanceStateName::ShuttingDown | InstanceStateName::Stopping | InstanceStateName::Stopped) => {
+            CloudState::Stopping
+        }
         _ => CloudState::Pending,
     };
     Some(CloudInstance {
         id: instance.instance_id()?.to_owned(),
-        resource: tag_value(instance, tags::RESOURCE)
-            .unwrap_or_default()
-            .to_owned(),
+        resource: tag_value(instance, tags::RESOURCE).unwrap_or_default().to_owned(),
         state,
-        launched_at: instance
-            .launch_time()
-            .and_then(|t| t.to_millis().ok())
-            .map_or(0, |ms| ms.max(0) as u64),
+        launched_at: instance.launch_time().and_then(|t| t.to_millis().ok()).map_or(0, |ms| ms.max(0) as u64),
         launch_key: tag_value(instance, tags::LAUNCH_KEY).map(str::to_owned),
     })
 }
@@ -255,11 +211,7 @@ impl CloudProvider for AwsProvider {
                 request.resource
             ))
         })?;
-        let spec = run::RunSpec::new(
-            request,
-            resource,
-            self.startup_scripts.get(&request.resource),
-        )?;
+        let spec = run::RunSpec::new(request, resource, self.startup_scripts.get(&request.resource))?;
 
         let subnets: Vec<Option<&str>> = if resource.subnets.is_empty() {
             vec![None]
@@ -268,30 +220,21 @@ impl CloudProvider for AwsProvider {
         };
         let mut no_capacity = Vec::new();
         for subnet in subnets {
-            let attempt = self
-                .retrying_throttles("RunInstances", || {
-                    spec.call(&self.client, subnet).send_classified()
-                })
-                .await;
+            let attempt =
+                self.retrying_throttles("RunInstances", || spec.call(&self.client, subnet).send_classified()).await;
             match attempt {
                 Ok(instance) => {
                     tracing::info!(instance = %instance.id, resource = %request.resource, subnet, "launched EC2 instance");
                     return Ok(instance);
                 }
-                Err(Ec2Failure {
-                    error: ProviderError::Capacity(reason),
-                    ..
-                }) => {
+                Err(Ec2Failure { error: ProviderError::Capacity(reason), .. }) => {
                     tracing::warn!(resource = %request.resource, subnet, %reason, "no capacity; trying the next subnet");
                     no_capacity.push(format!("{}: {reason}", subnet.unwrap_or("default subnet")));
                 }
                 // The key was used before with other parameters: another
                 // subnet, in an earlier try of this same launch.
                 Err(failure) if failure.code.as_deref() == Some("IdempotentParameterMismatch") => {
-                    return match self
-                        .find_launched(&request.cluster, &request.idempotency_key)
-                        .await?
-                    {
+                    return match self.find_launched(&request.cluster, &request.idempotency_key).await? {
                         Some(instance) => Ok(instance),
                         None => Err(failure.error),
                     };
@@ -311,19 +254,14 @@ impl CloudProvider for AwsProvider {
             .name("instance-state-name")
             .set_values(Some(LIVE_STATES.map(String::from).to_vec()))
             .build();
-        self.describe(vec![tag_filter(tags::CLUSTER, cluster), live])
-            .await
+        self.describe(vec![tag_filter(tags::CLUSTER, cluster), live]).await
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), ProviderError> {
         let result = self
             .retrying_throttles("TerminateInstances", || {
                 let call = self.client.terminate_instances().instance_ids(instance_id);
-                async move {
-                    call.send()
-                        .await
-                        .map_err(|e| classify("TerminateInstances", e))
-                }
+                async move { call.send().await.map_err(|e| classify("TerminateInstances", e)) }
             })
             .await;
         match result {

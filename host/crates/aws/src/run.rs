@@ -5,10 +5,9 @@
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
-    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
-    InstanceMetadataOptionsRequest, InstanceType, MarketType, ResourceType, ShutdownBehavior,
-    SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification, InstanceInterruptionBehavior,
+    InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceType,
+    MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, VolumeType,
 };
 use base64::Engine;
 use flockd_core::naming::{self, tags};
@@ -36,9 +35,7 @@ impl<'a> RunSpec<'a> {
         resource: &'a AwsResourceConfig,
         startup_script: Option<&String>,
     ) -> Result<Self, ProviderError> {
-        if request.idempotency_key.is_empty()
-            || request.idempotency_key.chars().count() > MAX_TAG_VALUE
-        {
+        if request.idempotency_key.is_empty() || request.idempotency_key.chars().count() > MAX_TAG_VALUE {
             return Err(ProviderError::InvalidRequest(format!(
                 "idempotency key must be 1 to {MAX_TAG_VALUE} characters, got {}",
                 request.idempotency_key.chars().count()
@@ -48,14 +45,8 @@ impl<'a> RunSpec<'a> {
             tag(tags::CLUSTER, &request.cluster),
             tag(tags::RESOURCE, &request.resource),
             tag(tags::LAUNCH_KEY, &request.idempotency_key),
-            tag(
-                tags::WORKER_PREFIX,
-                &naming::worker_id_prefix(&request.cluster, &request.resource),
-            ),
-            tag(
-                "Name",
-                &format!("flockd-{}-{}", request.cluster, request.resource),
-            ),
+            tag(tags::WORKER_PREFIX, &naming::worker_id_prefix(&request.cluster, &request.resource)),
+            tag("Name", &format!("flockd-{}-{}", request.cluster, request.resource)),
         ];
         tags.extend(resource.tags.iter().map(|(k, v)| tag(k, v)));
         Ok(RunSpec {
@@ -77,9 +68,7 @@ impl<'a> RunSpec<'a> {
             .max_count(1)
             .client_token(&self.client_token)
             .set_subnet_id(subnet.map(str::to_owned))
-            .set_security_group_ids(
-                (!resource.security_groups.is_empty()).then(|| resource.security_groups.clone()),
-            )
+            .set_security_group_ids((!resource.security_groups.is_empty()).then(|| resource.security_groups.clone()))
             .set_key_name(resource.key_name.clone())
             .set_user_data(self.user_data.clone())
             // An agent that powers its machine off ends it instead of leaving
@@ -97,11 +86,7 @@ impl<'a> RunSpec<'a> {
             .tag_specifications(tag_spec(ResourceType::Volume, &self.tags));
         if let Some(profile) = &resource.iam_instance_profile {
             let spec = IamInstanceProfileSpecification::builder();
-            let spec = if profile.starts_with("arn:") {
-                spec.arn(profile)
-            } else {
-                spec.name(profile)
-            };
+            let spec = if profile.starts_with("arn:") { spec.arn(profile) } else { spec.name(profile) };
             call = call.iam_instance_profile(spec.build());
         }
         if resource.ebs_size_gb.is_some() || resource.ebs_type.is_some() {
@@ -111,10 +96,7 @@ impl<'a> RunSpec<'a> {
                 .delete_on_termination(true)
                 .build();
             call = call.block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(&resource.root_device_name)
-                    .ebs(ebs)
-                    .build(),
+                BlockDeviceMapping::builder().device_name(&resource.root_device_name).ebs(ebs).build(),
             );
         }
         if resource.market == Market::Spot {
@@ -124,17 +106,10 @@ impl<'a> RunSpec<'a> {
                 .set_max_price(resource.spot_max_price.clone())
                 .build();
             call = call.instance_market_options(
-                InstanceMarketOptionsRequest::builder()
-                    .market_type(MarketType::Spot)
-                    .spot_options(spot)
-                    .build(),
+                InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).spot_options(spot).build(),
             );
         }
-        RunCall {
-            call,
-            resource: self.request.resource.clone(),
-            launch_key: self.request.idempotency_key.clone(),
-        }
+        RunCall { call, resource: self.request.resource.clone(), launch_key: self.request.idempotency_key.clone() }
     }
 }
 
@@ -146,25 +121,13 @@ pub struct RunCall {
 
 impl RunCall {
     pub async fn send_classified(self) -> Result<CloudInstance, Ec2Failure> {
-        let output = self
-            .call
-            .send()
-            .await
-            .map_err(|e| classify("RunInstances", e))?;
-        let launched = output
-            .instances()
-            .first()
-            .and_then(crate::cloud_instance)
-            .ok_or_else(|| Ec2Failure {
-                code: None,
-                error: ProviderError::Other("RunInstances answered without an instance".to_owned()),
-            })?;
+        let output = self.call.send().await.map_err(|e| classify("RunInstances", e))?;
+        let launched = output.instances().first().and_then(crate::cloud_instance).ok_or_else(|| Ec2Failure {
+            code: None,
+            error: ProviderError::Other("RunInstances answered without an instance".to_owned()),
+        })?;
         // The answer need not echo the tags; we know what we asked for.
-        Ok(CloudInstance {
-            resource: self.resource,
-            launch_key: Some(self.launch_key),
-            ..launched
-        })
+        Ok(CloudInstance { resource: self.resource, launch_key: Some(self.launch_key), ..launched })
     }
 }
 
@@ -173,10 +136,7 @@ fn tag(key: &str, value: &str) -> Tag {
 }
 
 fn tag_spec(resource_type: ResourceType, tags: &[Tag]) -> TagSpecification {
-    TagSpecification::builder()
-        .resource_type(resource_type)
-        .set_tags(Some(tags.to_vec()))
-        .build()
+    TagSpecification::builder().resource_type(resource_type).set_tags(Some(tags.to_vec())).build()
 }
 
 /// EC2 takes ClientTokens of up to 64 ASCII characters: the key itself when
@@ -185,10 +145,7 @@ pub(crate) fn client_token(key: &str) -> String {
     if key.len() <= 64 && key.chars().all(|c| c.is_ascii_graphic()) {
         key.to_owned()
     } else {
-        format!(
-            "flockd-{}",
-            &hex::encode(Sha256::digest(key.as_bytes()))[..57]
-        )
+        format!("flockd-{}", &hex::encode(Sha256::digest(key.as_bytes()))[..57])
     }
 }
 

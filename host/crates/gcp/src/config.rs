@@ -171,9 +171,7 @@ impl GcpResourceConfig {
     pub fn validate(&self, resource: &str) -> Result<(), String> {
         let at = format!("[providers.gcp.resources.{resource}]");
         if self.machine_type.trim().is_empty() {
-            return Err(format!(
-                "{at} machine-type is empty: set e.g. \"n1-standard-8\""
-            ));
+            return Err(format!("{at} machine-type is empty: set e.g. \"n1-standard-8\""));
         }
         if self.boot_image.trim().is_empty() {
             return Err(format!(
@@ -182,9 +180,7 @@ impl GcpResourceConfig {
         }
         for (key, value) in &self.labels {
             if key.starts_with("flockd-") {
-                return Err(format!(
-                    "{at} label {key:?} uses the reserved prefix \"flockd-\": rename it"
-                ));
+                return Err(format!("{at} label {key:?} uses the reserved prefix \"flockd-\": rename it"));
             }
             if !is_valid_label(key) || key.is_empty() || !is_valid_label(value) {
                 return Err(format!(

@@ -17,12 +17,7 @@ pub fn classify(operation: &str, err: &GaxError) -> ProviderError {
     {
         let error = &body["error"];
         if let Some(errors) = error["errors"].as_array() {
-            reasons.extend(
-                errors
-                    .iter()
-                    .filter_map(|e| e["reason"].as_str())
-                    .map(str::to_owned),
-            );
+            reasons.extend(errors.iter().filter_map(|e| e["reason"].as_str()).map(str::to_owned));
         }
         if message.is_empty() {
             message = error["message"].as_str().unwrap_or_default().to_owned();
@@ -46,11 +41,7 @@ pub fn classify(operation: &str, err: &GaxError) -> ProviderError {
 
 /// The failure a finished operation reports, if any.
 pub fn operation_failure(operation: &str, op: &Operation) -> Option<ProviderError> {
-    let errors = op
-        .error
-        .as_ref()
-        .map(|e| e.errors.as_slice())
-        .unwrap_or_default();
+    let errors = op.error.as_ref().map(|e| e.errors.as_slice()).unwrap_or_default();
     if errors.is_empty() && op.http_error_status_code.is_none() {
         return None;
     }
@@ -60,19 +51,13 @@ pub fn operation_failure(operation: &str, op: &Operation) -> Option<ProviderErro
         message.extend(op.http_error_message.clone());
     }
     let message = message.join("; ");
-    let status = op
-        .http_error_status_code
-        .and_then(|s| u16::try_from(s).ok());
+    let status = op.http_error_status_code.and_then(|s| u16::try_from(s).ok());
     let detail = format!("{operation}: {}: {message}", codes.join(","));
     Some(class_of(status, &codes, &message)(detail))
 }
 
 fn class_of(status: Option<u16>, codes: &[String], message: &str) -> fn(String) -> ProviderError {
-    let has = |wanted: &[&str]| {
-        codes
-            .iter()
-            .any(|c| wanted.iter().any(|w| c.eq_ignore_ascii_case(w)))
-    };
+    let has = |wanted: &[&str]| codes.iter().any(|c| wanted.iter().any(|w| c.eq_ignore_ascii_case(w)));
     if has(&[
         "ZONE_RESOURCE_POOL_EXHAUSTED",
         "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
@@ -85,11 +70,7 @@ fn class_of(status: Option<u16>, codes: &[String], message: &str) -> fn(String) 
     if has(&["QUOTA_EXCEEDED", "quotaExceeded"]) {
         return ProviderError::Quota;
     }
-    if has(&[
-        "rateLimitExceeded",
-        "userRateLimitExceeded",
-        "RATE_LIMIT_EXCEEDED",
-    ]) {
+    if has(&["rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"]) {
         return ProviderError::Throttled;
     }
     match status {
@@ -98,14 +79,7 @@ fn class_of(status: Option<u16>, codes: &[String], message: &str) -> fn(String) 
         Some(404) => ProviderError::NotFound,
         Some(400 | 409 | 412) => ProviderError::InvalidRequest,
         _ if has(&["PERMISSIONS_ERROR", "FORBIDDEN", "forbidden"]) => ProviderError::Auth,
-        _ if has(&[
-            "RESOURCE_NOT_FOUND",
-            "INVALID_FIELD_VALUE",
-            "BAD_REQUEST",
-            "invalid",
-            "badRequest",
-        ]) =>
-        {
+        _ if has(&["RESOURCE_NOT_FOUND", "INVALID_FIELD_VALUE", "BAD_REQUEST", "invalid", "badRequest"]) => {
             ProviderError::InvalidRequest
         }
         _ => ProviderError::Other,
@@ -122,50 +96,20 @@ mod tests {
 
     #[test]
     fn codes_map_to_classes() {
-        assert_eq!(
-            class(None, "ZONE_RESOURCE_POOL_EXHAUSTED"),
-            ProviderError::Capacity(String::new())
-        );
+        assert_eq!(class(None, "ZONE_RESOURCE_POOL_EXHAUSTED"), ProviderError::Capacity(String::new()));
         assert_eq!(
             class(Some(503), "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"),
             ProviderError::Capacity(String::new())
         );
-        assert_eq!(
-            class(Some(403), "QUOTA_EXCEEDED"),
-            ProviderError::Quota(String::new())
-        );
-        assert_eq!(
-            class(Some(403), "quotaExceeded"),
-            ProviderError::Quota(String::new())
-        );
-        assert_eq!(
-            class(Some(403), "rateLimitExceeded"),
-            ProviderError::Throttled(String::new())
-        );
-        assert_eq!(
-            class(Some(429), ""),
-            ProviderError::Throttled(String::new())
-        );
-        assert_eq!(
-            class(Some(403), "forbidden"),
-            ProviderError::Auth(String::new())
-        );
+        assert_eq!(class(Some(403), "QUOTA_EXCEEDED"), ProviderError::Quota(String::new()));
+        assert_eq!(class(Some(403), "quotaExceeded"), ProviderError::Quota(String::new()));
+        assert_eq!(class(Some(403), "rateLimitExceeded"), ProviderError::Throttled(String::new()));
+        assert_eq!(class(Some(429), ""), ProviderError::Throttled(String::new()));
+        assert_eq!(class(Some(403), "forbidden"), ProviderError::Auth(String::new()));
         assert_eq!(class(Some(401), ""), ProviderError::Auth(String::new()));
-        assert_eq!(
-            class(Some(400), "invalid"),
-            ProviderError::InvalidRequest(String::new())
-        );
-        assert_eq!(
-            class(None, "RESOURCE_NOT_FOUND"),
-            ProviderError::InvalidRequest(String::new())
-        );
-        assert_eq!(
-            class(Some(404), "notFound"),
-            ProviderError::NotFound(String::new())
-        );
-        assert_eq!(
-            class(Some(500), "backendError"),
-            ProviderError::Other(String::new())
-        );
+        assert_eq!(class(Some(400), "invalid"), ProviderError::InvalidRequest(String::new()));
+        assert_eq!(class(None, "RESOURCE_NOT_FOUND"), ProviderError::InvalidRequest(String::new()));
+        assert_eq!(class(Some(404), "notFound"), ProviderError::NotFound(String::new()));
+        assert_eq!(class(Some(500), "backendError"), ProviderError::Other(String::new()));
     }
 }

@@ -8,12 +8,10 @@ use flockd_core::naming::{self, tags};
 use flockd_core::{CloudInstance, CloudState, LaunchRequest};
 use google_cloud_compute_v1::model::access_config::Type as AccessType;
 use google_cloud_compute_v1::model::instance::Status;
-use google_cloud_compute_v1::model::scheduling::{
-    InstanceTerminationAction, OnHostMaintenance, ProvisioningModel,
-};
+use google_cloud_compute_v1::model::scheduling::{InstanceTerminationAction, OnHostMaintenance, ProvisioningModel};
 use google_cloud_compute_v1::model::{
-    AcceleratorConfig, AccessConfig, AttachedDisk, AttachedDiskInitializeParams, Instance,
-    Metadata, NetworkInterface, Scheduling, ServiceAccount, metadata,
+    AcceleratorConfig, AccessConfig, AttachedDisk, AttachedDiskInitializeParams, Instance, Metadata, NetworkInterface,
+    Scheduling, ServiceAccount, metadata,
 };
 
 use crate::config::{GcpResourceConfig, Provisioning};
@@ -42,16 +40,10 @@ impl InstanceSpec<'_> {
         let mut labels = self.resource.labels.clone();
         labels.insert(tags::CLUSTER.to_owned(), label_value(&request.cluster));
         labels.insert(tags::RESOURCE.to_owned(), label_value(&request.resource));
-        labels.insert(
-            tags::LAUNCH_KEY.to_owned(),
-            label_value(&request.idempotency_key),
-        );
+        labels.insert(tags::LAUNCH_KEY.to_owned(), label_value(&request.idempotency_key));
         labels.insert(
             tags::WORKER_PREFIX.to_owned(),
-            label_value(&naming::worker_id_prefix(
-                &request.cluster,
-                &request.resource,
-            )),
+            label_value(&naming::worker_id_prefix(&request.cluster, &request.resource)),
         );
         labels
     }
@@ -63,50 +55,36 @@ impl InstanceSpec<'_> {
             item(META_CLUSTER, &request.cluster),
             item(META_RESOURCE, &request.resource),
             item(META_LAUNCH_KEY, &request.idempotency_key),
-            item(
-                META_WORKER_ID,
-                &naming::worker_id(&request.cluster, &request.resource, self.name),
-            ),
+            item(META_WORKER_ID, &naming::worker_id(&request.cluster, &request.resource, self.name)),
         ];
         if let Some(script) = self.startup_script {
             items.push(item(META_STARTUP_SCRIPT, script));
         }
 
-        let mut disk_params = AttachedDiskInitializeParams::new()
-            .set_source_image(&resource.boot_image)
-            .set_labels(labels.clone());
+        let mut disk_params =
+            AttachedDiskInitializeParams::new().set_source_image(&resource.boot_image).set_labels(labels.clone());
         if let Some(size) = resource.boot_disk_size_gb {
             disk_params = disk_params.set_disk_size_gb(size);
         }
         if let Some(disk_type) = &resource.boot_disk_type {
             disk_params = disk_params.set_disk_type(format!("zones/{zone}/diskTypes/{disk_type}"));
         }
-        let boot_disk = AttachedDisk::new()
-            .set_boot(true)
-            .set_auto_delete(true)
-            .set_initialize_params(disk_params);
+        let boot_disk = AttachedDisk::new().set_boot(true).set_auto_delete(true).set_initialize_params(disk_params);
 
-        let mut nic = NetworkInterface::new().set_network(
-            resource
-                .network
-                .clone()
-                .unwrap_or_else(|| "global/networks/default".to_owned()),
-        );
+        let mut nic = NetworkInterface::new()
+            .set_network(resource.network.clone().unwrap_or_else(|| "global/networks/default".to_owned()));
         if let Some(subnetwork) = &resource.subnetwork {
             nic = nic.set_subnetwork(subnetwork);
         }
         if resource.external_ip {
-            nic = nic.set_access_configs([AccessConfig::new()
-                .set_name("External NAT")
-                .set_type(AccessType::OneToOneNat)]);
+            nic = nic
+                .set_access_configs([AccessConfig::new().set_name("External NAT").set_type(AccessType::OneToOneNat)]);
         }
 
         let mut scheduling = Scheduling::new();
         if !resource.accelerators.is_empty() || resource.provisioning == Provisioning::Spot {
             // GPUs cannot live-migrate, and spot VMs must not try.
-            scheduling = scheduling
-                .set_on_host_maintenance(OnHostMaintenance::Terminate)
-                .set_automatic_restart(false);
+            scheduling = scheduling.set_on_host_maintenance(OnHostMaintenance::Terminate).set_automatic_restart(false);
         }
         if resource.provisioning == Provisioning::Spot {
             scheduling = scheduling
@@ -116,10 +94,7 @@ impl InstanceSpec<'_> {
 
         let mut instance = Instance::new()
             .set_name(self.name)
-            .set_machine_type(format!(
-                "zones/{zone}/machineTypes/{}",
-                resource.machine_type
-            ))
+            .set_machine_type(format!("zones/{zone}/machineTypes/{}", resource.machine_type))
             .set_labels(labels)
             .set_metadata(Metadata::new().set_items(items))
             .set_disks([boot_disk])
@@ -134,9 +109,8 @@ impl InstanceSpec<'_> {
                     .set_accelerator_count(a.count)
             }));
         if let Some(email) = &resource.service_account {
-            instance = instance.set_service_accounts([ServiceAccount::new()
-                .set_email(email)
-                .set_scopes(resource.scopes.clone())]);
+            instance = instance
+                .set_service_accounts([ServiceAccount::new().set_email(email).set_scopes(resource.scopes.clone())]);
         }
         instance
     }
@@ -147,13 +121,7 @@ fn item(key: &str, value: &str) -> metadata::Items {
 }
 
 pub fn metadata_value<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> {
-    instance
-        .metadata
-        .as_ref()?
-        .items
-        .iter()
-        .find(|i| i.key.as_deref() == Some(key))
-        .and_then(|i| i.value.as_deref())
+    instance.metadata.as_ref()?.items.iter().find(|i| i.key.as_deref() == Some(key)).and_then(|i| i.value.as_deref())
 }
 
 /// The instance as flockd sees it; its id is its name (unique in the
@@ -161,9 +129,7 @@ pub fn metadata_value<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> 
 pub fn cloud_instance(instance: &Instance) -> Option<CloudInstance> {
     let state = match instance.status.as_ref() {
         Some(Status::Running) => CloudState::Running,
-        Some(Status::Provisioning | Status::Staging | Status::Pending) | None => {
-            CloudState::Pending
-        }
+        Some(Status::Provisioning | Status::Staging | Status::Pending) | None => CloudState::Pending,
         // Stopped or being stopped or repaired: running no agent, on its way
         // out as far as flockd is concerned.
         Some(_) => CloudState::Stopping,
@@ -172,14 +138,10 @@ pub fn cloud_instance(instance: &Instance) -> Option<CloudInstance> {
         .creation_timestamp
         .as_deref()
         .and_then(|t| google_cloud_wkt::Timestamp::try_from(t).ok())
-        .map_or(0, |t| {
-            (t.seconds().max(0) as u64) * 1000 + (t.nanos().max(0) as u64) / 1_000_000
-        });
+        .map_or(0, |t| (t.seconds().max(0) as u64) * 1000 + (t.nanos().max(0) as u64) / 1_000_000);
     Some(CloudInstance {
         id: instance.name.clone()?,
-        resource: metadata_value(instance, META_RESOURCE)
-            .unwrap_or_default()
-            .to_owned(),
+        resource: metadata_value(instance, META_RESOURCE).unwrap_or_default().to_owned(),
         state,
         launched_at,
         launch_key: metadata_value(instance, META_LAUNCH_KEY).map(str::to_owned),

@@ -20,9 +20,7 @@ const REQUEST_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_d0a5_3b6e_4a8e_9a57_1f
 
 pub fn is_valid_label(value: &str) -> bool {
     value.len() <= MAX_LABEL
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 /// `value` as a label value (see the module doc).
@@ -38,11 +36,7 @@ pub fn label_value(value: &str) -> String {
             _ => '_',
         })
         .collect();
-    if sanitized.len() <= MAX_LABEL {
-        sanitized
-    } else {
-        format!("{}-{}", &sanitized[..54], &digest_hex(value)[..8])
-    }
+    if sanitized.len() <= MAX_LABEL { sanitized } else { format!("{}-{}", &sanitized[..54], &digest_hex(value)[..8]) }
 }
 
 /// The instance name for a launch: the same cluster and key always give the
@@ -52,13 +46,7 @@ pub fn label_value(value: &str) -> String {
 pub fn instance_name(cluster: &str, resource: &str, idempotency_key: &str) -> String {
     let readable: String = resource
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
         .take(30)
         .collect();
     let key = digest_hex(&format!("{cluster}\0{idempotency_key}"));
@@ -88,11 +76,7 @@ mod tests {
         let label = label_value(&long);
         assert_eq!(label.len(), 63);
         assert!(is_valid_label(&label));
-        assert_ne!(
-            label,
-            label_value(&"x".repeat(101)),
-            "long values stay distinct"
-        );
+        assert_ne!(label, label_value(&"x".repeat(101)), "long values stay distinct");
     }
 
     #[test]
@@ -103,10 +87,7 @@ mod tests {
         assert_ne!(name, instance_name("dev", "GPU_spot.big", "key-1"));
         assert!(name.starts_with("flockd-gpu-spot-big-"), "{name}");
         assert!(name.len() <= 63);
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        );
+        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
         let long = instance_name("prod", &"r".repeat(80), "k");
         assert!(long.len() <= 63, "{long}");
 

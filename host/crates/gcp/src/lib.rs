@@ -28,9 +28,7 @@ use google_cloud_lro::Poller;
 pub use config::{GcpAccelerator, GcpProviderConfig, GcpResourceConfig, Provisioning};
 use errors::{classify, operation_failure};
 use instance::{InstanceSpec, cloud_instance, metadata_value};
-pub use instance::{
-    META_CLUSTER, META_LAUNCH_KEY, META_RESOURCE, META_STARTUP_SCRIPT, META_WORKER_ID,
-};
+pub use instance::{META_CLUSTER, META_LAUNCH_KEY, META_RESOURCE, META_STARTUP_SCRIPT, META_WORKER_ID};
 
 const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(20);
 /// GCE metadata values hold at most 256 KiB.
@@ -65,14 +63,10 @@ impl GcpProvider {
     ) -> Result<Self, ProviderError> {
         let invalid = |m: String| ProviderError::InvalidRequest(m);
         if config.project.trim().is_empty() {
-            return Err(invalid(
-                "[providers.gcp] project is empty: set the project id".to_owned(),
-            ));
+            return Err(invalid("[providers.gcp] project is empty: set the project id".to_owned()));
         }
         if config.zones.is_empty() {
-            return Err(invalid(
-                "[providers.gcp] zones is empty: list at least one zone".to_owned(),
-            ));
+            return Err(invalid("[providers.gcp] zones is empty: list at least one zone".to_owned()));
         }
         if !(1..=500).contains(&config.list_page_size) {
             return Err(invalid(format!(
@@ -91,10 +85,7 @@ impl GcpProvider {
             google_cloud_auth::credentials::anonymous::Builder::new().build()
         } else if let Some(path) = &config.credentials_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                ProviderError::Auth(format!(
-                    "[providers.gcp] credentials-file {}: {e}",
-                    path.display()
-                ))
+                ProviderError::Auth(format!("[providers.gcp] credentials-file {}: {e}", path.display()))
             })?;
             let key: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
                 ProviderError::Auth(format!(
@@ -104,12 +95,7 @@ impl GcpProvider {
             })?;
             google_cloud_auth::credentials::service_account::Builder::new(key)
                 .build()
-                .map_err(|e| {
-                    ProviderError::Auth(format!(
-                        "[providers.gcp] credentials-file {}: {e}",
-                        path.display()
-                    ))
-                })?
+                .map_err(|e| ProviderError::Auth(format!("[providers.gcp] credentials-file {}: {e}", path.display())))?
         } else {
             google_cloud_auth::credentials::Builder::default()
                 .build()
@@ -117,9 +103,7 @@ impl GcpProvider {
         };
         let polling = ExponentialBackoffBuilder::new()
             .with_initial_delay(Duration::from_millis(config.operation_poll_ms.max(1)))
-            .with_maximum_delay(
-                Duration::from_secs(10).max(Duration::from_millis(config.operation_poll_ms)),
-            )
+            .with_maximum_delay(Duration::from_secs(10).max(Duration::from_millis(config.operation_poll_ms)))
             .build()
             .map_err(|e| invalid(format!("[providers.gcp] operation-poll-ms: {e}")))?;
         let mut builder = Instances::builder()
@@ -131,9 +115,10 @@ impl GcpProvider {
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
-        let client = builder.build().await.map_err(|e| {
-            ProviderError::Other(format!("cannot build the Compute Engine client: {e}"))
-        })?;
+        let client = builder
+            .build()
+            .await
+            .map_err(|e| ProviderError::Other(format!("cannot build the Compute Engine client: {e}")))?;
         Ok(GcpProvider {
             client,
             project: config.project.clone(),
@@ -150,12 +135,8 @@ impl GcpProvider {
 
     /// Start-up scripts (the `startup-script` metadata) by resource name.
     /// Scripts for resources this provider does not have are ignored.
-    pub fn with_startup_scripts(
-        mut self,
-        scripts: HashMap<String, String>,
-    ) -> Result<Self, ProviderError> {
-        if let Some((resource, script)) = scripts.iter().find(|(_, s)| s.len() > MAX_STARTUP_SCRIPT)
-        {
+    pub fn with_startup_scripts(mut self, scripts: HashMap<String, String>) -> Result<Self, ProviderError> {
+        if let Some((resource, script)) = scripts.iter().find(|(_, s)| s.len() > MAX_STARTUP_SCRIPT) {
             return Err(ProviderError::InvalidRequest(format!(
                 "the start-up script of resource {resource:?} is {} bytes; GCE metadata values hold at most {MAX_STARTUP_SCRIPT}",
                 script.len()
@@ -165,11 +146,7 @@ impl GcpProvider {
         Ok(self)
     }
 
-    async fn retrying_throttles<T, F, Fut>(
-        &self,
-        operation: &str,
-        mut call: F,
-    ) -> Result<T, ProviderError>
+    async fn retrying_throttles<T, F, Fut>(&self, operation: &str, mut call: F) -> Result<T, ProviderError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
@@ -190,21 +167,13 @@ impl GcpProvider {
     }
 
     fn remember_zone(&self, name: &str, zone: &str) {
-        self.zone_of
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), zone.to_owned());
+        self.zone_of.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), zone.to_owned());
     }
 
     async fn get(&self, zone: &str, name: &str) -> Result<Option<CloudInstance>, ProviderError> {
         let found = self
             .retrying_throttles("instances.get", || async {
-                let call = self
-                    .client
-                    .get()
-                    .set_project(&self.project)
-                    .set_zone(zone)
-                    .set_instance(name);
+                let call = self.client.get().set_project(&self.project).set_zone(zone).set_instance(name);
                 match call.send().await {
                     Ok(instance) => Ok(cloud_instance(&instance)),
                     Err(e) if e.http_status_code() == Some(404) => Ok(None),
@@ -222,12 +191,7 @@ impl GcpProvider {
     async fn insert(&self, spec: &InstanceSpec<'_>) -> Result<Inserted, ProviderError> {
         let body = spec.body();
         let request = spec.request;
-        let request_id = labels::request_id(&[
-            &request.cluster,
-            &request.idempotency_key,
-            spec.zone,
-            "insert",
-        ]);
+        let request_id = labels::request_id(&[&request.cluster, &request.idempotency_key, spec.zone, "insert"]);
         self.retrying_throttles("instances.insert", || async {
             let poller = self
                 .client
@@ -275,11 +239,7 @@ impl CloudProvider for GcpProvider {
                 request.resource
             ))
         })?;
-        let name = labels::instance_name(
-            &request.cluster,
-            &request.resource,
-            &request.idempotency_key,
-        );
+        let name = labels::instance_name(&request.cluster, &request.resource, &request.idempotency_key);
         // An earlier try of this launch may have landed in a later zone; the
         // first zone's insert would not collide with it.
         if self.zones.len() > 1 {
@@ -297,17 +257,12 @@ impl CloudProvider for GcpProvider {
                 name: &name,
                 request,
                 resource,
-                startup_script: self
-                    .startup_scripts
-                    .get(&request.resource)
-                    .map(String::as_str),
+                startup_script: self.startup_scripts.get(&request.resource).map(String::as_str),
             };
             match self.insert(&spec).await {
                 Ok(_) => {
                     let instance = self.get(zone, &name).await?.ok_or_else(|| {
-                        ProviderError::Other(format!(
-                            "instance {name} in {zone} was inserted but is not found"
-                        ))
+                        ProviderError::Other(format!("instance {name} in {zone} was inserted but is not found"))
                     })?;
                     tracing::info!(instance = %name, resource = %request.resource, zone, "launched GCE instance");
                     return Ok(instance);
@@ -327,11 +282,7 @@ impl CloudProvider for GcpProvider {
     }
 
     async fn list(&self, cluster: &str) -> Result<Vec<CloudInstance>, ProviderError> {
-        let filter = format!(
-            "labels.{} = \"{}\"",
-            tags::CLUSTER,
-            labels::label_value(cluster)
-        );
+        let filter = format!("labels.{} = \"{}\"", tags::CLUSTER, labels::label_value(cluster));
         let mut found = Vec::new();
         for zone in &self.zones {
             let mut page_token: Option<String> = None;
@@ -348,9 +299,7 @@ impl CloudProvider for GcpProvider {
                         if let Some(token) = &page_token {
                             call = call.set_page_token(token);
                         }
-                        call.send()
-                            .await
-                            .map_err(|e| classify("instances.list", &e))
+                        call.send().await.map_err(|e| classify("instances.list", &e))
                     })
                     .await?;
                 for instance in &page.items {
@@ -373,12 +322,7 @@ impl CloudProvider for GcpProvider {
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), ProviderError> {
-        let known_zone = self
-            .zone_of
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(instance_id)
-            .cloned();
+        let known_zone = self.zone_of.lock().unwrap_or_else(|p| p.into_inner()).get(instance_id).cloned();
         let zone = match known_zone {
             Some(zone) => zone,
             None => {
@@ -406,18 +350,13 @@ impl CloudProvider for GcpProvider {
                 .set_request_id(&request_id);
             match call.send().await {
                 // Deletion runs on; list shows the instance until it is gone.
-                Ok(operation) => {
-                    operation_failure("instances.delete", &operation).map_or(Ok(()), Err)
-                }
+                Ok(operation) => operation_failure("instances.delete", &operation).map_or(Ok(()), Err),
                 Err(e) if e.http_status_code() == Some(404) => Ok(()),
                 Err(e) => Err(classify("instances.delete", &e)),
             }
         })
         .await?;
-        self.zone_of
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(instance_id);
+        self.zone_of.lock().unwrap_or_else(|p| p.into_inner()).remove(instance_id);
         tracing::info!(instance = instance_id, zone, "deleting GCE instance");
         Ok(())
     }

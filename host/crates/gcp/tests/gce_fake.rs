@@ -52,37 +52,22 @@ async fn setup(zones: usize, page_size: u32) -> (FakeGce, GcpProvider) {
         operation_timeout_secs: 30,
     };
     let mut gpu = resource(Provisioning::Spot);
-    gpu.accelerators = vec![GcpAccelerator {
-        accelerator_type: "nvidia-tesla-t4".to_owned(),
-        count: 1,
-    }];
-    let resources = HashMap::from([
-        ("cpu".to_owned(), resource(Provisioning::Standard)),
-        ("gpu".to_owned(), gpu),
-    ]);
+    gpu.accelerators = vec![GcpAccelerator { accelerator_type: "nvidia-tesla-t4".to_owned(), count: 1 }];
+    let resources = HashMap::from([("cpu".to_owned(), resource(Provisioning::Standard)), ("gpu".to_owned(), gpu)]);
     let provider = GcpProvider::new(&config, resources)
         .await
         .unwrap()
-        .with_startup_scripts(HashMap::from([(
-            "gpu".to_owned(),
-            "#!/bin/sh\necho \"$HOME\" 'x'\n".to_owned(),
-        )]))
+        .with_startup_scripts(HashMap::from([("gpu".to_owned(), "#!/bin/sh\necho \"$HOME\" 'x'\n".to_owned())]))
         .unwrap();
     (fake, provider)
 }
 
 fn label<'a>(instance: &'a serde_json::Value, key: &str) -> &'a str {
-    instance["labels"][key]
-        .as_str()
-        .unwrap_or_else(|| panic!("label {key} missing: {instance}"))
+    instance["labels"][key].as_str().unwrap_or_else(|| panic!("label {key} missing: {instance}"))
 }
 
 fn metadata<'a>(instance: &'a serde_json::Value, key: &str) -> Option<&'a str> {
-    instance["metadata"]["items"]
-        .as_array()?
-        .iter()
-        .find(|i| i["key"] == key)?["value"]
-        .as_str()
+    instance["metadata"]["items"].as_array()?.iter().find(|i| i["key"] == key)?["value"].as_str()
 }
 
 #[tokio::test]
@@ -94,64 +79,33 @@ async fn meets_the_provider_contract() {
 #[tokio::test]
 async fn spot_launch_is_labelled_at_creation_with_startup_script_and_delete_on_preemption() {
     let (fake, provider) = setup(1, 500).await;
-    let launched = provider
-        .launch(&request(CLUSTER, "gpu", "k-labels"))
-        .await
-        .unwrap();
-    let stored = fake
-        .instance(&zone(0), &launched.id)
-        .expect("the instance named by the returned id");
+    let launched = provider.launch(&request(CLUSTER, "gpu", "k-labels")).await.unwrap();
+    let stored = fake.instance(&zone(0), &launched.id).expect("the instance named by the returned id");
 
     assert_eq!(label(&stored, tags::CLUSTER), CLUSTER);
     assert_eq!(label(&stored, tags::RESOURCE), "gpu");
     assert_eq!(label(&stored, tags::LAUNCH_KEY), "k-labels");
-    assert_eq!(
-        label(&stored, tags::WORKER_PREFIX),
-        "flockd_test_gpu_",
-        "':' is not allowed in label values"
-    );
+    assert_eq!(label(&stored, tags::WORKER_PREFIX), "flockd_test_gpu_", "':' is not allowed in label values");
     assert_eq!(label(&stored, "team"), "ml");
     let disk = &stored["disks"][0];
     assert_eq!(disk["boot"], true);
     assert_eq!(disk["autoDelete"], true);
-    assert_eq!(
-        disk["initializeParams"]["labels"][tags::LAUNCH_KEY],
-        "k-labels",
-        "the boot disk is labelled too"
-    );
-    assert_eq!(
-        disk["initializeParams"]["diskSizeGb"], "50",
-        "int64 travels as a JSON string"
-    );
+    assert_eq!(disk["initializeParams"]["labels"][tags::LAUNCH_KEY], "k-labels", "the boot disk is labelled too");
+    assert_eq!(disk["initializeParams"]["diskSizeGb"], "50", "int64 travels as a JSON string");
 
-    assert_eq!(
-        metadata(&stored, "startup-script"),
-        Some("#!/bin/sh\necho \"$HOME\" 'x'\n")
-    );
-    assert_eq!(
-        metadata(&stored, "flockd-worker-id"),
-        Some(naming::worker_id(CLUSTER, "gpu", &launched.id).as_str())
-    );
+    assert_eq!(metadata(&stored, "startup-script"), Some("#!/bin/sh\necho \"$HOME\" 'x'\n"));
+    assert_eq!(metadata(&stored, "flockd-worker-id"), Some(naming::worker_id(CLUSTER, "gpu", &launched.id).as_str()));
     assert_eq!(stored["scheduling"]["provisioningModel"], "SPOT");
     assert_eq!(stored["scheduling"]["instanceTerminationAction"], "DELETE");
     assert_eq!(stored["scheduling"]["onHostMaintenance"], "TERMINATE");
     assert_eq!(stored["guestAccelerators"][0]["acceleratorCount"], 1);
-    assert_eq!(
-        stored["machineType"],
-        format!("zones/{}/machineTypes/n1-standard-4", zone(0))
-    );
-    assert_eq!(
-        stored["serviceAccounts"][0]["email"],
-        "agent@flockd-test.iam.gserviceaccount.com"
-    );
+    assert_eq!(stored["machineType"], format!("zones/{}/machineTypes/n1-standard-4", zone(0)));
+    assert_eq!(stored["serviceAccounts"][0]["email"], "agent@flockd-test.iam.gserviceaccount.com");
 
     let inserts = fake.calls("insert");
     assert_eq!(inserts.len(), 1);
     let request_id = &inserts[0].query["requestId"];
-    assert!(
-        uuid::Uuid::parse_str(request_id).is_ok(),
-        "requestId must be a UUID: {request_id}"
-    );
+    assert!(uuid::Uuid::parse_str(request_id).is_ok(), "requestId must be a UUID: {request_id}");
     assert!(launched.launched_at > 0);
     assert_eq!(launched.resource, "gpu");
     assert_eq!(launched.launch_key.as_deref(), Some("k-labels"));
@@ -160,49 +114,21 @@ async fn spot_launch_is_labelled_at_creation_with_startup_script_and_delete_on_p
 #[tokio::test]
 async fn standard_launch_has_no_spot_scheduling_and_no_startup_script_when_none_is_set() {
     let (fake, provider) = setup(1, 500).await;
-    let launched = provider
-        .launch(&request(CLUSTER, "cpu", "k-std"))
-        .await
-        .unwrap();
+    let launched = provider.launch(&request(CLUSTER, "cpu", "k-std")).await.unwrap();
     let stored = fake.instance(&zone(0), &launched.id).unwrap();
-    assert!(
-        stored["scheduling"].get("provisioningModel").is_none(),
-        "{}",
-        stored["scheduling"]
-    );
+    assert!(stored["scheduling"].get("provisioningModel").is_none(), "{}", stored["scheduling"]);
     assert_eq!(metadata(&stored, "startup-script"), None);
 }
 
 #[tokio::test]
 async fn clusters_that_sanitise_to_one_label_are_still_told_apart() {
     let (fake, provider) = setup(1, 500).await;
-    let upper = provider
-        .launch(&request("Prod.Team", "cpu", "k-1"))
-        .await
-        .unwrap();
-    let lower = provider
-        .launch(&request("prod_team", "cpu", "k-1"))
-        .await
-        .unwrap();
-    assert_eq!(
-        label(&fake.instance(&zone(0), &upper.id).unwrap(), tags::CLUSTER),
-        "prod_team"
-    );
-    let listed: Vec<String> = provider
-        .list("Prod.Team")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
+    let upper = provider.launch(&request("Prod.Team", "cpu", "k-1")).await.unwrap();
+    let lower = provider.launch(&request("prod_team", "cpu", "k-1")).await.unwrap();
+    assert_eq!(label(&fake.instance(&zone(0), &upper.id).unwrap(), tags::CLUSTER), "prod_team");
+    let listed: Vec<String> = provider.list("Prod.Team").await.unwrap().into_iter().map(|i| i.id).collect();
     assert_eq!(listed, [upper.id]);
-    let listed: Vec<String> = provider
-        .list("prod_team")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
+    let listed: Vec<String> = provider.list("prod_team").await.unwrap().into_iter().map(|i| i.id).collect();
     assert_eq!(listed, [lower.id]);
 }
 
@@ -211,57 +137,27 @@ async fn list_pages_through_every_zone() {
     let (fake, provider) = setup(2, 2).await;
     let mut launched = Vec::new();
     for i in 0..5 {
-        launched.push(
-            provider
-                .launch(&request(CLUSTER, "cpu", &format!("k-page-{i}")))
-                .await
-                .unwrap()
-                .id,
-        );
+        launched.push(provider.launch(&request(CLUSTER, "cpu", &format!("k-page-{i}"))).await.unwrap().id);
     }
     // Stockouts in zone a put some instances in zone b.
     fake.inject(Fault {
         call: "insert",
         zone: Some(zone(0)),
-        kind: FaultKind::Operation {
-            code: "ZONE_RESOURCE_POOL_EXHAUSTED",
-        },
+        kind: FaultKind::Operation { code: "ZONE_RESOURCE_POOL_EXHAUSTED" },
         count: 3,
     });
     for i in 5..8 {
-        launched.push(
-            provider
-                .launch(&request(CLUSTER, "cpu", &format!("k-page-{i}")))
-                .await
-                .unwrap()
-                .id,
-        );
+        launched.push(provider.launch(&request(CLUSTER, "cpu", &format!("k-page-{i}"))).await.unwrap().id);
     }
-    provider
-        .launch(&request("someone-else", "cpu", "k-x"))
-        .await
-        .unwrap();
+    provider.launch(&request("someone-else", "cpu", "k-x")).await.unwrap();
 
-    let mut listed: Vec<String> = provider
-        .list(CLUSTER)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
+    let mut listed: Vec<String> = provider.list(CLUSTER).await.unwrap().into_iter().map(|i| i.id).collect();
     listed.sort();
     launched.sort();
     assert_eq!(listed, launched);
     let lists = fake.calls("list");
     assert!(lists.iter().any(|c| c.zone == zone(1)), "zone b was listed");
-    assert!(
-        lists
-            .iter()
-            .filter(|c| c.query.contains_key("pageToken"))
-            .count()
-            >= 2,
-        "{lists:?}"
-    );
+    assert!(lists.iter().filter(|c| c.query.contains_key("pageToken")).count() >= 2, "{lists:?}");
     assert!(lists.iter().all(|c| c.query["maxResults"] == "2"));
 }
 
@@ -271,33 +167,18 @@ async fn a_stockout_moves_the_launch_to_the_next_zone_and_a_retry_finds_it() {
     fake.inject(Fault {
         call: "insert",
         zone: Some(zone(0)),
-        kind: FaultKind::Operation {
-            code: "ZONE_RESOURCE_POOL_EXHAUSTED",
-        },
+        kind: FaultKind::Operation { code: "ZONE_RESOURCE_POOL_EXHAUSTED" },
         count: 10,
     });
-    let launched = provider
-        .launch(&request(CLUSTER, "gpu", "k-stockout"))
-        .await
-        .unwrap();
-    assert!(
-        fake.instance(&zone(1), &launched.id).is_some(),
-        "landed in the second zone"
-    );
+    let launched = provider.launch(&request(CLUSTER, "gpu", "k-stockout")).await.unwrap();
+    assert!(fake.instance(&zone(1), &launched.id).is_some(), "landed in the second zone");
     let zones_tried: Vec<String> = fake.calls("insert").into_iter().map(|c| c.zone).collect();
     assert_eq!(zones_tried, [zone(0), zone(1)], "one insert per zone");
 
     fake.clear_faults();
-    let retried = provider
-        .launch(&request(CLUSTER, "gpu", "k-stockout"))
-        .await
-        .unwrap();
+    let retried = provider.launch(&request(CLUSTER, "gpu", "k-stockout")).await.unwrap();
     assert_eq!(retried.id, launched.id);
-    assert_eq!(
-        fake.instance_count(),
-        1,
-        "the retry did not start a second machine in zone a"
-    );
+    assert_eq!(fake.instance_count(), 1, "the retry did not start a second machine in zone a");
 }
 
 #[tokio::test]
@@ -306,19 +187,11 @@ async fn stockouts_everywhere_fail_as_capacity_after_one_insert_per_zone() {
     fake.inject(Fault {
         call: "insert",
         zone: None,
-        kind: FaultKind::Operation {
-            code: "ZONE_RESOURCE_POOL_EXHAUSTED",
-        },
+        kind: FaultKind::Operation { code: "ZONE_RESOURCE_POOL_EXHAUSTED" },
         count: 100,
     });
-    let err = provider
-        .launch(&request(CLUSTER, "gpu", "k-none"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, ProviderError::Capacity(m) if m.contains(&zone(1))),
-        "{err}"
-    );
+    let err = provider.launch(&request(CLUSTER, "gpu", "k-none")).await.unwrap_err();
+    assert!(matches!(&err, ProviderError::Capacity(m) if m.contains(&zone(1))), "{err}");
     assert_eq!(fake.calls("insert").len(), 2);
     assert_eq!(fake.instance_count(), 0);
 }
@@ -326,18 +199,8 @@ async fn stockouts_everywhere_fail_as_capacity_after_one_insert_per_zone() {
 #[tokio::test]
 async fn a_quota_error_in_the_operation_is_quota_and_tries_no_other_zone() {
     let (fake, provider) = setup(2, 500).await;
-    fake.inject(Fault {
-        call: "insert",
-        zone: None,
-        kind: FaultKind::Operation {
-            code: "QUOTA_EXCEEDED",
-        },
-        count: 1,
-    });
-    let err = provider
-        .launch(&request(CLUSTER, "gpu", "k-quota"))
-        .await
-        .unwrap_err();
+    fake.inject(Fault { call: "insert", zone: None, kind: FaultKind::Operation { code: "QUOTA_EXCEEDED" }, count: 1 });
+    let err = provider.launch(&request(CLUSTER, "gpu", "k-quota")).await.unwrap_err();
     assert!(matches!(err, ProviderError::Quota(_)), "{err}");
     assert_eq!(fake.calls("insert").len(), 1);
 }
@@ -348,32 +211,19 @@ async fn throttling_is_retried_with_the_same_request_id_then_gives_up() {
     fake.inject(Fault {
         call: "insert",
         zone: None,
-        kind: FaultKind::Http {
-            status: 429,
-            reason: "rateLimitExceeded",
-        },
+        kind: FaultKind::Http { status: 429, reason: "rateLimitExceeded" },
         count: 2,
     });
-    provider
-        .launch(&request(CLUSTER, "cpu", "k-throttle"))
-        .await
-        .unwrap();
+    provider.launch(&request(CLUSTER, "cpu", "k-throttle")).await.unwrap();
     let inserts = fake.calls("insert");
     assert_eq!(inserts.len(), 3);
-    assert!(
-        inserts
-            .iter()
-            .all(|c| c.query["requestId"] == inserts[0].query["requestId"])
-    );
+    assert!(inserts.iter().all(|c| c.query["requestId"] == inserts[0].query["requestId"]));
     assert_eq!(fake.instance_count(), 1);
 
     fake.inject(Fault {
         call: "list",
         zone: None,
-        kind: FaultKind::Http {
-            status: 429,
-            reason: "rateLimitExceeded",
-        },
+        kind: FaultKind::Http { status: 429, reason: "rateLimitExceeded" },
         count: 100,
     });
     let err = provider.list(CLUSTER).await.unwrap_err();
@@ -387,16 +237,10 @@ async fn forbidden_is_auth_without_retrying() {
     fake.inject(Fault {
         call: "insert",
         zone: None,
-        kind: FaultKind::Http {
-            status: 403,
-            reason: "forbidden",
-        },
+        kind: FaultKind::Http { status: 403, reason: "forbidden" },
         count: 100,
     });
-    let err = provider
-        .launch(&request(CLUSTER, "cpu", "k-auth"))
-        .await
-        .unwrap_err();
+    let err = provider.launch(&request(CLUSTER, "cpu", "k-auth")).await.unwrap_err();
     assert!(matches!(err, ProviderError::Auth(_)), "{err}");
     assert_eq!(fake.calls("insert").len(), 1);
 }
@@ -404,23 +248,14 @@ async fn forbidden_is_auth_without_retrying() {
 #[tokio::test]
 async fn same_key_twice_starts_one_instance_and_unknown_ids_terminate_ok() {
     let (fake, provider) = setup(1, 500).await;
-    let first = provider
-        .launch(&request(CLUSTER, "cpu", "k-once"))
-        .await
-        .unwrap();
-    let second = provider
-        .launch(&request(CLUSTER, "cpu", "k-once"))
-        .await
-        .unwrap();
+    let first = provider.launch(&request(CLUSTER, "cpu", "k-once")).await.unwrap();
+    let second = provider.launch(&request(CLUSTER, "cpu", "k-once")).await.unwrap();
     assert_eq!(first.id, second.id);
     assert_eq!(fake.instance_count(), 1);
 
     provider.terminate(&first.id).await.unwrap();
     wait_until_gone(&provider, CLUSTER, &first.id).await;
-    provider
-        .terminate("flockd-cpu-0000000000000000")
-        .await
-        .unwrap();
+    provider.terminate("flockd-cpu-0000000000000000").await.unwrap();
     // A launch with the same key after termination starts a new machine of
     // the same name (GCE forgets deleted names).
     assert_eq!(fake.instance_count(), 0);
@@ -443,10 +278,5 @@ fn config_parses_with_defaults_and_rejects_bad_labels() {
     let mut bad = resource.clone();
     bad.labels.insert("Team".to_owned(), "ML".to_owned());
     assert!(bad.validate("gpu").unwrap_err().contains("\"Team\""));
-    assert!(
-        toml::from_str::<GcpResourceConfig>(
-            "machine-type = \"x\"\nboot-image = \"i\"\nzone = \"z\""
-        )
-        .is_err()
-    );
+    assert!(toml::from_str::<GcpResourceConfig>("machine-type = \"x\"\nboot-image = \"i\"\nzone = \"z\"").is_err());
 }

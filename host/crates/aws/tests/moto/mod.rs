@@ -28,10 +28,7 @@ pub struct Call {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../..")
-        .canonicalize()
-        .unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..").canonicalize().unwrap()
 }
 
 /// scripts/setup creates the venv; a fresh checkout may still be running it.
@@ -50,11 +47,7 @@ async fn python_with_moto() -> PathBuf {
                 return python;
             }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} with moto is missing: run scripts/setup",
-            python.display()
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{} with moto is missing: run scripts/setup", python.display());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -62,11 +55,7 @@ async fn python_with_moto() -> PathBuf {
 impl Moto {
     pub async fn start() -> Moto {
         let python = python_with_moto().await;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(python)
             .arg(repo_root().join("tests/fixtures/moto_faults.py"))
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -75,32 +64,14 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto");
-        let moto = Moto {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
-        };
+        let moto = Moto { child, url: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while moto
-            .http
-            .get(format!("{}/_faults/calls", moto.url))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "moto did not answer on {}",
-                moto.url
-            );
+        while moto.http.get(format!("{}/_faults/calls", moto.url)).send().await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "moto did not answer on {}", moto.url);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The first EC2 call loads moto's AMI and instance-type data (seconds).
-        moto.client()
-            .describe_instances()
-            .send()
-            .await
-            .expect("warm-up call");
+        moto.client().describe_instances().send().await.expect("warm-up call");
         moto.reset_faults().await;
         moto
     }
@@ -108,21 +79,13 @@ impl Moto {
     /// A plain SDK client for setting up and reading back.
     pub fn client(&self) -> Client {
         let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
             .build_https();
         let config = aws_sdk_ec2::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(REGION))
             .endpoint_url(&self.url)
-            .credentials_provider(Credentials::new(
-                "AKIAFAKEFAKEFAKEFAKE",
-                "fake-secret",
-                None,
-                None,
-                "test",
-            ))
+            .credentials_provider(Credentials::new("AKIAFAKEFAKEFAKEFAKE", "fake-secret", None, None, "test"))
             .http_client(http_client)
             .build();
         Client::from_conf(config)
@@ -132,61 +95,32 @@ impl Moto {
     /// answer EC2 error `code` with HTTP `status`.
     pub async fn inject(&self, action: &str, code: &str, status: u16, count: u32, matching: Value) {
         let fault = json!({"action": action, "code": code, "status": status, "count": count, "match": matching});
-        let response = self
-            .http
-            .post(format!("{}/_faults/inject", self.url))
-            .json(&fault)
-            .send()
-            .await
-            .unwrap();
+        let response = self.http.post(format!("{}/_faults/inject", self.url)).json(&fault).send().await.unwrap();
         assert!(response.status().is_success());
     }
 
     pub async fn calls(&self, action: &str) -> Vec<Call> {
-        let all: Vec<Value> = self
-            .http
-            .get(format!("{}/_faults/calls", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let all: Vec<Value> =
+            self.http.get(format!("{}/_faults/calls", self.url)).send().await.unwrap().json().await.unwrap();
         all.into_iter()
             .filter(|c| c["action"] == action)
-            .map(|c| Call {
-                params: serde_json::from_value(c["params"].clone()).unwrap(),
-            })
+            .map(|c| Call { params: serde_json::from_value(c["params"].clone()).unwrap() })
             .collect()
     }
 
     pub async fn reset_faults(&self) {
-        self.http
-            .post(format!("{}/_faults/reset", self.url))
-            .send()
-            .await
-            .unwrap();
+        self.http.post(format!("{}/_faults/reset", self.url)).send().await.unwrap();
     }
 
     /// A VPC with `count` subnets, in order.
     pub async fn subnets(&self, count: usize) -> Vec<String> {
         let client = self.client();
-        let vpc = client
-            .create_vpc()
-            .cidr_block("10.0.0.0/16")
-            .send()
-            .await
-            .unwrap();
+        let vpc = client.create_vpc().cidr_block("10.0.0.0/16").send().await.unwrap();
         let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_owned();
         let mut subnets = Vec::new();
         for i in 0..count {
-            let subnet = client
-                .create_subnet()
-                .vpc_id(&vpc_id)
-                .cidr_block(format!("10.0.{i}.0/24"))
-                .send()
-                .await
-                .unwrap();
+            let subnet =
+                client.create_subnet().vpc_id(&vpc_id).cidr_block(format!("10.0.{i}.0/24")).send().await.unwrap();
             subnets.push(subnet.subnet().unwrap().subnet_id().unwrap().to_owned());
         }
         subnets

@@ -71,22 +71,13 @@ pub struct FakeGce {
 
 impl FakeGce {
     pub async fn start(project: &str) -> FakeGce {
-        let state: Shared = Arc::new(Mutex::new(Fake {
-            project: project.to_owned(),
-            next_id: 1000,
-            ..Fake::default()
-        }));
+        let state: Shared =
+            Arc::new(Mutex::new(Fake { project: project.to_owned(), next_id: 1000, ..Fake::default() }));
         let base = "/compute/v1/projects/{project}/zones/{zone}";
         let app = Router::new()
             .route(&format!("{base}/instances"), get(list).post(insert))
-            .route(
-                &format!("{base}/instances/{{name}}"),
-                get(get_instance).delete(delete),
-            )
-            .route(
-                &format!("{base}/operations/{{operation}}"),
-                get(get_operation),
-            )
+            .route(&format!("{base}/instances/{{name}}"), get(get_instance).delete(delete))
+            .route(&format!("{base}/operations/{{operation}}"), get(get_operation))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -105,23 +96,11 @@ impl FakeGce {
     }
 
     pub fn calls(&self, call: &str) -> Vec<Call> {
-        self.state
-            .lock()
-            .unwrap()
-            .calls
-            .iter()
-            .filter(|c| c.call == call)
-            .cloned()
-            .collect()
+        self.state.lock().unwrap().calls.iter().filter(|c| c.call == call).cloned().collect()
     }
 
     pub fn instance(&self, zone: &str, name: &str) -> Option<Value> {
-        self.state
-            .lock()
-            .unwrap()
-            .instances
-            .get(&(zone.to_owned(), name.to_owned()))
-            .cloned()
+        self.state.lock().unwrap().instances.get(&(zone.to_owned(), name.to_owned())).cloned()
     }
 
     pub fn instance_count(&self) -> usize {
@@ -142,38 +121,21 @@ fn gce_error(status: u16, reason: &str, message: &str) -> Response {
 }
 
 impl Fake {
-    fn record(
-        &mut self,
-        call: &'static str,
-        zone: &str,
-        query: &HashMap<String, String>,
-    ) -> Option<FaultKind> {
-        self.calls.push(Call {
-            call,
-            zone: zone.to_owned(),
-            query: query.clone(),
-        });
-        let fault = self.faults.iter_mut().find(|f| {
-            f.call == call && f.count > 0 && f.zone.as_deref().is_none_or(|z| z == zone)
-        })?;
+    fn record(&mut self, call: &'static str, zone: &str, query: &HashMap<String, String>) -> Option<FaultKind> {
+        self.calls.push(Call { call, zone: zone.to_owned(), query: query.clone() });
+        let fault = self
+            .faults
+            .iter_mut()
+            .find(|f| f.call == call && f.count > 0 && f.zone.as_deref().is_none_or(|z| z == zone))?;
         fault.count -= 1;
         Some(fault.kind.clone())
     }
 
     fn zone_url(&self, zone: &str) -> String {
-        format!(
-            "https://compute.googleapis.com/compute/v1/projects/{}/zones/{zone}",
-            self.project
-        )
+        format!("https://compute.googleapis.com/compute/v1/projects/{}/zones/{zone}", self.project)
     }
 
-    fn new_operation(
-        &mut self,
-        zone: &str,
-        kind: &str,
-        target: &str,
-        error_code: Option<&'static str>,
-    ) -> Value {
+    fn new_operation(&mut self, zone: &str, kind: &str, target: &str, error_code: Option<&'static str>) -> Value {
         self.next_id += 1;
         let name = format!("operation-{}", self.next_id);
         let operation = json!({
@@ -187,13 +149,7 @@ impl Fake {
             "progress": 0,
             "selfLink": format!("{}/operations/{name}", self.zone_url(zone)),
         });
-        self.operations.insert(
-            name,
-            PendingOperation {
-                operation: operation.clone(),
-                error_code,
-            },
-        );
+        self.operations.insert(name, PendingOperation { operation: operation.clone(), error_code });
         operation
     }
 }
@@ -221,8 +177,7 @@ async fn insert(
     };
     if error_code.is_none() {
         if fake.instances.contains_key(&(zone.clone(), name.clone())) {
-            let message =
-                format!("The resource 'projects/p/zones/{zone}/instances/{name}' already exists");
+            let message = format!("The resource 'projects/p/zones/{zone}/instances/{name}' already exists");
             return gce_error(409, "alreadyExists", &message);
         }
         fake.next_id += 1;
@@ -236,8 +191,7 @@ async fn insert(
     let operation = fake.new_operation(&zone, "insert", &name, error_code);
     if let Some(request_id) = query.get("requestId") {
         let operation_name = operation["name"].as_str().unwrap().to_owned();
-        fake.operation_by_request_id
-            .insert(request_id.clone(), operation_name);
+        fake.operation_by_request_id.insert(request_id.clone(), operation_name);
     }
     axum::Json(operation).into_response()
 }
@@ -260,8 +214,7 @@ async fn get_operation(
             _ => "injected by the fake",
         };
         pending.operation["error"] = json!({"errors": [{"code": code, "message": message}]});
-        pending.operation["httpErrorStatusCode"] =
-            json!(if code == "QUOTA_EXCEEDED" { 403 } else { 503 });
+        pending.operation["httpErrorStatusCode"] = json!(if code == "QUOTA_EXCEEDED" { 403 } else { 503 });
         pending.operation["httpErrorMessage"] = json!("SERVICE UNAVAILABLE");
     }
     axum::Json(pending.operation.clone()).into_response()
@@ -295,11 +248,7 @@ async fn delete(
     if let Some(FaultKind::Http { status, reason }) = fake.record("delete", &zone, &query) {
         return gce_error(status, reason, "injected by the fake");
     }
-    if fake
-        .instances
-        .remove(&(zone.clone(), name.clone()))
-        .is_none()
-    {
+    if fake.instances.remove(&(zone.clone(), name.clone())).is_none() {
         return gce_error(
             404,
             "notFound",
@@ -314,10 +263,7 @@ async fn delete(
 fn matches_filter(instance: &Value, filter: &str) -> bool {
     let mut rest = filter.trim();
     while !rest.is_empty() {
-        rest = rest
-            .trim_start_matches(['(', ' '])
-            .trim_start_matches("AND ")
-            .trim_start();
+        rest = rest.trim_start_matches(['(', ' ']).trim_start_matches("AND ").trim_start();
         let Some(after) = rest.strip_prefix("labels.") else {
             panic!("the fake understands only labels.KEY = \"VALUE\" filters, got {filter:?}");
         };
@@ -351,9 +297,7 @@ async fn list(
         .filter(|((z, _), instance)| *z == zone && matches_filter(instance, filter))
         .map(|(_, instance)| instance.clone())
         .collect();
-    let start: usize = query
-        .get("pageToken")
-        .map_or(0, |t| t.parse().expect("a page token the fake issued"));
+    let start: usize = query.get("pageToken").map_or(0, |t| t.parse().expect("a page token the fake issued"));
     let page_size: usize = query.get("maxResults").map_or(500, |m| m.parse().unwrap());
     let end = (start + page_size).min(matching.len());
     let mut body = json!({
