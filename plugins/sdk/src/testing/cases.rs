@@ -31,7 +31,6 @@ struct Case {
     settings: Option<toml::Value>,
     #[serde(default)]
     plan: Plan,
-    #[serde(default)]
     snapshot: Snapshot,
     #[serde(default)]
     expect: Expect,
@@ -50,12 +49,12 @@ struct Expect {
 }
 
 // Mirrors of the WIT records with the case format's defaults (the same as
-// flockd-core's model): everything but names, ids and hard caps is optional.
+// flockd-core's model): everything but `now`, names, ids and hard caps is
+// optional.
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Snapshot {
-    #[serde(default)]
     now: u64,
     #[serde(default)]
     queues: Vec<Queue>,
