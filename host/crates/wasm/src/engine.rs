@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use flockd_core::Plan;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{self, PolicyBindings, PolicyBindingsPre, wit};
@@ -165,6 +165,7 @@ impl PolicyEngine {
                 .map_err(CallError::Declined)?;
             Ok(bindings::plan_from_wit(out))
         })();
+        let result = result.map_err(|e| store.data().limits.reclassify(e));
         let report = CallReport { logs: std::mem::take(&mut store.data_mut().logs), elapsed: started.elapsed() };
         (result, report)
     }
@@ -175,8 +176,11 @@ impl PolicyEngine {
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
         store.epoch_deadline_trap();
-        let bindings: PolicyBindings = policy.pre.instantiate(&mut store).map_err(|e| self.classify(e))?;
-        bindings.call_configure(&mut store, settings_json).map_err(|e| self.classify(e))?.map_err(CallError::Settings)
+        let result = (|| {
+            let bindings: PolicyBindings = policy.pre.instantiate(&mut store).map_err(|e| self.classify(e))?;
+            bindings.call_configure(&mut store, settings_json).map_err(|e| self.classify(e))?.map_err(CallError::Settings)
+        })();
+        result.map_err(|e| store.data().limits.reclassify(e))
     }
 
     fn classify(&self, error: wasmtime::Error) -> CallError {
@@ -218,7 +222,7 @@ pub struct CompiledPolicy {
 pub(crate) struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MemoryCap,
     logs: Vec<(LogLevel, String)>,
 }
 
@@ -240,13 +244,54 @@ impl CallState {
         CallState {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_bytes)
-                .table_elements(1 << 20)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: MemoryCap { memory_bytes, refused: None },
             logs: Vec::new(),
         }
+    }
+}
+
+/// Caps each memory and table of an instance, and remembers a refusal: a
+/// Rust guest whose allocation fails aborts, and the host would otherwise
+/// only see "unreachable", indistinguishable from a panic.
+struct MemoryCap {
+    memory_bytes: usize,
+    /// The size the guest asked for when it was refused.
+    refused: Option<usize>,
+}
+
+/// Table elements per table: far beyond what any real policy needs.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl MemoryCap {
+    /// A trap after a refused growth is the memory limit, whatever the
+    /// guest did when its allocation failed.
+    fn reclassify(&self, error: CallError) -> CallError {
+        match (&error, self.refused) {
+            (CallError::Trap(_), Some(_)) => CallError::OutOfMemory(self.memory_bytes),
+            _ => error,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired <= self.memory_bytes {
+            return Ok(true);
+        }
+        self.refused = Some(desired);
+        // Trapping here (rather than failing the grow) stops the call at
+        // once instead of letting the guest limp on without memory.
+        Err(wasmtime::Error::msg(format!(
+            "memory limit of {} MiB exceeded: the plugin asked for {desired} bytes",
+            self.memory_bytes >> 20
+        )))
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired <= MAX_TABLE_ELEMENTS {
+            return Ok(true);
+        }
+        Err(wasmtime::Error::msg(format!("table limit of {MAX_TABLE_ELEMENTS} elements exceeded")))
     }
 }
 

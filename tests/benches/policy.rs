@@ -1,0 +1,2 @@
+//! Policy runtime benchmarks (being written).
+fn main() {}

@@ -1,0 +1,129 @@
+//! Hostile policies are contained: each fails its own call with a reason
+//! that says what happened, and the chain around it keeps deciding (the
+//! failing policy's input plan passes on unchanged).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flockd_core::{Decider, Plan, Snapshot};
+use flockd_tests::policy::{engine, engine_with_timeout, fixture, read, small_snapshot};
+use flockd_wasm::{CallError, CallLimits, Chain, LoadError, Origin, PolicyEngine, PolicyRuntime, PolicySpec, load_chain, loader};
+
+fn file_spec(name: &str, path: &str) -> PolicySpec {
+    PolicySpec { name: name.into(), builtin: None, file: Some(path.into()), settings: serde_json::json!({}) }
+}
+
+/// The hostile policy alone, called the way the chain calls it.
+fn call_alone(path: &str) -> CallError {
+    call_alone_within(engine(), path)
+}
+
+fn call_alone_within(engine: Arc<PolicyEngine>, path: &str) -> CallError {
+    let policy = loader::compile(&engine, "hostile", Origin::File(path.into()), &read(path)).expect("compiles and links");
+    let runtime = PolicyRuntime::new(engine, Chain::default());
+    let (result, _) = runtime.trial(&policy, &small_snapshot(), &Plan::default());
+    result.expect_err("a hostile policy must fail its call")
+}
+
+/// good-v1, then the hostile policy, then good-v2: v2 must see v1's plan,
+/// untouched by the failure between them.
+fn assert_chain_survives(path: &str, reason: &str) {
+    assert_chain_survives_within(engine(), path, reason)
+}
+
+fn assert_chain_survives_within(engine: Arc<PolicyEngine>, path: &str, reason: &str) {
+    let specs = [file_spec("good-v1", fixture::GOOD_V1), file_spec("hostile", path), file_spec("good-v2", fixture::GOOD_V2)];
+    let chain = load_chain(&engine, &specs).expect("every policy loads (configure is fine)");
+    let runtime = PolicyRuntime::new(engine, chain);
+    let snapshot = Arc::new(small_snapshot());
+    for tick in 0..2 {
+        let decision = runtime.decide(&snapshot);
+        let launches: Vec<(&str, u32, &str)> =
+            decision.plan.launches.iter().map(|l| (l.resource.as_str(), l.count, l.reason.as_str())).collect();
+        assert_eq!(launches, [("A", 1, "good-v1: launch 1"), ("A", 2, "good-v2: launch 2")], "tick {tick}");
+        let errors: Vec<Option<&str>> = decision.runs.iter().map(|r| r.error.as_deref()).collect();
+        assert_eq!(errors[0], None);
+        assert_eq!(errors[2], None);
+        let error = errors[1].expect("the hostile policy's run records its error");
+        assert!(error.contains(reason), "error {error:?} should say {reason:?}");
+    }
+    let counters = runtime.counters();
+    assert_eq!((counters["hostile"].calls, counters["hostile"].errors), (2, 2));
+    assert_eq!(counters["good-v2"].errors, 0);
+}
+
+#[test]
+fn an_endless_loop_times_out_and_the_chain_goes_on() {
+    let deadline = Duration::from_millis(100);
+    assert_eq!(call_alone_within(engine_with_timeout(deadline), fixture::LOOP_FOREVER), CallError::Timeout(deadline));
+    assert_chain_survives_within(engine_with_timeout(deadline), fixture::LOOP_FOREVER, "timed out after 100ms");
+}
+
+#[test]
+fn a_memory_bomb_hits_the_memory_limit_and_the_chain_goes_on() {
+    // A generous deadline, so that on a loaded machine the memory cap, not
+    // the clock, is what stops it.
+    let limits = CallLimits { timeout: Duration::from_secs(5), memory_bytes: 16 << 20 };
+    let engine = || Arc::new(PolicyEngine::new(limits).unwrap());
+    let error = call_alone_within(engine(), fixture::MEMORY_BOMB);
+    assert_eq!(error, CallError::OutOfMemory(16 << 20));
+    assert_eq!(error.to_string(), "memory limit of 16 MiB exceeded");
+    assert_chain_survives_within(engine(), fixture::MEMORY_BOMB, "memory limit");
+}
+
+#[test]
+fn a_panic_is_a_trap_and_the_chain_goes_on() {
+    let error = call_alone(fixture::TRAP);
+    assert!(matches!(&error, CallError::Trap(text) if text.contains("unreachable")), "{error:?}");
+    assert_chain_survives(fixture::TRAP, "trapped");
+}
+
+#[test]
+fn a_plan_for_a_million_unknown_instances_is_refused_and_the_chain_goes_on() {
+    let error = call_alone(fixture::HUGE_PLAN);
+    assert!(matches!(&error, CallError::InvalidPlan(text) if text.contains("unknown resource \"nope\"")), "{error:?}");
+    assert_chain_survives(fixture::HUGE_PLAN, "invalid plan");
+}
+
+#[test]
+fn a_component_of_another_world_is_refused_at_load() {
+    let engine = engine();
+    let error = engine.compile(&read(fixture::OTHER_WORLD)).err().expect("must not link");
+    assert!(matches!(error, LoadError::WrongWorld(_)), "{error:?}");
+    let errors = load_chain(&engine, &[file_spec("good-v1", fixture::GOOD_V1), file_spec("other", fixture::OTHER_WORLD)])
+        .err()
+        .expect("a chain with a foreign component does not load half-way");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("\"other\"") && errors[0].contains("does not implement world flockd:policy/policy@0.1.0"), "{errors:?}");
+}
+
+#[test]
+fn empty_and_truncated_files_are_refused_with_their_reason() {
+    let engine = engine();
+    assert!(matches!(engine.compile(&[]), Err(LoadError::Empty)));
+    let whole = read(fixture::GOOD_V1);
+    // Cut right after the 8-byte header, it is an empty component: it parses,
+    // and is refused for what it lacks.
+    assert!(matches!(engine.compile(&whole[..8]), Err(LoadError::WrongWorld(e)) if e.contains("configure")));
+    for cut in [9, 100, whole.len() / 2, whole.len() - 1] {
+        let error = engine.compile(&whole[..cut]).err().unwrap_or_else(|| panic!("a file cut at {cut} bytes must not load"));
+        assert!(matches!(error, LoadError::Invalid(_)), "cut at {cut}: {error:?}");
+    }
+    assert!(matches!(engine.compile(b"not wasm at all"), Err(LoadError::Invalid(_))));
+}
+
+#[test]
+fn a_hostile_policy_cannot_hurt_the_next_decision() {
+    // A trap poisons the instance it happened in; every call gets a fresh
+    // one, so the same policy decides again (and fails again) cleanly, and
+    // the good policy after it is unaffected on an empty snapshot too.
+    let engine = engine();
+    let chain = load_chain(&engine, &[file_spec("trap", fixture::TRAP), file_spec("good-v1", fixture::GOOD_V1)]).unwrap();
+    let runtime = PolicyRuntime::new(engine, chain);
+    for snapshot in [small_snapshot(), Snapshot::default(), small_snapshot()] {
+        let decision = runtime.decide(&Arc::new(snapshot.clone()));
+        assert!(decision.runs[0].error.is_some());
+        assert_eq!(decision.runs[1].error, None);
+        assert_eq!(decision.plan.total_launches(), u32::from(!snapshot.resources.is_empty()));
+    }
+}
