@@ -22,7 +22,8 @@ pub struct GcpProviderConfig {
     pub project: String,
     /// Zones to launch in, in order of preference: on a stockout
     /// (ZONE_RESOURCE_POOL_EXHAUSTED) in one, the same launch tries the next.
-    /// `list` and `terminate` look in all of them. Required, at least one.
+    /// `list` looks in every zone of the project (so instances in a zone
+    /// removed from this list are still found). Required, at least one.
     pub zones: Vec<String>,
     /// Send Compute calls here instead of https://compute.googleapis.com
     /// (a fake in tests, a Private Service Connect endpoint in production).
@@ -46,7 +47,7 @@ pub struct GcpProviderConfig {
     /// retry, up to 20 s. Default: 500.
     #[serde(default = "default_throttle_backoff_ms")]
     pub throttle_backoff_ms: u64,
-    /// Instances asked for per list page (1 to 500). Default: 500.
+    /// Instances asked for per aggregated-list page (1 to 500). Default: 500.
     #[serde(default = "default_list_page_size")]
     pub list_page_size: u32,
     /// First wait before polling an insert operation, in milliseconds; it

@@ -281,28 +281,39 @@ impl CloudProvider for GcpProvider {
         )))
     }
 
+    /// One aggregated list over every zone of the project, not just the
+    /// configured ones: an instance in a zone dropped from the config since
+    /// its launch is still found (and can be terminated).
     async fn list(&self, cluster: &str) -> Result<Vec<CloudInstance>, ProviderError> {
         let filter = format!("labels.{} = \"{}\"", tags::CLUSTER, labels::label_value(cluster));
         let mut found = Vec::new();
-        for zone in &self.zones {
-            let mut page_token: Option<String> = None;
-            loop {
-                let page = self
-                    .retrying_throttles("instances.list", || async {
-                        let mut call = self
-                            .client
-                            .list()
-                            .set_project(&self.project)
-                            .set_zone(zone)
-                            .set_filter(&filter)
-                            .set_max_results(self.list_page_size);
-                        if let Some(token) = &page_token {
-                            call = call.set_page_token(token);
-                        }
-                        call.send().await.map_err(|e| classify("instances.list", &e))
-                    })
-                    .await?;
-                for instance in &page.items {
+        let mut page_token: Option<String> = None;
+        loop {
+            let page = self
+                .retrying_throttles("instances.aggregatedList", || async {
+                    let mut call = self
+                        .client
+                        .aggregated_list()
+                        .set_project(&self.project)
+                        .set_filter(&filter)
+                        .set_max_results(self.list_page_size);
+                    if let Some(token) = &page_token {
+                        call = call.set_page_token(token);
+                    }
+                    call.send().await.map_err(|e| classify("instances.aggregatedList", &e))
+                })
+                .await?;
+            // A zone that did not answer may hold instances: a partial list
+            // would look like machines gone, so it is an error, not a list.
+            if !page.unreachables.is_empty() {
+                return Err(ProviderError::Other(format!(
+                    "instances.aggregatedList: unreachable: {}",
+                    page.unreachables.join(", ")
+                )));
+            }
+            for (scope, scoped) in &page.items {
+                let Some(zone) = scope.strip_prefix("zones/") else { continue };
+                for instance in &scoped.instances {
                     // Labels are sanitised; the exact cluster is in metadata.
                     if metadata_value(instance, META_CLUSTER) != Some(cluster) {
                         continue;
@@ -312,13 +323,12 @@ impl CloudProvider for GcpProvider {
                         found.push(listed);
                     }
                 }
-                match page.next_page_token {
-                    Some(token) if !token.is_empty() => page_token = Some(token),
-                    _ => break,
-                }
+            }
+            match page.next_page_token {
+                Some(token) if !token.is_empty() => page_token = Some(token),
+                _ => return Ok(found),
             }
         }
-        Ok(found)
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), ProviderError> {

@@ -39,6 +39,11 @@ fn zone(i: usize) -> String {
 
 async fn setup(zones: usize, page_size: u32) -> (FakeGce, GcpProvider) {
     let fake = FakeGce::start(PROJECT).await;
+    let provider = provider_for(&fake, zones, page_size).await;
+    (fake, provider)
+}
+
+async fn provider_for(fake: &FakeGce, zones: usize, page_size: u32) -> GcpProvider {
     let config = GcpProviderConfig {
         project: PROJECT.to_owned(),
         zones: (0..zones).map(zone).collect(),
@@ -54,12 +59,11 @@ async fn setup(zones: usize, page_size: u32) -> (FakeGce, GcpProvider) {
     let mut gpu = resource(Provisioning::Spot);
     gpu.accelerators = vec![GcpAccelerator { accelerator_type: "nvidia-tesla-t4".to_owned(), count: 1 }];
     let resources = HashMap::from([("cpu".to_owned(), resource(Provisioning::Standard)), ("gpu".to_owned(), gpu)]);
-    let provider = GcpProvider::new(&config, resources)
+    GcpProvider::new(&config, resources)
         .await
         .unwrap()
         .with_startup_scripts(HashMap::from([("gpu".to_owned(), "#!/bin/sh\necho \"$HOME\" 'x'\n".to_owned())]))
-        .unwrap();
-    (fake, provider)
+        .unwrap()
 }
 
 fn label<'a>(instance: &'a serde_json::Value, key: &str) -> &'a str {
@@ -155,10 +159,46 @@ async fn list_pages_through_every_zone() {
     listed.sort();
     launched.sort();
     assert_eq!(listed, launched);
-    let lists = fake.calls("list");
-    assert!(lists.iter().any(|c| c.zone == zone(1)), "zone b was listed");
-    assert!(lists.iter().filter(|c| c.query.contains_key("pageToken")).count() >= 2, "{lists:?}");
+    assert!(launched.iter().any(|id| fake.instance(&zone(1), id).is_some()), "some are in zone b");
+    let lists = fake.calls("aggregatedList");
+    assert_eq!(lists.len(), 4, "8 instances at 2 per page: {lists:?}");
+    assert_eq!(lists.iter().filter(|c| c.query.contains_key("pageToken")).count(), 3);
     assert!(lists.iter().all(|c| c.query["maxResults"] == "2"));
+}
+
+#[tokio::test]
+async fn an_instance_in_a_zone_dropped_from_the_config_is_still_listed_and_terminated() {
+    let (fake, two_zones) = setup(2, 500).await;
+    fake.inject(Fault {
+        call: "insert",
+        zone: Some(zone(0)),
+        kind: FaultKind::Operation { code: "ZONE_RESOURCE_POOL_EXHAUSTED" },
+        count: 1,
+    });
+    let launched = two_zones.launch(&request(CLUSTER, "cpu", "k-moved")).await.unwrap();
+    assert!(fake.instance(&zone(1), &launched.id).is_some());
+
+    // flockd restarts with zone b removed from its config.
+    let one_zone = provider_for(&fake, 1, 500).await;
+    let listed: Vec<String> = one_zone.list(CLUSTER).await.unwrap().into_iter().map(|i| i.id).collect();
+    assert_eq!(listed, [launched.id.clone()]);
+    one_zone.terminate(&launched.id).await.unwrap();
+    assert_eq!(fake.instance_count(), 0);
+}
+
+#[tokio::test]
+async fn a_list_with_an_unreachable_zone_is_an_error_not_a_shorter_list() {
+    let (fake, provider) = setup(1, 500).await;
+    provider.launch(&request(CLUSTER, "cpu", "k-1")).await.unwrap();
+    fake.inject(Fault {
+        call: "aggregatedList",
+        zone: None,
+        kind: FaultKind::Unreachable { scope: "zones/test-zone-z" },
+        count: 1,
+    });
+    let err = provider.list(CLUSTER).await.unwrap_err();
+    assert!(matches!(&err, ProviderError::Other(m) if m.contains("test-zone-z")), "{err}");
+    assert_eq!(provider.list(CLUSTER).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -221,14 +261,14 @@ async fn throttling_is_retried_with_the_same_request_id_then_gives_up() {
     assert_eq!(fake.instance_count(), 1);
 
     fake.inject(Fault {
-        call: "list",
+        call: "aggregatedList",
         zone: None,
         kind: FaultKind::Http { status: 429, reason: "rateLimitExceeded" },
         count: 100,
     });
     let err = provider.list(CLUSTER).await.unwrap_err();
     assert!(matches!(err, ProviderError::Throttled(_)), "{err}");
-    assert_eq!(fake.calls("list").len(), 3, "the configured 2 retries");
+    assert_eq!(fake.calls("aggregatedList").len(), 3, "the configured 2 retries");
 }
 
 #[tokio::test]

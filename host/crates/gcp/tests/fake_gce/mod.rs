@@ -1,6 +1,6 @@
 //! A loopback fake of the Compute Engine REST calls flockd makes: insert,
-//! get, list (with a `labels.KEY = "VALUE"` filter and page tokens) and
-//! delete of zonal instances, and zone operations. Like GCE: ids are decimal
+//! get, list and aggregated list (with a `labels.KEY = "VALUE"` filter and
+//! page tokens) and delete of zonal instances, and zone operations. Like GCE: ids are decimal
 //! strings, an insert answers a RUNNING operation that is DONE when next
 //! polled, a failed insert is an operation that finishes with `error` set,
 //! and a repeated requestId answers the first call's operation.
@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 #[derive(Clone, Debug)]
@@ -24,11 +24,13 @@ pub enum FaultKind {
     Http { status: u16, reason: &'static str },
     /// The insert is accepted, and its operation finishes with this error code.
     Operation { code: &'static str },
+    /// The aggregated list answers, naming this scope as unreachable.
+    Unreachable { scope: &'static str },
 }
 
 #[derive(Clone, Debug)]
 pub struct Fault {
-    /// "insert", "get", "list", "delete".
+    /// "insert", "get", "list", "aggregatedList", "delete".
     pub call: &'static str,
     /// Only calls in this zone; None for any zone.
     pub zone: Option<String>,
@@ -75,9 +77,10 @@ impl FakeGce {
             Arc::new(Mutex::new(Fake { project: project.to_owned(), next_id: 1000, ..Fake::default() }));
         let base = "/compute/v1/projects/{project}/zones/{zone}";
         let app = Router::new()
-            .route(&format!("{base}/instances"), get(list).post(insert))
+            .route(&format!("{base}/instances"), post(insert))
             .route(&format!("{base}/instances/{{name}}"), get(get_instance).delete(delete))
             .route(&format!("{base}/operations/{{operation}}"), get(get_operation))
+            .route("/compute/v1/projects/{project}/aggregated/instances", get(aggregated_list))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -173,7 +176,7 @@ async fn insert(
             return gce_error(status, reason, "injected by the fake");
         }
         Some(FaultKind::Operation { code }) => Some(code),
-        None => None,
+        Some(FaultKind::Unreachable { .. }) | None => None,
     };
     if error_code.is_none() {
         if fake.instances.contains_key(&(zone.clone(), name.clone())) {
@@ -281,32 +284,45 @@ fn matches_filter(instance: &Value, filter: &str) -> bool {
     true
 }
 
-async fn list(
+/// Instances of every zone matching `filter`; a page holds `maxResults` instances, grouped
+/// by `zones/<zone>` as GCE does.
+async fn aggregated_list(
     State(state): State<Shared>,
-    Path((_project, zone)): Path<(String, String)>,
+    Path(_project): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let mut fake = state.lock().unwrap();
-    if let Some(FaultKind::Http { status, reason }) = fake.record("list", &zone, &query) {
-        return gce_error(status, reason, "injected by the fake");
+    let mut unreachable = None;
+    match fake.record("aggregatedList", "", &query) {
+        Some(FaultKind::Http { status, reason }) => return gce_error(status, reason, "injected by the fake"),
+        Some(FaultKind::Unreachable { scope }) => unreachable = Some(scope),
+        _ => {}
     }
     let filter = query.get("filter").map(String::as_str).unwrap_or_default();
-    let matching: Vec<Value> = fake
+    let matching: Vec<(&String, &Value)> = fake
         .instances
         .iter()
-        .filter(|((z, _), instance)| *z == zone && matches_filter(instance, filter))
-        .map(|(_, instance)| instance.clone())
+        .filter(|(_, instance)| matches_filter(instance, filter))
+        .map(|((zone, _), instance)| (zone, instance))
         .collect();
     let start: usize = query.get("pageToken").map_or(0, |t| t.parse().expect("a page token the fake issued"));
     let page_size: usize = query.get("maxResults").map_or(500, |m| m.parse().unwrap());
     let end = (start + page_size).min(matching.len());
+    let mut items = serde_json::Map::new();
+    for (zone, instance) in &matching[start..end] {
+        let scope = items.entry(format!("zones/{zone}")).or_insert_with(|| json!({"instances": []}));
+        scope["instances"].as_array_mut().unwrap().push((*instance).clone());
+    }
     let mut body = json!({
-        "kind": "compute#instanceList",
-        "id": format!("projects/{}/zones/{zone}/instances", fake.project),
-        "items": matching[start..end],
+        "kind": "compute#instanceAggregatedList",
+        "id": format!("projects/{}/aggregated/instances", fake.project),
+        "items": items,
     });
     if end < matching.len() {
         body["nextPageToken"] = json!(end.to_string());
+    }
+    if let Some(scope) = unreachable {
+        body["unreachables"] = json!([scope]);
     }
     axum::Json(body).into_response()
 }
