@@ -181,7 +181,7 @@ async fn an_instance_in_a_zone_dropped_from_the_config_is_still_listed_and_termi
     // flockd restarts with zone b removed from its config.
     let one_zone = provider_for(&fake, 1, 500).await;
     let listed: Vec<String> = one_zone.list(CLUSTER).await.unwrap().into_iter().map(|i| i.id).collect();
-    assert_eq!(listed, [launched.id.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&launched.id));
     one_zone.terminate(&launched.id).await.unwrap();
     assert_eq!(fake.instance_count(), 0);
 }
