@@ -77,7 +77,11 @@ impl ControllerConfig {
             resources,
             limits,
             observe_timeout: Duration::from_secs(10),
-            failure_retention: Duration::from_secs(3600),
+            // Long enough for spin-up-timeout's breaker to still count a
+            // broken image's boot failures after its backoff (3 × 15 min
+            // timeouts + 30 min backoff > 1 h): with 1 h, the oldest drop out
+            // and the breaker closes early, doubling the churn.
+            failure_retention: Duration::from_secs(6 * 3600),
             launch_concurrency: 8,
             launch_visibility_grace: Duration::from_secs(180),
             termination_retry: Duration::from_secs(300),

@@ -1,0 +1,407 @@
+//! The control loop's guards, end to end: the real `Controller`, the real
+//! built-in policy components, a simulated cloud and queue server on a
+//! virtual clock. Each test names the guard it protects; each was checked
+//! to fail with that guard taken out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use flockd_core::sim::{Agents, Outage, OutageError, SimProviderSettings, SimQueue, SimResourceSettings, SimWorld};
+use flockd_core::{
+    Action, Clock, CloudProvider, Controller, ControllerConfig, Decider, HardLimits, JournalQuery, ManualClock, Market,
+    MemoryStore, Millis, Outcome, QueueObservation, QueueSource, QueueSpec, ResourceSpec, Seams, SourceError,
+    StateStore, TickRecord, Worker, naming,
+};
+use flockd_wasm::{CallLimits, PolicyEngine, PolicyRuntime, PolicySpec};
+
+const T0: Millis = 1_767_225_600_000;
+const CLUSTER: &str = "test";
+const POLL_SECS: f64 = 10.0;
+
+struct Res {
+    name: &'static str,
+    max: u32,
+    market: Market,
+    sim: SimResourceSettings,
+}
+
+fn res(name: &'static str, max: u32) -> Res {
+    Res { name, max, market: Market::OnDemand, sim: SimResourceSettings::default() }
+}
+
+/// A simulated world and everything a controller needs to run against it.
+struct Harness {
+    clock: Arc<ManualClock>,
+    queue: SimQueue,
+    world: Arc<SimWorld>,
+    providers: BTreeMap<String, Arc<dyn CloudProvider>>,
+    decider: Arc<dyn Decider>,
+    config: ControllerConfig,
+}
+
+impl Harness {
+    fn new(queues: &[(&str, &[&str])], resources: Vec<Res>) -> Self {
+        Self::with_policies(queues, resources, builtin_chain(&[]))
+    }
+
+    fn with_policies(queues: &[(&str, &[&str])], resources: Vec<Res>, policies: Vec<PolicySpec>) -> Self {
+        let clock = Arc::new(ManualClock::new(T0));
+        let queue = SimQueue::new(clock.clone());
+        let world = SimWorld::new(clock.clone(), Arc::new(queue.clone()));
+        let sim: BTreeMap<String, SimResourceSettings> =
+            resources.iter().map(|r| (r.name.to_string(), r.sim.clone())).collect();
+        let cloud = world.cloud("sim", &SimProviderSettings { seed: 1 }, &sim).unwrap();
+        let providers = BTreeMap::from([("sim".to_string(), Arc::new(cloud) as Arc<dyn CloudProvider>)]);
+        let config = ControllerConfig::new(
+            CLUSTER,
+            queues
+                .iter()
+                .map(|(q, rs)| QueueSpec { name: q.to_string(), resources: rs.iter().map(|r| r.to_string()).collect() })
+                .collect(),
+            resources
+                .iter()
+                .map(|r| ResourceSpec {
+                    name: r.name.into(),
+                    provider: "sim".into(),
+                    max_instances: r.max,
+                    price_per_hour: 1.0,
+                    market: r.market,
+                })
+                .collect(),
+            HardLimits { max_instances: 100, max_cost_per_hour: 1000.0 },
+        );
+        Harness { clock, queue, world, providers, decider: decider(policies), config }
+    }
+
+    fn controller(&self, store: Arc<dyn StateStore>) -> Controller {
+        self.controller_with(Arc::new(self.queue.clone()), store, self.config.clone())
+    }
+
+    fn controller_with(
+        &self,
+        source: Arc<dyn QueueSource>,
+        store: Arc<dyn StateStore>,
+        config: ControllerConfig,
+    ) -> Controller {
+        let seams = Seams {
+            source,
+            providers: self.providers.clone(),
+            decider: self.decider.clone(),
+            store,
+            clock: self.clock.clone(),
+        };
+        Controller::new(config, seams).unwrap()
+    }
+
+    /// Moves the world to `secs` after the start.
+    fn at(&self, secs: f64) {
+        self.clock.set(T0 + (secs * 1000.0) as Millis);
+        self.world.step();
+    }
+
+    /// One tick at `secs`.
+    async fn tick_at(&self, controller: &Controller, secs: f64) -> Arc<TickRecord> {
+        self.at(secs);
+        controller.tick().await
+    }
+
+    /// Ticks every poll interval over `[from, to)`, returning the records.
+    async fn run(&self, controller: &Controller, from: f64, to: f64) -> Vec<Arc<TickRecord>> {
+        let mut records = Vec::new();
+        let mut t = from;
+        while t < to {
+            records.push(self.tick_at(controller, t).await);
+            t += POLL_SECS;
+        }
+        records
+    }
+
+    fn enqueue(&self, queue: &str, at_secs: f64, duration_secs: f64, count: usize) {
+        for _ in 0..count {
+            self.queue.enqueue(queue, T0 + (at_secs * 1000.0) as Millis, (duration_secs * 1000.0) as Millis);
+        }
+    }
+
+    fn launches(&self, resource: &str) -> u32 {
+        self.world.stats(self.clock.now()).get(resource).map_or(0, |s| s.launches)
+    }
+
+    fn terminations(&self, resource: &str) -> u32 {
+        self.world.stats(self.clock.now()).get(resource).map_or(0, |s| s.terminations)
+    }
+
+    fn killed_by_termination(&self) -> u32 {
+        self.world.stats(self.clock.now()).values().map(|s| s.tasks_killed_by_termination).sum()
+    }
+}
+
+/// The built-ins in default order; `settings` overrides some by name.
+fn builtin_chain(settings: &[(&str, serde_json::Value)]) -> Vec<PolicySpec> {
+    flockd_wasm::builtin::names()
+        .map(|name| {
+            let mut spec = PolicySpec::builtin(name);
+            if let Some((_, s)) = settings.iter().find(|(n, _)| *n == name) {
+                spec.settings = s.clone();
+            }
+            spec
+        })
+        .collect()
+}
+
+fn decider(specs: Vec<PolicySpec>) -> Arc<dyn Decider> {
+    // A generous deadline: a loaded test machine must not make a policy
+    // time out and pass its plan on unchanged.
+    let engine =
+        Arc::new(PolicyEngine::new(CallLimits { timeout: Duration::from_secs(10), ..Default::default() }).unwrap());
+    let chain = flockd_wasm::load_chain(&engine, &specs).unwrap();
+    Arc::new(PolicyRuntime::new(engine, chain))
+}
+
+fn terminations_of(record: &TickRecord) -> Vec<(&str, &Outcome)> {
+    record
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Terminate { instance, outcome, .. } => Some((instance.as_str(), outcome)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Guard: scale-up fills a queue's shortfall across its resources in order,
+/// each taking at most its room, and counts booting machines as capacity
+/// (prior-art #3: the ClearML autoscaler launched 5 machines here).
+#[tokio::test]
+async fn over_allocation_three_pending_over_a_max_2_and_b_max_5_launches_exactly_three() {
+    let h = Harness::new(&[("q", &["a", "b"])], vec![res("a", 2), res("b", 5)]);
+    let controller = h.controller(Arc::new(MemoryStore::default()));
+    h.enqueue("q", 0.0, 600.0, 3);
+
+    let first = h.tick_at(&controller, 0.0).await;
+    assert_eq!((h.launches("a"), h.launches("b")), (2, 1), "{:#?}", first.actions);
+    // While they boot (90 s), nothing more is launched.
+    h.run(&controller, POLL_SECS, 80.0).await;
+    assert_eq!((h.launches("a"), h.launches("b")), (2, 1));
+    // And once they run, the three tasks are on the three machines.
+    h.run(&controller, 80.0, 200.0).await;
+    assert_eq!((h.launches("a"), h.launches("b")), (2, 1));
+    assert!(h.queue.tasks().iter().all(|t| t.first_started.is_some()));
+}
+
+/// Guard: workers under this cluster's prefix whose machine is gone are not
+/// capacity and are unregistered (controller `build_snapshot`, prior-art #4).
+#[tokio::test]
+async fn zombie_worker_does_not_block_scale_up_and_is_unregistered() {
+    let h = Harness::new(&[("q", &["a"])], vec![res("a", 3)]);
+    let zombie = naming::worker_id(CLUSTER, "a", "sim-999999");
+    h.queue.register(&zombie, &["q".to_string()], T0);
+    h.enqueue("q", 0.0, 60.0, 1);
+    let controller = h.controller(Arc::new(MemoryStore::default()));
+
+    let record = h.tick_at(&controller, 0.0).await;
+    assert_eq!(h.launches("a"), 1, "the idle zombie must not cover the pending task: {:#?}", record.plan);
+    assert_eq!(record.unregistered, vec![zombie.clone()]);
+    assert!(!h.queue.worker_ids().contains(&zombie), "zombie still listed: {:?}", h.queue.worker_ids());
+}
+
+/// Wraps the simulated queue server: on the controller's last look before
+/// terminating, the idle worker takes a task that just arrived.
+struct TakesTaskOnRecheck {
+    queue: SimQueue,
+    world: Arc<SimWorld>,
+    armed: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl QueueSource for TakesTaskOnRecheck {
+    async fn observe(&self, queues: &[String]) -> Result<QueueObservation, SourceError> {
+        self.queue.observe(queues).await
+    }
+    async fn unregister_worker(&self, worker_id: &str) -> Result<(), SourceError> {
+        self.queue.unregister_worker(worker_id).await
+    }
+    async fn workers(&self) -> Result<Vec<Worker>, SourceError> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.queue.enqueue("q", self.world.origin(), 3_600_000);
+            self.world.step();
+        }
+        self.queue.workers().await
+    }
+}
+
+/// Guard: the controller re-reads the workers right before terminating and
+/// refuses to terminate one that took a task since the decision
+/// (controller `act`, prior-art #5).
+#[tokio::test]
+async fn worker_that_takes_a_task_between_decision_and_action_is_not_terminated() {
+    let h = Harness::new(&[("q", &["a"])], vec![res("a", 3)]);
+    let source = Arc::new(TakesTaskOnRecheck { queue: h.queue.clone(), world: h.world.clone(), armed: false.into() });
+    let controller = h.controller_with(source.clone(), Arc::new(MemoryStore::default()), h.config.clone());
+    h.enqueue("q", 0.0, 60.0, 1);
+    // Launch, boot (90 s), run the task (60 s), then sit idle.
+    h.run(&controller, 0.0, 300.0).await;
+    assert_eq!(h.launches("a"), 1);
+    let busy_before = h.queue.workers().await.unwrap();
+    assert!(busy_before.iter().all(|w| w.task.is_none()), "{busy_before:?}");
+
+    // Idle for more than the idle policy's 600 s: it plans the termination,
+    // and the worker takes a task in between.
+    source.armed.store(true, Ordering::SeqCst);
+    let record = h.tick_at(&controller, 1000.0).await;
+    let terminations = terminations_of(&record);
+    assert_eq!(terminations.len(), 1, "the idle policy should have asked: {:#?}", record);
+    assert_eq!(h.terminations("a"), 0, "{terminations:?}");
+    assert_eq!(h.killed_by_termination(), 0);
+    assert_eq!(h.world.alive(), 1);
+    assert!(matches!(terminations[0].1, Outcome::Refused(why) if why.contains("took task")), "{terminations:?}");
+}
+
+/// Guard: spin-up-timeout's circuit breaker (and the host keeping boot
+/// failures long enough for it to count them): a resource whose machines
+/// never boot is launched a bounded number of times, not every timeout
+/// (prior-art #6).
+#[tokio::test]
+async fn broken_image_trips_the_breaker_instead_of_churning() {
+    let broken = Res { sim: SimResourceSettings { never_boots: true, ..Default::default() }, ..res("a", 3) };
+    let h = Harness::new(&[("q", &["a"])], vec![broken]);
+    let controller = h.controller(Arc::new(MemoryStore::default()));
+    h.enqueue("q", 0.0, 60.0, 1);
+    let hours = 12.0;
+    let records = h.run(&controller, 0.0, hours * 3600.0).await;
+
+    // Without a breaker: a launch every timeout (900 s) = 48 in 12 h. With
+    // it (3 failures, then 1800 s backoff, then one try per reopening): 3
+    // launches, then one per 2700 s.
+    let launches = h.launches("a");
+    assert!(launches <= 20, "{launches} launches of a never-booting image in {hours} h");
+    assert!(launches >= 3, "the breaker must not open before 3 failures: {launches}");
+    assert_eq!(h.terminations("a") + h.world.alive() as u32, launches, "every launch is terminated or still alive");
+    let boot_timeouts = records
+        .iter()
+        .flat_map(|r| r.actions.iter())
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Terminate { cause: flockd_core::TerminationCause::BootTimeout, outcome: Outcome::Done, .. }
+            )
+        })
+        .count();
+    assert_eq!(boot_timeouts as u32, h.terminations("a"));
+}
+
+/// Guard: the fleet is adopted from the cloud listing on every tick and idle
+/// timers live in the store, so a restart neither over-launches nor resets
+/// idle timers (prior-art #2).
+#[tokio::test]
+async fn restart_with_instances_booting_adopts_them_and_keeps_idle_timers() {
+    let slow = Res { sim: SimResourceSettings { boot_secs: 300.0, ..Default::default() }, ..res("a", 5) };
+    let h = Harness::new(&[("q", &["a"])], vec![slow]);
+    let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
+    h.enqueue("q", 0.0, 60.0, 3);
+
+    let first = h.controller(store.clone());
+    h.tick_at(&first, 0.0).await;
+    assert_eq!(h.launches("a"), 3);
+    drop(first);
+
+    // Restarted while the three still boot: nothing more is launched.
+    let second = h.controller(store.clone());
+    h.run(&second, 10.0, 400.0).await;
+    assert_eq!(h.launches("a"), 3, "over-launch after restart");
+    let idle_since = second.host_state().await.idle_since;
+    assert_eq!(idle_since.len(), 3, "all three ran their task and went idle: {idle_since:?}");
+    drop(second);
+
+    // Restarted again while idle: the timers carry over, so they go 600 s
+    // after they became idle, not 600 s after the restart.
+    let third = h.controller(store.clone());
+    h.tick_at(&third, 600.0).await;
+    assert_eq!(third.host_state().await.idle_since, idle_since);
+    let became_idle = (*idle_since.values().max().unwrap() - T0) as f64 / 1000.0;
+    h.run(&third, 610.0, became_idle + 600.0 + 2.0 * POLL_SECS).await;
+    assert_eq!(h.terminations("a"), 3, "idle timers were reset by the restart");
+    assert_eq!(h.launches("a"), 3);
+    assert_eq!(h.killed_by_termination(), 0);
+}
+
+/// Guard: a failed observation decides nothing (controller `tick_locked` /
+/// `observe`; design: "queue API down ⇒ no terminations").
+#[tokio::test]
+async fn queue_source_down_means_no_terminations_and_no_launches_until_it_is_back() {
+    let h = Harness::new(&[("q", &["a"])], vec![res("a", 5)]);
+    let controller = h.controller(Arc::new(MemoryStore::default()));
+    h.enqueue("q", 0.0, 60.0, 1);
+    h.run(&controller, 0.0, 300.0).await;
+    assert_eq!((h.launches("a"), h.world.alive()), (1, 1));
+
+    // Down for an hour, with the instance long past its idle timeout and
+    // new work arriving.
+    h.queue.set_reachable(false);
+    h.enqueue("q", 3500.0, 600.0, 3);
+    let down = h.run(&controller, 300.0, 3600.0 + 300.0).await;
+    assert_eq!((h.launches("a"), h.terminations("a")), (1, 0));
+    assert!(down.iter().all(|r| r.observation_error.is_some() && r.actions.is_empty()));
+
+    // Back: the loop picks up by itself.
+    h.queue.set_reachable(true);
+    let back = h.tick_at(&controller, 3900.0).await;
+    assert!(back.observation_error.is_none());
+    assert_eq!(h.launches("a"), 1 + 2, "the idle instance takes one task, two more launch: {:#?}", back.plan);
+    assert_eq!(h.killed_by_termination(), 0);
+}
+
+/// Guard: dry-run records the plan and acts on nothing (controller `act`;
+/// Nomad #845 let actions bypass dry-run).
+#[tokio::test]
+async fn dry_run_records_the_plan_and_leaves_the_cloud_untouched() {
+    let h = Harness::new(&[("q", &["a"])], vec![res("a", 5)]);
+    let store = Arc::new(MemoryStore::default());
+    let mut config = h.config.clone();
+    config.dry_run = true;
+    let controller = h.controller_with(Arc::new(h.queue.clone()), store.clone(), config);
+    h.enqueue("q", 0.0, 60.0, 2);
+
+    h.run(&controller, 0.0, 120.0).await;
+    assert_eq!(h.launches("a"), 0);
+    assert_eq!(h.world.alive(), 0);
+    let journal = store.journal(&JournalQuery::default()).unwrap();
+    let last = &journal[0];
+    assert!(last.dry_run);
+    assert_eq!(last.plan.launch_count("a"), 2, "{:#?}", last.plan);
+    assert_eq!(last.actions.len(), 2);
+    assert!(last.actions.iter().all(|a| matches!(a, Action::Launch { outcome: Outcome::Skipped, instance: None, .. })));
+}
+
+/// Guard: a launch failure is recorded and shown to the policies in the next
+/// snapshot, so scale-up falls back from spot to on-demand on the next tick
+/// (controller `act` → `HostState::failures`; prior-art #6, #7, Karpenter
+/// #5789).
+#[tokio::test]
+async fn spot_capacity_failure_falls_back_to_on_demand_on_the_next_tick() {
+    let outage = vec![Outage { from_secs: 0.0, to_secs: 3600.0, error: OutageError::Capacity }];
+    let spot = Res {
+        market: Market::Spot,
+        sim: SimResourceSettings { capacity_outages: outage, ..Default::default() },
+        ..res("spot", 5)
+    };
+    let h = Harness::new(&[("gpu", &["spot", "on-demand"])], vec![spot, res("on-demand", 5)]);
+    let controller = h.controller(Arc::new(MemoryStore::default()));
+    h.enqueue("gpu", 0.0, 600.0, 2);
+
+    let first = h.tick_at(&controller, 0.0).await;
+    assert!(
+        first
+            .actions
+            .iter()
+            .all(|a| matches!(a, Action::Launch { resource, outcome: Outcome::Failed(_), .. } if resource == "spot"))
+    );
+    let second = h.tick_at(&controller, POLL_SECS).await;
+    assert_eq!(second.plan.launch_count("spot"), 0, "{:#?}", second.plan);
+    assert_eq!(h.launches("on-demand"), 2);
+    // Within the 300 s cool-off, nothing tries spot again, and the work runs.
+    let rest = h.run(&controller, 2.0 * POLL_SECS, 290.0).await;
+    assert!(rest.iter().all(|r| r.plan.launch_count("spot") == 0));
+    assert!(h.queue.tasks().iter().all(|t| t.first_started.as_ref().is_some_and(|(_, w)| w.contains(":on-demand:"))));
+}
