@@ -49,11 +49,41 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The server answers every call the `clearml` SDK 2.1.12 and `clearml-agent`
+//! 3.0.3 make to create, enqueue, pull, run and finish a task and to
+//! register, report and unregister a worker (proven by the tests in
+//! `tests/real_clients.rs`). Any `/vX.Y/` prefix or none, GET with a JSON
+//! body, the meta/data envelope on every answer. An endpoint it does not
+//! know answers 404 in the envelope, is logged, and is listed by
+//! [`ServerHandle::unknown_endpoints`]. The in-process API
+//! ([`ServerHandle`]): `call(endpoint, body)` for any endpoint, plus
+//! `create_queue`, `queue_id`, `queue_depth`, `create_task`, `enqueue`,
+//! `tasks`, `task`, `workers`, `revoke_tokens`.
+//!
 //! # Bootstrap
 //!
-//! [`bootstrap::render_startup_script`] renders a bash script that works as
-//! EC2 user data and as a GCE `startup-script`; check it with
-//! [`bootstrap::check_user_data_size`] before handing it to EC2.
+//! ```no_run
+//! # fn demo() -> Result<(), flockd_clearml::bootstrap::BootstrapError> {
+//! use flockd_clearml::bootstrap::*;
+//! use flockd_clearml::secret::Secret;
+//!
+//! let mut settings = BootstrapSettings::new(
+//!     "https://api.clear.ml", "https://app.clear.ml", "https://files.clear.ml",
+//!     Secret::new("resolved access key"), Secret::new("resolved secret key"),
+//! );
+//! settings.docker_image = Some("nvidia/cuda:12.4.1-runtime-ubuntu22.04".into());
+//! let prefix = flockd_core::naming::worker_id_prefix("prod", "gpu-spot");
+//! let script = render_startup_script(&settings, &["gpu".into(), "gpu-high".into()], &prefix)?;
+//! check_user_data_size(&script, EC2_USER_DATA_LIMIT)?; // EC2 only
+//! # Ok(()) }
+//! ```
+//!
+//! The script powers the machine off when the agent exits or anything
+//! before it fails. For that to end the machine's billing, the provider must
+//! launch EC2 instances with `InstanceInitiatedShutdownBehavior=terminate`
+//! (a stopped instance still costs its disks), and on GCE treat a
+//! `TERMINATED` (stopped) instance as gone and delete it. On GCE the worker
+//! id carries the instance *name*; on EC2 the `i-…` id.
 
 pub mod bootstrap;
 pub mod client;

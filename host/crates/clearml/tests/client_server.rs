@@ -303,3 +303,27 @@ async fn a_restarted_server_keeps_queues_and_tasks() {
     server.shutdown().await.unwrap();
     assert!(!dir.path().join("state.json.tmp").exists(), "temp file left behind");
 }
+
+#[tokio::test]
+async fn observing_a_thousand_queues_takes_two_calls() {
+    let server = start_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let handle = server.handle();
+    let names: Vec<String> = (0..1000).map(|i| format!("team-{i}.gpu[{}]", i % 7)).collect();
+    for name in &names {
+        handle.create_queue(name).unwrap();
+    }
+    for name in names.iter().step_by(10) {
+        let task = handle.create_task("t").unwrap();
+        handle.enqueue(&task, name).unwrap();
+    }
+    let (url, hits) = flaky_proxy(server.url(), 0).await;
+    let client = client_for(&url, dir.path());
+    let observation = client.observe(&names).await.unwrap();
+    assert_eq!(observation.queues.len(), 1000);
+    assert_eq!(observation.queues.iter().map(|q| q.pending).sum::<u32>(), 100);
+    assert_eq!(observation.queues[10].pending, 1);
+    assert_eq!(observation.queues[11].pending, 0);
+    assert_eq!(hits.load(Ordering::SeqCst), 3, "1 login + queues.get_all + workers.get_all");
+    server.shutdown().await.unwrap();
+}

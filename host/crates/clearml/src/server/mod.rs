@@ -113,13 +113,20 @@ impl ClearmlServer {
                 let _ = stop_rx.await;
             });
         let server_task = tokio::spawn(async move { serve.await.context("ClearML server stopped with an error") });
-        let saver_task = config.persist_path.clone().map(|path| tokio::spawn(save_on_change(shared.clone(), path)));
+        let (saver_stop, saver_task) = match config.persist_path.clone() {
+            Some(path) => {
+                let (stop_tx, stop_rx) = oneshot::channel();
+                (Some(stop_tx), Some(tokio::spawn(save_on_change(shared.clone(), path, stop_rx))))
+            }
+            None => (None, None),
+        };
         tracing::info!(%addr, "ClearML-compatible server listening");
         Ok(RunningServer {
             addr,
             handle: ServerHandle { shared },
             stop_tx: Some(stop_tx),
             server_task: Some(server_task),
+            saver_stop,
             saver_task,
             persist_path: config.persist_path,
         })
@@ -127,10 +134,14 @@ impl ClearmlServer {
 }
 
 /// Writes the state file after changes; a burst of changes coalesces into
-/// one write because `Notify` keeps at most one pending permit.
-async fn save_on_change(shared: Arc<Shared>, path: PathBuf) {
+/// one write because `Notify` keeps at most one pending permit. Stops between
+/// writes, never during one, so the final save in `shutdown` has the file to itself.
+async fn save_on_change(shared: Arc<Shared>, path: PathBuf, mut stop: oneshot::Receiver<()>) {
     loop {
-        shared.state_changed.notified().await;
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = shared.state_changed.notified() => {}
+        }
         if let Err(e) = save(&shared, &path).await {
             tracing::error!(path = %path.display(), error = %e, "cannot save ClearML server state");
         }
@@ -154,6 +165,7 @@ pub struct RunningServer {
     handle: ServerHandle,
     stop_tx: Option<oneshot::Sender<()>>,
     server_task: Option<JoinHandle<anyhow::Result<()>>>,
+    saver_stop: Option<oneshot::Sender<()>>,
     saver_task: Option<JoinHandle<()>>,
     persist_path: Option<PathBuf>,
 }
@@ -182,8 +194,11 @@ impl RunningServer {
         if let Some(task) = self.server_task.take() {
             task.await??;
         }
+        if let Some(stop) = self.saver_stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(saver) = self.saver_task.take() {
-            saver.abort();
+            saver.await?;
         }
         if let Some(path) = &self.persist_path {
             save(&self.handle.shared, path).await?;
@@ -197,8 +212,8 @@ impl Drop for RunningServer {
         if let Some(stop) = self.stop_tx.take() {
             let _ = stop.send(());
         }
-        if let Some(saver) = self.saver_task.take() {
-            saver.abort();
+        if let Some(stop) = self.saver_stop.take() {
+            let _ = stop.send(());
         }
     }
 }
