@@ -92,7 +92,12 @@ pub fn fleet_snapshot(queues: usize, instances: usize) -> Snapshot {
             let (state, busy, idle_since, worker) = match i % 10 {
                 0 => (InstanceState::Booting, false, None, None),
                 1 => (InstanceState::Stopping, false, None, Some(format!("worker-{i:05}"))),
-                2..=4 => (InstanceState::Running, false, Some(now - (i as u64 % 30) * 60_000), Some(format!("worker-{i:05}"))),
+                2..=4 => (
+                    InstanceState::Running,
+                    false,
+                    Some(now - (i as u64 % 30) * 60_000),
+                    Some(format!("worker-{i:05}")),
+                ),
                 _ => (InstanceState::Running, true, None, Some(format!("worker-{i:05}"))),
             };
             Instance {

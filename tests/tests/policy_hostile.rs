@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use flockd_core::{Decider, Plan, Snapshot};
 use flockd_tests::policy::{engine, engine_with_timeout, fixture, read, small_snapshot};
-use flockd_wasm::{CallError, CallLimits, Chain, LoadError, Origin, PolicyEngine, PolicyRuntime, PolicySpec, load_chain, loader};
+use flockd_wasm::{
+    CallError, CallLimits, Chain, LoadError, Origin, PolicyEngine, PolicyRuntime, PolicySpec, load_chain, loader,
+};
 
 fn file_spec(name: &str, path: &str) -> PolicySpec {
     PolicySpec { name: name.into(), builtin: None, file: Some(path.into()), settings: serde_json::json!({}) }
@@ -19,7 +21,8 @@ fn call_alone(path: &str) -> CallError {
 }
 
 fn call_alone_within(engine: Arc<PolicyEngine>, path: &str) -> CallError {
-    let policy = loader::compile(&engine, "hostile", Origin::File(path.into()), &read(path)).expect("compiles and links");
+    let policy =
+        loader::compile(&engine, "hostile", Origin::File(path.into()), &read(path)).expect("compiles and links");
     let runtime = PolicyRuntime::new(engine, Chain::default());
     let (result, _) = runtime.trial(&policy, &small_snapshot(), &Plan::default());
     result.expect_err("a hostile policy must fail its call")
@@ -32,7 +35,8 @@ fn assert_chain_survives(path: &str, reason: &str) {
 }
 
 fn assert_chain_survives_within(engine: Arc<PolicyEngine>, path: &str, reason: &str) {
-    let specs = [file_spec("good-v1", fixture::GOOD_V1), file_spec("hostile", path), file_spec("good-v2", fixture::GOOD_V2)];
+    let specs =
+        [file_spec("good-v1", fixture::GOOD_V1), file_spec("hostile", path), file_spec("good-v2", fixture::GOOD_V2)];
     let chain = load_chain(&engine, &specs).expect("every policy loads (configure is fine)");
     let runtime = PolicyRuntime::new(engine, chain);
     let snapshot = Arc::new(small_snapshot());
@@ -90,11 +94,15 @@ fn a_component_of_another_world_is_refused_at_load() {
     let engine = engine();
     let error = engine.compile(&read(fixture::OTHER_WORLD)).err().expect("must not link");
     assert!(matches!(error, LoadError::WrongWorld(_)), "{error:?}");
-    let errors = load_chain(&engine, &[file_spec("good-v1", fixture::GOOD_V1), file_spec("other", fixture::OTHER_WORLD)])
-        .err()
-        .expect("a chain with a foreign component does not load half-way");
+    let errors =
+        load_chain(&engine, &[file_spec("good-v1", fixture::GOOD_V1), file_spec("other", fixture::OTHER_WORLD)])
+            .err()
+            .expect("a chain with a foreign component does not load half-way");
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].contains("\"other\"") && errors[0].contains("does not implement world flockd:policy/policy@0.1.0"), "{errors:?}");
+    assert!(
+        errors[0].contains("\"other\"") && errors[0].contains("does not implement world flockd:policy/policy@0.1.0"),
+        "{errors:?}"
+    );
 }
 
 #[test]
@@ -106,7 +114,8 @@ fn empty_and_truncated_files_are_refused_with_their_reason() {
     // and is refused for what it lacks.
     assert!(matches!(engine.compile(&whole[..8]), Err(LoadError::WrongWorld(e)) if e.contains("configure")));
     for cut in [9, 100, whole.len() / 2, whole.len() - 1] {
-        let error = engine.compile(&whole[..cut]).err().unwrap_or_else(|| panic!("a file cut at {cut} bytes must not load"));
+        let error =
+            engine.compile(&whole[..cut]).err().unwrap_or_else(|| panic!("a file cut at {cut} bytes must not load"));
         assert!(matches!(error, LoadError::Invalid(_)), "cut at {cut}: {error:?}");
     }
     assert!(matches!(engine.compile(b"not wasm at all"), Err(LoadError::Invalid(_))));
@@ -118,7 +127,8 @@ fn a_hostile_policy_cannot_hurt_the_next_decision() {
     // one, so the same policy decides again (and fails again) cleanly, and
     // the good policy after it is unaffected on an empty snapshot too.
     let engine = engine();
-    let chain = load_chain(&engine, &[file_spec("trap", fixture::TRAP), file_spec("good-v1", fixture::GOOD_V1)]).unwrap();
+    let chain =
+        load_chain(&engine, &[file_spec("trap", fixture::TRAP), file_spec("good-v1", fixture::GOOD_V1)]).unwrap();
     let runtime = PolicyRuntime::new(engine, chain);
     for snapshot in [small_snapshot(), Snapshot::default(), small_snapshot()] {
         let decision = runtime.decide(&Arc::new(snapshot.clone()));

@@ -102,7 +102,12 @@ impl CaseFile {
         let policy = if raw.policy.ends_with(".wasm") || raw.policy.contains('/') {
             match base {
                 Some(base) => PolicyRef::File(base.join(&raw.policy)),
-                None => return Err(error(format!("policy {:?} is a path, but this case file has no folder to resolve it in", raw.policy))),
+                None => {
+                    return Err(error(format!(
+                        "policy {:?} is a path, but this case file has no folder to resolve it in",
+                        raw.policy
+                    )));
+                }
             }
         } else {
             PolicyRef::Builtin(raw.policy)

@@ -80,7 +80,13 @@ impl FileOutcome {
                 }
             }
         }
-        let _ = writeln!(out, "  {} cases: {} ok, {} FAILED", self.cases.len(), self.cases.len() - self.failed(), self.failed());
+        let _ = writeln!(
+            out,
+            "  {} cases: {} ok, {} FAILED",
+            self.cases.len(),
+            self.cases.len() - self.failed(),
+            self.failed()
+        );
         out
     }
 }

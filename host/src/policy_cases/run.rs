@@ -22,12 +22,14 @@ pub fn run_file(engine: &Arc<PolicyEngine>, file: &CaseFile) -> Result<FileOutco
             (name.clone(), Origin::Builtin(name.clone()), bytes.to_vec())
         }
         PolicyRef::File(path) => {
-            let bytes = std::fs::read(path).map_err(|e| error(format!("cannot read policy {}: {e}", path.display())))?;
+            let bytes =
+                std::fs::read(path).map_err(|e| error(format!("cannot read policy {}: {e}", path.display())))?;
             let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             (name, Origin::File(path.clone()), bytes)
         }
     };
-    let policy = loader::compile(engine, &name, origin, &bytes).map_err(|e| error(format!("cannot load policy {}: {e}", file.policy)))?;
+    let policy = loader::compile(engine, &name, origin, &bytes)
+        .map_err(|e| error(format!("cannot load policy {}: {e}", file.policy)))?;
     let runtime = PolicyRuntime::new(engine.clone(), Chain::default());
     let cases = file
         .cases
@@ -45,7 +47,12 @@ pub fn run_file(engine: &Arc<PolicyEngine>, file: &CaseFile) -> Result<FileOutco
             }
         })
         .collect();
-    Ok(FileOutcome { source: file.source.clone(), policy: file.policy.to_string(), digest: policy.digest.clone(), cases })
+    Ok(FileOutcome {
+        source: file.source.clone(),
+        policy: file.policy.to_string(),
+        digest: policy.digest.clone(),
+        cases,
+    })
 }
 
 /// Runs the case file shipped with built-in `name` against that built-in.

@@ -46,10 +46,15 @@ impl Inspection {
         if let Some(shape) = &self.shape {
             let world = shape.world().unwrap_or_else(|| "not flockd:policy (see exports)".into());
             let _ = writeln!(out, "world:    {world}");
-            let _ = writeln!(out, "version:  {}", shape.policy_version().unwrap_or("none (imports no flockd:policy interface)"));
+            let _ = writeln!(
+                out,
+                "version:  {}",
+                shape.policy_version().unwrap_or("none (imports no flockd:policy interface)")
+            );
             let _ = writeln!(out, "imports:");
             for item in &shape.imports {
-                let members = if item.members.is_empty() { String::new() } else { format!(": {}", item.members.join(", ")) };
+                let members =
+                    if item.members.is_empty() { String::new() } else { format!(": {}", item.members.join(", ")) };
                 let _ = writeln!(out, "  {} ({}){members}", item.name, item.kind);
             }
             let _ = writeln!(out, "exports:");

@@ -55,7 +55,9 @@ impl PolicyEngine {
         let ty = component.component_type();
         let item = |name: &str, ty: ComponentItem| -> Item {
             let members = match &ty {
-                ComponentItem::ComponentInstance(instance) => instance.exports(engine).map(|(n, _)| n.to_string()).collect(),
+                ComponentItem::ComponentInstance(instance) => {
+                    instance.exports(engine).map(|(n, _)| n.to_string()).collect()
+                }
                 _ => Vec::new(),
             };
             Item { name: name.to_string(), kind: describe_item(&ty), members }
