@@ -1,5 +1,5 @@
-//! The `[providers.aws]` section of flockd's config and its per-resource
-//! part.
+//! Settings of a `[provider.NAME]` of kind "aws" and of its resources'
+//! `[resource.NAME.aws]` tables.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -56,7 +56,8 @@ fn default_list_page_size() -> i32 {
 
 /// Where static keys are kept: `env:NAME` (an environment variable of
 /// flockd) or `file:PATH` (a file holding just the value; surrounding
-/// whitespace is ignored). A key written in the config itself is refused.
+/// whitespace is ignored). They are read again every five minutes, so a
+/// rotated file is picked up. A key written in the config itself is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct AwsCredentialRefs {
@@ -200,7 +201,7 @@ fn default_root_device_name() -> String {
 impl AwsResourceConfig {
     /// Problems a person must fix in the config, found before any launch.
     pub fn validate(&self, resource: &str) -> Result<(), String> {
-        let at = format!("[providers.aws.resources.{resource}]");
+        let at = format!("[resource.{resource}.aws]");
         if self.ami.trim().is_empty() {
             return Err(format!("{at} ami is empty: set the image id (ami-…)"));
         }

@@ -7,6 +7,7 @@
 //! silently repeated.
 
 mod config;
+mod credentials;
 mod errors;
 mod run;
 
@@ -18,13 +19,14 @@ use async_trait::async_trait;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
-use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::config::{BehaviorVersion, Region};
 use aws_sdk_ec2::types::{Filter, Instance, InstanceStateName};
 use aws_smithy_http_client::tls;
 use flockd_core::naming::tags;
 use flockd_core::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError};
 
 pub use config::{AwsCredentialRefs, AwsProviderConfig, AwsResourceConfig, Market, SecretRef};
+use credentials::ReferencedKeys;
 use errors::{Ec2Failure, classify};
 
 /// EC2 takes at most 16 KiB of user data (before base64).
@@ -44,8 +46,9 @@ pub struct AwsProvider {
 
 impl AwsProvider {
     /// Builds the EC2 client. Credentials come from `config.credentials`
-    /// (resolved now, so a missing file fails at start-up) or else from AWS's
-    /// standard chain. Each resource's settings are checked here.
+    /// (read now, so a missing file fails at start-up, and again every five
+    /// minutes, so rotated keys are picked up) or else from AWS's standard
+    /// chain. Each resource's settings are checked here.
     pub async fn new(
         config: &AwsProviderConfig,
         resources: HashMap<String, AwsResourceConfig>,
@@ -55,7 +58,7 @@ impl AwsProvider {
         }
         if !(5..=1000).contains(&config.list_page_size) {
             return Err(ProviderError::InvalidRequest(format!(
-                "[providers.aws] list-page-size must be between 5 and 1000, got {}",
+                "list-page-size must be between 5 and 1000, got {}",
                 config.list_page_size
             )));
         }
@@ -78,17 +81,7 @@ impl AwsProvider {
             loader = loader.endpoint_url(url);
         }
         if let Some(refs) = &config.credentials {
-            let session_token = match &refs.session_token {
-                Some(token) => Some(token.resolve("[providers.aws.credentials] session-token")?),
-                None => None,
-            };
-            loader = loader.credentials_provider(Credentials::new(
-                refs.access_key_id.resolve("[providers.aws.credentials] access-key-id")?,
-                refs.secret_access_key.resolve("[providers.aws.credentials] secret-access-key")?,
-                session_token,
-                None,
-                "flockd-config",
-            ));
+            loader = loader.credentials_provider(ReferencedKeys::new(refs.clone())?);
         }
         let sdk_config = loader.load().await;
         Ok(AwsProvider {
@@ -207,7 +200,7 @@ impl CloudProvider for AwsProvider {
             let mut known: Vec<&str> = self.resources.keys().map(String::as_str).collect();
             known.sort_unstable();
             ProviderError::InvalidRequest(format!(
-                "resource {:?} has no [providers.aws.resources] settings (configured: {known:?})",
+                "resource {:?} has no [resource.NAME.aws] settings in this provider (configured: {known:?})",
                 request.resource
             ))
         })?;

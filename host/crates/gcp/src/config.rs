@@ -1,5 +1,5 @@
-//! The `[providers.gcp]` section of flockd's config and its per-resource
-//! part.
+//! Settings of a `[provider.NAME]` of kind "gcp" and of its resources'
+//! `[resource.NAME.gcp]` tables.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -170,7 +170,7 @@ fn default_scopes() -> Vec<String> {
 impl GcpResourceConfig {
     /// Problems a person must fix in the config, found before any launch.
     pub fn validate(&self, resource: &str) -> Result<(), String> {
-        let at = format!("[providers.gcp.resources.{resource}]");
+        let at = format!("[resource.{resource}.gcp]");
         if self.machine_type.trim().is_empty() {
             return Err(format!("{at} machine-type is empty: set e.g. \"n1-standard-8\""));
         }

@@ -63,16 +63,13 @@ impl GcpProvider {
     ) -> Result<Self, ProviderError> {
         let invalid = |m: String| ProviderError::InvalidRequest(m);
         if config.project.trim().is_empty() {
-            return Err(invalid("[providers.gcp] project is empty: set the project id".to_owned()));
+            return Err(invalid("project is empty: set the project id".to_owned()));
         }
         if config.zones.is_empty() {
-            return Err(invalid("[providers.gcp] zones is empty: list at least one zone".to_owned()));
+            return Err(invalid("zones is empty: list at least one zone".to_owned()));
         }
         if !(1..=500).contains(&config.list_page_size) {
-            return Err(invalid(format!(
-                "[providers.gcp] list-page-size must be between 1 and 500, got {}",
-                config.list_page_size
-            )));
+            return Err(invalid(format!("list-page-size must be between 1 and 500, got {}", config.list_page_size)));
         }
         for (name, resource) in &resources {
             resource.validate(name).map_err(invalid)?;
@@ -84,18 +81,17 @@ impl GcpProvider {
         let credentials = if config.anonymous {
             google_cloud_auth::credentials::anonymous::Builder::new().build()
         } else if let Some(path) = &config.credentials_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ProviderError::Auth(format!("[providers.gcp] credentials-file {}: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ProviderError::Auth(format!("credentials-file {}: {e}", path.display())))?;
             let key: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
                 ProviderError::Auth(format!(
-                    "[providers.gcp] credentials-file {} is not JSON: download a service-account key file",
+                    "credentials-file {} is not JSON: download a service-account key file",
                     path.display()
                 ))
             })?;
             google_cloud_auth::credentials::service_account::Builder::new(key)
                 .build()
-                .map_err(|e| ProviderError::Auth(format!("[providers.gcp] credentials-file {}: {e}", path.display())))?
+                .map_err(|e| ProviderError::Auth(format!("credentials-file {}: {e}", path.display())))?
         } else {
             google_cloud_auth::credentials::Builder::default()
                 .build()
@@ -105,7 +101,7 @@ impl GcpProvider {
             .with_initial_delay(Duration::from_millis(config.operation_poll_ms.max(1)))
             .with_maximum_delay(Duration::from_secs(10).max(Duration::from_millis(config.operation_poll_ms)))
             .build()
-            .map_err(|e| invalid(format!("[providers.gcp] operation-poll-ms: {e}")))?;
+            .map_err(|e| invalid(format!("operation-poll-ms: {e}")))?;
         let mut builder = Instances::builder()
             .with_credentials(credentials)
             // One attempt per call: throttling is retried by
@@ -235,7 +231,7 @@ impl CloudProvider for GcpProvider {
             let mut known: Vec<&str> = self.resources.keys().map(String::as_str).collect();
             known.sort_unstable();
             ProviderError::InvalidRequest(format!(
-                "resource {:?} has no [providers.gcp.resources] settings (configured: {known:?})",
+                "resource {:?} has no [resource.NAME.gcp] settings in this provider (configured: {known:?})",
                 request.resource
             ))
         })?;

@@ -1,5 +1,5 @@
-//! The `[providers.local]` section of flockd's config and its per-resource
-//! part.
+//! Settings of a `[provider.NAME]` of kind "local" and of its resources'
+//! `[resource.NAME.local]` tables.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -53,7 +53,7 @@ impl LocalProvider {
         let state = StateDir::open(&config.state_dir).map_err(|e| {
             ProviderError::InvalidRequest(format!(
                 "cannot create or open the local provider's state-dir {}: {e}; \
-                 set [providers.local] state-dir to a writable directory",
+                 set state-dir to a writable directory",
                 config.state_dir.display()
             ))
         })?;
