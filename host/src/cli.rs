@@ -83,21 +83,27 @@ pub enum Command {
 }
 
 pub fn init_logging(args: &GlobalArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match args.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = args.log_format == LogFormat::Json;
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let stderr: Box<dyn tracing_subscriber::Layer<_> + Send + Sync> =
+        if json { Box::new(stderr.json()) } else { Box::new(stderr) };
+    // The dashboard's log tail gets the same lines as stderr.
+    let tail = crate::http::logs::global().layer(json);
+    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(tail).try_init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, dry_run } => runtime()?.block_on(crate::run::run(&config, dry_run)),
-        Command::Check { config } => Ok(crate::run::check_command(&config)),
+        Command::Check { config } => Ok(crate::check::command(&config)),
         Command::Dev { config, clearml_listen, demo, task_secs } => {
             // A demo must not fail because a dev server already holds 8008.
-            let clearml_listen = if demo && clearml_listen.port() == 8008 { ([127, 0, 0, 1], 0).into() } else { clearml_listen };
+            let clearml_listen =
+                if demo && clearml_listen.port() == 8008 { ([127, 0, 0, 1], 0).into() } else { clearml_listen };
             runtime()?.block_on(crate::dev::dev(crate::dev::DevOptions { config, clearml_listen, demo, task_secs }))
         }
         Command::DevServer { listen, access_key, secret_key, persist } => {

@@ -237,88 +237,153 @@ pub struct ControllerSection {
 
 /// A config problem, with where it is and what to do.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {message}")]
+#[error("{file}{}: {message}", at.map(|a| format!(":{a}")).unwrap_or_default())]
 pub struct ConfigError {
     pub file: String,
+    /// Line and column of the offending key, when known.
+    pub at: Option<crate::toml_location::Location>,
     pub message: String,
+}
+
+/// A semantic problem: the key it is about (table keys and array indices,
+/// e.g. `["resource", "gpu", "provider"]`) and what to do.
+struct Invalid {
+    key: Vec<String>,
+    message: String,
+}
+
+fn invalid(key: &[&str], message: impl Into<String>) -> Invalid {
+    Invalid { key: key.iter().map(|k| k.to_string()).collect(), message: message.into() }
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError { file: path.display().to_string(), message: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            at: None,
+            message: format!("cannot read: {e}"),
+        })?;
         Config::parse(&text, path)
     }
 
     /// Parses and validates; `path` is used for messages and relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError { file: file.clone(), message: e.to_string() })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.clone(),
+            at: e.span().map(|s| crate::toml_location::at_offset(text, s.start)),
+            message: e.message().trim_end().to_string(),
+        })?;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        config.validate().map_err(|message| ConfigError { file, message })?;
+        config.validate().map_err(|e| {
+            let key: Vec<&str> = e.key.iter().map(String::as_str).collect();
+            ConfigError { file, at: crate::toml_location::locate(text, &key), message: e.message }
+        })?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
-        let ok_id = |s: &str| !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    fn validate(&self) -> Result<(), Invalid> {
+        let ok_id = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 32
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        };
         if !ok_id(&self.cluster) {
-            return Err(format!(
-                "cluster = {:?}: use 1–32 characters of a-z, 0-9 and '-' (it becomes a cloud tag and label)",
-                self.cluster
+            return Err(invalid(
+                &["cluster"],
+                format!(
+                    "cluster = {:?}: use 1–32 characters of a-z, 0-9 and '-' (it becomes a cloud tag and label)",
+                    self.cluster
+                ),
             ));
         }
-        if !(self.poll_interval_secs > 0.0) {
-            return Err(format!("poll-interval-secs = {}: must be more than 0", self.poll_interval_secs));
+        if self.poll_interval_secs.is_nan() || self.poll_interval_secs <= 0.0 {
+            return Err(invalid(
+                &["poll-interval-secs"],
+                format!("poll-interval-secs = {}: must be more than 0", self.poll_interval_secs),
+            ));
         }
         if self.queues.is_empty() {
-            return Err("no [[queue]]: add at least one queue with the resources that serve it".into());
+            return Err(invalid(&[], "no [[queue]]: add at least one queue with the resources that serve it"));
         }
         let mut seen = std::collections::BTreeSet::new();
-        for q in &self.queues {
+        for (i, q) in self.queues.iter().enumerate() {
+            let i = i.to_string();
             if !seen.insert(&q.name) {
-                return Err(format!("queue {:?} is defined twice", q.name));
+                return Err(invalid(
+                    &["queue", &i, "name"],
+                    format!("queue {:?} is defined twice: rename or merge the two [[queue]] tables", q.name),
+                ));
             }
             if q.resources.is_empty() {
-                return Err(format!("queue {:?} has no resources: list at least one [resource.NAME] in `resources`", q.name));
+                return Err(invalid(
+                    &["queue", &i, "resources"],
+                    format!("queue {:?} has no resources: list at least one [resource.NAME] in `resources`", q.name),
+                ));
             }
-            for r in &q.resources {
+            for (j, r) in q.resources.iter().enumerate() {
                 if !self.resources.contains_key(r) {
-                    return Err(format!(
-                        "queue {:?} lists resource {r:?}, which has no [resource.{r}] section (defined: {})",
-                        q.name,
-                        list(self.resources.keys())
+                    return Err(invalid(
+                        &["queue", &i, "resources", &j.to_string()],
+                        format!(
+                            "queue {:?} lists resource {r:?}, which has no [resource.{r}] section (defined: {}): add the section or fix the name",
+                            q.name,
+                            list(self.resources.keys())
+                        ),
                     ));
                 }
             }
         }
         for (name, r) in &self.resources {
+            let at = |key: &str| ["resource", name.as_str(), key].map(String::from).to_vec();
+            let here = |key: &str, message: String| Invalid { key: at(key), message };
             if !ok_id(name) {
-                return Err(format!("resource name {name:?}: use 1–32 characters of a-z, 0-9 and '-'"));
+                return Err(invalid(
+                    &["resource", name],
+                    format!("resource name {name:?}: use 1–32 characters of a-z, 0-9 and '-'"),
+                ));
             }
             let Some(p) = self.providers.get(&r.provider) else {
-                return Err(format!(
-                    "resource {name:?} uses provider {:?}, which has no [provider.{}] section (defined: {})",
-                    r.provider,
-                    r.provider,
-                    list(self.providers.keys())
+                return Err(here(
+                    "provider",
+                    format!(
+                        "resource {name:?} uses provider {:?}, which has no [provider.{}] section (defined: {}): add it or fix the name",
+                        r.provider,
+                        r.provider,
+                        list(self.providers.keys())
+                    ),
                 ));
             };
             if r.max_instances == 0 {
-                return Err(format!("resource {name:?}: max-instances = 0 means it can never launch; remove it or raise the cap"));
+                return Err(here(
+                    "max-instances",
+                    format!(
+                        "resource {name:?}: max-instances = 0 means it can never launch; remove it or raise the cap"
+                    ),
+                ));
             }
             if r.max_instances > self.limits.max_instances {
-                return Err(format!(
-                    "resource {name:?}: max-instances {} exceeds limits.max-instances {}; lower one of them",
-                    r.max_instances, self.limits.max_instances
+                return Err(here(
+                    "max-instances",
+                    format!(
+                        "resource {name:?}: max-instances {} exceeds limits.max-instances {}; lower one of them",
+                        r.max_instances, self.limits.max_instances
+                    ),
                 ));
             }
             if r.price_per_hour < 0.0 || !r.price_per_hour.is_finite() {
-                return Err(format!("resource {name:?}: price-per-hour must be a finite number ≥ 0"));
+                return Err(here(
+                    "price-per-hour",
+                    format!("resource {name:?}: price-per-hour must be a finite number ≥ 0"),
+                ));
             }
             if r.price_per_hour > self.limits.max_cost_per_hour {
-                return Err(format!(
-                    "resource {name:?}: one instance costs {}/h, more than limits.max-cost-per-hour {}: it could never launch",
-                    r.price_per_hour, self.limits.max_cost_per_hour
+                return Err(here(
+                    "price-per-hour",
+                    format!(
+                        "resource {name:?}: one instance costs {}/h, more than limits.max-cost-per-hour {}: it could never launch; raise the cap or remove the resource",
+                        r.price_per_hour, self.limits.max_cost_per_hour
+                    ),
                 ));
             }
             for (kind, present) in [
@@ -328,34 +393,50 @@ impl Config {
                 (ProviderKind::Simulated, r.simulated.is_some()),
             ] {
                 if present && kind != p.kind {
-                    return Err(format!(
-                        "resource {name:?} has a [resource.{name}.{kind}] table but its provider {:?} is of kind {}: rename the table to [resource.{name}.{}]",
-                        r.provider, p.kind, p.kind
+                    return Err(here(
+                        &kind.to_string(),
+                        format!(
+                            "resource {name:?} has a [resource.{name}.{kind}] table but its provider {:?} is of kind {}: rename the table to [resource.{name}.{}]",
+                            r.provider, p.kind, p.kind
+                        ),
                     ));
                 }
             }
             if !self.queues.iter().any(|q| q.resources.contains(name)) {
-                return Err(format!("resource {name:?} serves no queue: add it to a [[queue]]'s resources or remove it"));
+                return Err(invalid(
+                    &["resource", name],
+                    format!("resource {name:?} serves no queue: add it to a [[queue]]'s resources or remove it"),
+                ));
             }
         }
         if self.limits.max_instances == 0 {
-            return Err("limits.max-instances = 0: nothing could ever launch".into());
+            return Err(invalid(&["limits", "max-instances"], "limits.max-instances = 0: nothing could ever launch"));
         }
-        if !(self.limits.max_cost_per_hour > 0.0) {
-            return Err("limits.max-cost-per-hour must be more than 0".into());
+        if self.limits.max_cost_per_hour.is_nan() || self.limits.max_cost_per_hour <= 0.0 {
+            return Err(invalid(&["limits", "max-cost-per-hour"], "limits.max-cost-per-hour must be more than 0"));
         }
         let mut names = std::collections::BTreeSet::new();
-        for p in &self.policy {
+        for (i, p) in self.policy.iter().enumerate() {
+            let i = i.to_string();
             if !names.insert(&p.name) {
-                return Err(format!("policy {:?} appears twice in the chain", p.name));
+                return Err(invalid(
+                    &["policy", &i, "name"],
+                    format!("policy {:?} appears twice in the chain: remove one", p.name),
+                ));
             }
             let has_builtin = flockd_wasm::builtin::component(&p.name).is_some();
-            if !has_builtin && p.file.is_none() && !self.resolve(&self.policies.dir).join(format!("{}.wasm", p.name)).exists() {
-                return Err(format!(
-                    "policy {:?} is not a built-in ({}) and {} does not exist: set `file` or add the component",
-                    p.name,
-                    flockd_wasm::builtin::names().collect::<Vec<_>>().join(", "),
-                    self.resolve(&self.policies.dir).join(format!("{}.wasm", p.name)).display()
+            if !has_builtin
+                && p.file.is_none()
+                && !self.resolve(&self.policies.dir).join(format!("{}.wasm", p.name)).exists()
+            {
+                return Err(invalid(
+                    &["policy", &i, "name"],
+                    format!(
+                        "policy {:?} is not a built-in ({}) and {} does not exist: set `file` or add the component",
+                        p.name,
+                        flockd_wasm::builtin::names().collect::<Vec<_>>().join(", "),
+                        self.resolve(&self.policies.dir).join(format!("{}.wasm", p.name)).display()
+                    ),
                 ));
             }
         }

@@ -3,12 +3,15 @@
 //! controller from `flockd-core`.
 
 pub mod agent;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod http;
 pub mod policy_cases;
 pub mod policy_cli;
 pub mod providers;
 pub mod run;
 pub mod simulate;
 pub mod store;
+pub mod toml_location;

@@ -1,4 +1,4 @@
-//! `flockd run` and `flockd check`: the production wiring.
+//! `flockd run`: the production wiring (`flockd check` is in check.rs).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,60 +14,6 @@ use crate::store::RedbStore;
 /// Journal entries kept on disk.
 const JOURNAL_KEEP: u64 = 100_000;
 
-/// Everything `flockd check` verifies, without any network call. Returns the
-/// problems found (empty when clean) and the loaded config.
-pub fn check(path: &Path) -> (Option<Config>, Vec<String>) {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => return (None, vec![e.to_string()]),
-    };
-    let mut problems = Vec::new();
-    match PolicyEngine::new(config.call_limits()) {
-        Ok(engine) => {
-            if let Err(errors) = flockd_wasm::load_chain(&engine, &config.policy_specs()) {
-                problems.extend(errors);
-            }
-        }
-        Err(e) => problems.push(format!("cannot start the policy engine: {e:#}")),
-    }
-    if let Some(v) = &config.clearml {
-        if let Err(e) = clearml_config(v) {
-            problems.push(e.to_string());
-        }
-    }
-    for (name, entry) in &config.providers {
-        if let Err(e) = check_provider(&config, name, entry) {
-            problems.push(e.to_string());
-        }
-    }
-    (Some(config), problems)
-}
-
-fn check_provider(config: &Config, name: &str, entry: &crate::config::ProviderEntry) -> anyhow::Result<()> {
-    use crate::config::ProviderKind::*;
-    use crate::providers::{resource_settings, section};
-    match entry.kind {
-        Local => {
-            section::<flockd_local::LocalProviderConfig>(name, entry)?;
-            resource_settings::<flockd_local::LocalResourceConfig>(config, name, Local)?;
-        }
-        #[cfg(feature = "aws")]
-        Aws => {
-            section::<flockd_aws::AwsProviderConfig>(name, entry)?;
-            for (r, s) in resource_settings::<flockd_aws::AwsResourceConfig>(config, name, Aws)? {
-                s.validate(&r).map_err(|e| anyhow::anyhow!("[resource.{r}.aws]: {e}"))?;
-            }
-        }
-        #[cfg(feature = "gcp")]
-        Gcp => {
-            section::<flockd_gcp::GcpProviderConfig>(name, entry)?;
-            resource_settings::<flockd_gcp::GcpResourceConfig>(config, name, Gcp)?;
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 /// `[clearml]` minus flockd's own keys, and whether to create missing queues.
 pub fn clearml_config(v: &toml::Value) -> anyhow::Result<(ClearmlConfig, bool)> {
     let mut table = v.as_table().cloned().ok_or_else(|| anyhow::anyhow!("[clearml] must be a table"))?;
@@ -80,24 +26,12 @@ pub fn clearml_config(v: &toml::Value) -> anyhow::Result<(ClearmlConfig, bool)> 
     Ok((config, create))
 }
 
-pub fn check_command(path: &Path) -> ExitCode {
-    let (_, problems) = check(path);
-    if problems.is_empty() {
-        println!("{}: ok", path.display());
-        ExitCode::SUCCESS
-    } else {
-        for p in &problems {
-            eprintln!("error: {p}");
-        }
-        ExitCode::from(2)
-    }
-}
-
 /// Policies: engine, chain and (if enabled) the watcher.
 pub fn start_policies(config: &Config) -> anyhow::Result<(Arc<PolicyRuntime>, Option<Reloader>)> {
     let engine = Arc::new(PolicyEngine::new(config.call_limits())?);
     let specs = config.policy_specs();
-    let chain = flockd_wasm::load_chain(&engine, &specs).map_err(|errors| anyhow::anyhow!("policies failed to load:\n  {}", errors.join("\n  ")))?;
+    let chain = flockd_wasm::load_chain(&engine, &specs)
+        .map_err(|errors| anyhow::anyhow!("policies failed to load:\n  {}", errors.join("\n  ")))?;
     for p in &chain.policies {
         tracing::info!(policy = %p.name, version = %p.digest, from = %p.origin, "policy loaded");
     }
@@ -111,20 +45,25 @@ pub fn start_policies(config: &Config) -> anyhow::Result<(Arc<PolicyRuntime>, Op
 }
 
 pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let (config, problems) = check(path);
-    if !problems.is_empty() {
-        for p in &problems {
-            eprintln!("error: {p}");
+    let report = crate::check::check(path);
+    if report.has_errors() {
+        for d in &report.diagnostics {
+            eprintln!("{d}");
         }
-        eprintln!("flockd run refuses to start: fix the problems above (`flockd check --config {}`)", path.display());
+        eprintln!("flockd run refuses to start: fix the errors above (`flockd check --config {}`)", path.display());
         return Ok(ExitCode::from(2));
     }
-    let mut config = config.expect("checked");
+    for d in &report.diagnostics {
+        tracing::warn!("{d}");
+    }
+    let mut config = report.config.expect("checked");
     config.dry_run |= dry_run;
-    let clearml = config
-        .clearml
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("{}: no [clearml] section: flockd run needs a ClearML server (try `flockd dev` for a built-in one)", path.display()))?;
+    let clearml = config.clearml.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no [clearml] section: flockd run needs a ClearML server (try `flockd dev` for a built-in one)",
+            path.display()
+        )
+    })?;
     let (clearml, create_missing) = clearml_config(clearml)?;
     let client = ClearmlClient::new(&clearml)?;
     let queues: Vec<String> = config.queues.iter().map(|q| q.name.clone()).collect();
@@ -148,7 +87,11 @@ pub struct Started {
 
 /// Builds the controller over the given queue source and providers, with the
 /// config's policy chain and the on-disk store.
-pub fn start(config: &Config, source: Arc<dyn QueueSource>, providers: crate::providers::Providers) -> anyhow::Result<Started> {
+pub fn start(
+    config: &Config,
+    source: Arc<dyn QueueSource>,
+    providers: crate::providers::Providers,
+) -> anyhow::Result<Started> {
     let (policies, reloader) = start_policies(config)?;
     let store = Arc::new(RedbStore::open(&config.resolve(&config.state_dir), JOURNAL_KEEP)?);
     let controller = Arc::new(Controller::new(
@@ -159,13 +102,25 @@ pub fn start(config: &Config, source: Arc<dyn QueueSource>, providers: crate::pr
 }
 
 /// The loop shared by `run` and `dev`: tick until SIGTERM/SIGINT.
-pub async fn serve(config: Config, source: Arc<dyn QueueSource>, providers: crate::providers::Providers) -> anyhow::Result<ExitCode> {
+pub async fn serve(
+    config: Config,
+    source: Arc<dyn QueueSource>,
+    providers: crate::providers::Providers,
+) -> anyhow::Result<ExitCode> {
     let started = start(&config, source, providers)?;
     if config.dry_run {
         tracing::warn!("dry run: plans are recorded in the journal, nothing is launched or terminated");
     }
+    let http = if config.http.enabled {
+        Some(crate::http::HttpServer::start(&config.http, started.controller.clone(), started.policies.clone()).await?)
+    } else {
+        None
+    };
     tracing::info!(cluster = %config.cluster, interval = ?config.poll_interval(), "flockd running");
     started.controller.run(config.poll_interval(), shutdown_signal()).await;
+    if let Some(http) = http {
+        http.shutdown().await;
+    }
     tracing::info!("stopped: in-flight cloud calls finished and state saved");
     Ok(ExitCode::SUCCESS)
 }
@@ -175,7 +130,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -184,4 +140,3 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
-

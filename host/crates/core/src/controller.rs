@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tracing::Instrument;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::decider::Decider;
@@ -112,7 +112,20 @@ pub struct Controller {
     state: tokio::sync::Mutex<HostState>,
     last: Mutex<Option<(Arc<Snapshot>, Arc<TickRecord>)>>,
     ready: AtomicBool,
+    ticks: tokio::sync::broadcast::Sender<TickReport>,
 }
+
+/// What a finished tick hands to observers (metrics, the dashboard).
+#[derive(Clone, Debug)]
+pub struct TickReport {
+    /// What the policies saw; None when observation failed.
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub record: Arc<TickRecord>,
+}
+
+/// Tick reports buffered per subscriber; one that falls further behind
+/// misses the oldest (and is told so by the channel).
+const TICK_REPORTS_BUFFERED: usize = 64;
 
 /// What the observation produced, before policies see it.
 struct Observed {
@@ -141,7 +154,14 @@ impl Controller {
             }
         }
         let state = seams.store.load()?;
-        Ok(Controller { config, seams, state: tokio::sync::Mutex::new(state), last: Mutex::new(None), ready: AtomicBool::new(false) })
+        Ok(Controller {
+            config,
+            seams,
+            state: tokio::sync::Mutex::new(state),
+            last: Mutex::new(None),
+            ready: AtomicBool::new(false),
+            ticks: tokio::sync::broadcast::channel(TICK_REPORTS_BUFFERED).0,
+        })
     }
 
     pub fn config(&self) -> &ControllerConfig {
@@ -160,6 +180,11 @@ impl Controller {
     /// The last tick's snapshot (if it observed) and record.
     pub fn last(&self) -> Option<(Arc<Snapshot>, Arc<TickRecord>)> {
         self.last.lock().unwrap().clone()
+    }
+
+    /// Every tick's report from now on, in order.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TickReport> {
+        self.ticks.subscribe()
     }
 
     pub async fn host_state(&self) -> HostState {
@@ -183,7 +208,14 @@ impl Controller {
     pub async fn tick(&self) -> Arc<TickRecord> {
         let mut state = self.state.lock().await;
         state.tick += 1;
-        let span = tracing::info_span!("tick", tick = state.tick);
+        let span = tracing::info_span!(
+            "tick",
+            tick = state.tick,
+            launched = tracing::field::Empty,
+            terminated = tracing::field::Empty,
+            failed = tracing::field::Empty,
+            clamps = tracing::field::Empty
+        );
         self.tick_locked(&mut state).instrument(span).await
     }
 
@@ -216,7 +248,8 @@ impl Controller {
         if let Some(snapshot) = &snapshot_arc {
             self.ready.store(true, Ordering::Relaxed);
             record.snapshot_digest = Some(snapshot.digest());
-            record.queues = snapshot.queues.iter().map(|q| QueueLine { name: q.name.clone(), pending: q.pending }).collect();
+            record.queues =
+                snapshot.queues.iter().map(|q| QueueLine { name: q.name.clone(), pending: q.pending }).collect();
 
             let decider = self.seams.decider.clone();
             let input = snapshot.clone();
@@ -250,6 +283,22 @@ impl Controller {
         if let Err(e) = self.seams.store.append(&record) {
             tracing::error!("could not append to the journal: {e:#}");
         }
+        let failed = record
+            .actions
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Launch { outcome: Outcome::Failed(_), .. }
+                        | Action::Terminate { outcome: Outcome::Failed(_), .. }
+                )
+            })
+            .count();
+        tracing::Span::current()
+            .record("launched", record.launched())
+            .record("terminated", record.terminated())
+            .record("failed", failed)
+            .record("clamps", record.clamps.len());
         tracing::info!(
             launched = record.launched(),
             terminated = record.terminated(),
@@ -258,6 +307,7 @@ impl Controller {
             "tick done"
         );
         let record = Arc::new(record);
+        let _ = self.ticks.send(TickReport { snapshot: snapshot_arc.clone(), record: record.clone() });
         let mut last = self.last.lock().unwrap();
         *last = match (snapshot_arc, last.take()) {
             (Some(s), _) => Some((s, record.clone())),
@@ -296,7 +346,13 @@ impl Controller {
         Ok(Observed { queues, instances })
     }
 
-    async fn build_snapshot(&self, state: &mut HostState, observed: Observed, now: Millis, record: &mut TickRecord) -> Snapshot {
+    async fn build_snapshot(
+        &self,
+        state: &mut HostState,
+        observed: Observed,
+        now: Millis,
+        record: &mut TickRecord,
+    ) -> Snapshot {
         let cluster = &self.config.cluster;
         let configured: BTreeSet<&str> = self.config.resources.iter().map(|r| r.name.as_str()).collect();
 
@@ -319,7 +375,13 @@ impl Controller {
         for (id, l) in &state.recent_launches {
             cloud.insert(
                 id.clone(),
-                CloudInstance { id: id.clone(), resource: l.resource.clone(), state: CloudState::Pending, launched_at: l.at, launch_key: Some(l.key.clone()) },
+                CloudInstance {
+                    id: id.clone(),
+                    resource: l.resource.clone(),
+                    state: CloudState::Pending,
+                    launched_at: l.at,
+                    launch_key: Some(l.key.clone()),
+                },
             );
         }
         let retry = self.config.termination_retry.as_millis() as u64;
@@ -349,7 +411,9 @@ impl Controller {
                 if !self.config.dry_run {
                     match self.seams.source.unregister_worker(&w.id).await {
                         Ok(()) => tracing::info!(worker = %w.id, "unregistered worker whose machine is gone"),
-                        Err(e) => tracing::warn!(worker = %w.id, "could not unregister worker whose machine is gone: {e}"),
+                        Err(e) => {
+                            tracing::warn!(worker = %w.id, "could not unregister worker whose machine is gone: {e}")
+                        }
                     }
                 }
                 record.unregistered.push(w.id.clone());
@@ -489,11 +553,22 @@ impl Controller {
                 }
                 Err(e) => {
                     tracing::warn!(resource = %launch.resource, "launch failed: {e}");
-                    state.failures.push(Failure { resource: launch.resource.clone(), kind: e.failure_kind(), at: now, message: e.to_string() });
+                    state.failures.push(Failure {
+                        resource: launch.resource.clone(),
+                        kind: e.failure_kind(),
+                        at: now,
+                        message: e.to_string(),
+                    });
                     (Outcome::Failed(e.to_string()), None)
                 }
             };
-            record.actions.push(Action::Launch { resource: launch.resource.clone(), key, reason: launch.reason.clone(), outcome, instance });
+            record.actions.push(Action::Launch {
+                resource: launch.resource.clone(),
+                key,
+                reason: launch.reason.clone(),
+                outcome,
+                instance,
+            });
         }
 
         if plan.terminations.is_empty() {
@@ -524,7 +599,14 @@ impl Controller {
         }
     }
 
-    async fn terminate(&self, state: &mut HostState, instance: &Instance, t: &Termination, now: Millis, worker_id: &str) -> Outcome {
+    async fn terminate(
+        &self,
+        state: &mut HostState,
+        instance: &Instance,
+        t: &Termination,
+        now: Millis,
+        worker_id: &str,
+    ) -> Outcome {
         let Some(spec) = self.resource_spec(&instance.resource) else {
             return Outcome::Failed(format!("resource {:?} is not configured", instance.resource));
         };

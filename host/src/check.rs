@@ -1,0 +1,381 @@
+//! `flockd check`: everything that can be verified about a config without a
+//! network call, each problem reported at its file, line and column with
+//! what to do about it. Errors stop `flockd run`; warnings are printed and
+//! do not.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use flockd_clearml::secret::SecretRef;
+use flockd_wasm::PolicyEngine;
+use serde::de::DeserializeOwned;
+
+use crate::config::{Config, ProviderKind};
+use crate::toml_location::{self, Location};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Clone, Debug)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: String,
+    pub at: Option<Location>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(at) = self.at {
+            write!(f, ":{at}")?;
+        }
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, ": {severity}: {}", self.message)
+    }
+}
+
+/// What `check` found, and the config when it parsed.
+pub struct Report {
+    pub config: Option<Config>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Report {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+    }
+}
+
+pub fn check(path: &Path) -> Report {
+    let file = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            let message = format!("cannot read the config: {e}");
+            return Report {
+                config: None,
+                diagnostics: vec![Diagnostic { severity: Severity::Error, file, at: None, message }],
+            };
+        }
+    };
+    let config = match Config::parse(&text, path) {
+        Ok(c) => c,
+        Err(e) => {
+            return Report {
+                config: None,
+                diagnostics: vec![Diagnostic { severity: Severity::Error, file, at: e.at, message: e.message }],
+            };
+        }
+    };
+    let mut checker = Checker { file, text: &text, diagnostics: Vec::new() };
+    checker.policies(&config);
+    checker.clearml(&config);
+    checker.agent(&config);
+    checker.http(&config);
+    for (name, entry) in &config.providers {
+        checker.provider(&config, name, entry);
+    }
+    let diagnostics = checker.diagnostics;
+    Report { config: Some(config), diagnostics }
+}
+
+/// `flockd check --config C`: exit 2 on any error, 0 otherwise.
+pub fn command(path: &Path) -> ExitCode {
+    let report = check(path);
+    for d in &report.diagnostics {
+        eprintln!("{d}");
+    }
+    if report.has_errors() {
+        ExitCode::from(2)
+    } else {
+        let warnings = report.diagnostics.len();
+        match warnings {
+            0 => println!("{}: ok", path.display()),
+            n => println!("{}: ok, {n} warning{}", path.display(), if n == 1 { "" } else { "s" }),
+        }
+        ExitCode::SUCCESS
+    }
+}
+
+struct Checker<'a> {
+    file: String,
+    text: &'a str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// Environment variable names in a local machine's `env` that say "secret".
+const SECRET_WORDS: [&str; 6] = ["SECRET", "PASSWORD", "PASSWD", "TOKEN", "PRIVATE", "_KEY"];
+
+impl Checker<'_> {
+    fn report(&mut self, severity: Severity, key: &[&str], message: String) {
+        let at = toml_location::locate(self.text, key);
+        self.diagnostics.push(Diagnostic { severity, file: self.file.clone(), at, message });
+    }
+
+    fn error(&mut self, key: &[&str], message: impl Into<String>) {
+        self.report(Severity::Error, key, message.into());
+    }
+
+    fn warn(&mut self, key: &[&str], message: impl Into<String>) {
+        self.report(Severity::Warning, key, message.into());
+    }
+
+    /// Each policy compiles and its `configure` accepts its settings.
+    fn policies(&mut self, config: &Config) {
+        let engine = match PolicyEngine::new(config.call_limits()) {
+            Ok(e) => e,
+            Err(e) => return self.error(&["policies"], format!("cannot start the policy engine: {e:#}")),
+        };
+        for (i, spec) in config.policy_specs().iter().enumerate() {
+            let Err(errors) = flockd_wasm::load_chain(&engine, std::slice::from_ref(spec)) else { continue };
+            let index = i.to_string();
+            let entry = config.policy.get(i);
+            let about_settings = errors.iter().any(|e| e.contains("configure") || e.contains("setting"));
+            let key: Vec<&str> = match entry {
+                None => vec!["policies"],
+                Some(e) if about_settings && e.settings.is_some() => vec!["policy", &index, "settings"],
+                Some(e) if e.file.is_some() => vec!["policy", &index, "file"],
+                Some(_) => vec!["policy", &index, "name"],
+            };
+            let hint =
+                if about_settings { "fix the settings or the component" } else { "fix or remove the component file" };
+            self.error(&key, format!("{}: {hint}", errors.join("; ")));
+        }
+    }
+
+    /// A secret must be a reference. Returns false if it is not one.
+    fn secret(&mut self, key: &[&str], value: Option<&toml::Value>) -> bool {
+        let Some(value) = value else { return true };
+        let label = format!("[{}] {}", key[..key.len() - 1].join("."), key[key.len() - 1]);
+        let Some(text) = value.as_str() else {
+            self.error(key, format!("{label} must be a reference string: `env:NAME` or `file:PATH`"));
+            return false;
+        };
+        match text.parse::<SecretRef>() {
+            Err(_) => {
+                // Never echo the value: it may be the secret itself.
+                self.error(
+                    key,
+                    format!(
+                        "{label} holds a value, not a reference: secrets are never written in the config. Put it in an environment variable or a file readable only by flockd, write `env:NAME` or `file:PATH` here, and rotate the secret (this file has held it)"
+                    ),
+                );
+                false
+            }
+            Ok(SecretRef::Env(name)) => {
+                if std::env::var_os(&name).is_none() {
+                    self.warn(key, format!("{label} = \"env:{name}\": {name} is not set here; flockd run fails unless it is set in its environment"));
+                }
+                true
+            }
+            Ok(SecretRef::File(path)) => {
+                match std::fs::metadata(&path) {
+                    Err(e) => self.warn(
+                        key,
+                        format!(
+                            "{label}: cannot read {}: {e}; flockd run fails unless it exists where it runs",
+                            path.display()
+                        ),
+                    ),
+                    #[cfg(unix)]
+                    Ok(meta) => {
+                        use std::os::unix::fs::PermissionsExt;
+                        if meta.permissions().mode() & 0o077 != 0 {
+                            self.warn(
+                                key,
+                                format!("{label}: {} can be read by other users: `chmod 600` it", path.display()),
+                            );
+                        }
+                    }
+                    #[cfg(not(unix))]
+                    Ok(_) => {}
+                }
+                true
+            }
+        }
+    }
+
+    fn clearml(&mut self, config: &Config) {
+        let Some(v) = &config.clearml else { return };
+        let mut ok = true;
+        for key in ["access-key", "secret-key"] {
+            ok &= self.secret(&["clearml", key], v.get(key));
+        }
+        if ok && let Err(e) = crate::run::clearml_config(v) {
+            self.error(&["clearml"], format!("{e}"));
+        }
+    }
+
+    fn agent(&mut self, config: &Config) {
+        let Some(v) = &config.agent else { return };
+        let mut ok = true;
+        for key in ["access-key", "secret-key", "git-pass", "s3-key", "s3-secret"] {
+            ok &= self.secret(&["agent", key], v.get(key));
+        }
+        if ok && let Err(e) = v.clone().try_into::<crate::agent::AgentSection>() {
+            self.error(&["agent"], format!("[agent]: {}", e.message()));
+        }
+        if let Some(conf) = v.get("extra-clearml-conf").and_then(|c| c.as_str())
+            && conf.lines().any(looks_like_inline_secret)
+        {
+            self.warn(
+                &["agent", "extra-clearml-conf"],
+                "[agent] extra-clearml-conf seems to set a secret inline: it goes into every machine's start-up data as written; give it by reference with [agent] git-pass, s3-key/s3-secret, access-key/secret-key instead",
+            );
+        }
+    }
+
+    fn http(&mut self, config: &Config) {
+        let http = &config.http;
+        let mut has_token = false;
+        if let Some(token) = &http.token {
+            has_token = self.secret(&["http", "token"], Some(&toml::Value::String(token.clone())));
+        }
+        if !http.enabled {
+            return;
+        }
+        let loopback = match http.listen.parse::<std::net::SocketAddr>() {
+            Ok(addr) => addr.ip().is_loopback(),
+            Err(_) => match http.listen.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() => host == "localhost",
+                _ => {
+                    return self.error(
+                        &["http", "listen"],
+                        format!(
+                            "[http] listen = {:?}: write an address and port, e.g. \"127.0.0.1:9090\"",
+                            http.listen
+                        ),
+                    );
+                }
+            },
+        };
+        if !loopback && !has_token {
+            self.error(
+                &["http", "listen"],
+                format!(
+                    "[http] listen = {:?} is reachable from other machines but [http] has no token: set token = \"env:FLOCKD_HTTP_TOKEN\" (or a file: reference), or listen on 127.0.0.1",
+                    http.listen
+                ),
+            );
+        }
+    }
+
+    fn provider(&mut self, config: &Config, name: &str, entry: &crate::config::ProviderEntry) {
+        match entry.kind {
+            ProviderKind::Local => {
+                self.settings::<flockd_local::LocalProviderConfig>(name, entry);
+                for (resource, settings) in self.resource_settings::<flockd_local::LocalResourceConfig>(config, name, entry.kind) {
+                    for var in settings.env.keys().filter(|k| SECRET_WORDS.iter().any(|w| k.to_ascii_uppercase().contains(w))) {
+                        self.warn(
+                            &["resource", &resource, "local", "env", var],
+                            format!(
+                                "[resource.{resource}.local] env sets {var} inline, which looks like a secret: set it in flockd's environment and list it in `pass-env` instead"
+                            ),
+                        );
+                    }
+                }
+            }
+            ProviderKind::Simulated => {
+                self.settings::<flockd_core::sim::SimProviderSettings>(name, entry);
+                for (resource, settings) in self.resource_settings::<flockd_core::sim::SimResourceSettings>(config, name, entry.kind) {
+                    if let Err(e) = settings.validate() {
+                        self.error(&["resource", &resource, "simulated"], format!("[resource.{resource}.simulated] {e}"));
+                    }
+                }
+            }
+            #[cfg(feature = "aws")]
+            ProviderKind::Aws => {
+                self.settings::<flockd_aws::AwsProviderConfig>(name, entry);
+                for (resource, settings) in self.resource_settings::<flockd_aws::AwsResourceConfig>(config, name, entry.kind) {
+                    if let Err(e) = settings.validate(&resource) {
+                        self.error(&["resource", &resource, "aws"], format!("[resource.{resource}.aws]: {e}"));
+                    }
+                }
+            }
+            #[cfg(feature = "gcp")]
+            ProviderKind::Gcp => {
+                self.settings::<flockd_gcp::GcpProviderConfig>(name, entry);
+                for (resource, settings) in self.resource_settings::<flockd_gcp::GcpResourceConfig>(config, name, entry.kind) {
+                    if let Err(e) = settings.validate(&resource) {
+                        self.error(&["resource", &resource, "gcp"], format!("[resource.{resource}.gcp]: {e}"));
+                    }
+                }
+            }
+            #[allow(unreachable_patterns)]
+            kind => self.warn(
+                &["provider", name, "kind"],
+                format!("[provider.{name}] is kind {kind:?}, which this flockd was built without: its settings are not checked"),
+            ),
+        }
+    }
+
+    fn settings<T: DeserializeOwned>(&mut self, name: &str, entry: &crate::config::ProviderEntry) {
+        if let Err(e) = crate::providers::section::<T>(name, entry) {
+            self.error(&["provider", name], format!("{e:#}"));
+        }
+    }
+
+    /// Each resource of provider `name`, its `[resource.R.<kind>]` parsed;
+    /// problems reported at the resource.
+    fn resource_settings<T: DeserializeOwned>(
+        &mut self,
+        config: &Config,
+        name: &str,
+        kind: ProviderKind,
+    ) -> Vec<(String, T)> {
+        let mut out = Vec::new();
+        for (resource, entry) in config.resources.iter().filter(|(_, r)| r.provider == name) {
+            let Some(table) = entry.settings_for(kind).cloned() else {
+                if kind != ProviderKind::Simulated {
+                    self.error(
+                        &["resource", resource],
+                        format!("resource {resource:?} uses provider {name:?} ({kind}) but has no [resource.{resource}.{kind}] table: add one"),
+                    );
+                } else if let Ok(defaults) = toml::Value::Table(Default::default()).try_into() {
+                    out.push((resource.clone(), defaults));
+                }
+                continue;
+            };
+            match table.try_into::<T>() {
+                Ok(parsed) => out.push((resource.clone(), parsed)),
+                Err(e) => self.error(
+                    &["resource", resource, &kind.to_string()],
+                    format!("[resource.{resource}.{kind}]: {}", e.message()),
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// `password = "hunter2"`, `secret_key: abc`, … but not `${ENV_VAR}`
+/// substitutions, which clearml.conf resolves on the machine.
+fn looks_like_inline_secret(line: &str) -> bool {
+    let line = line.trim();
+    let Some((key, value)) = line.split_once(['=', ':']) else { return false };
+    let key = key.trim().to_ascii_lowercase();
+    let value = value.trim().trim_matches(['"', '\'']);
+    let secret_key = ["password", "secret", "token", "secret_key", "access_key"].iter().any(|w| key.ends_with(w));
+    secret_key && !value.is_empty() && !value.starts_with("${") && !value.starts_with('{')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_secret_lines() {
+        assert!(looks_like_inline_secret("  password: \"hunter2\""));
+        assert!(looks_like_inline_secret("api.credentials.secret_key = abc"));
+        assert!(!looks_like_inline_secret("password: ${GIT_PASS}"));
+        assert!(!looks_like_inline_secret("sdk { aws { s3 {"));
+        assert!(!looks_like_inline_secret("verbose: true"));
+    }
+}

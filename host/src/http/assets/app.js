@@ -1,0 +1,244 @@
+// flockd dashboard: polls the JSON API and redraws. Everything a policy or
+// a cloud wrote (reasons, errors) goes in as text, never as HTML.
+"use strict";
+
+const REFRESH_MS = 2000;
+const COLORS = ["#2563eb", "#f59e0b", "#10b981", "#db2777", "#7c3aed", "#0891b2", "#65a30d", "#ea580c"];
+let logNext = 0;
+let whyInstance = null;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  for (const c of children.flat()) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+function duration(secs) {
+  if (secs === null || secs === undefined) return "–";
+  secs = Math.max(0, Math.round(secs));
+  if (secs < 90) return secs + " s";
+  if (secs < 5400) return Math.round(secs / 60) + " min";
+  return (secs / 3600).toFixed(1) + " h";
+}
+
+function clock(ms) {
+  return new Date(ms).toLocaleTimeString();
+}
+
+async function getJSON(path) {
+  const response = await fetch(path, { headers: { Accept: "application/json" } });
+  if (!response.ok) throw new Error(path + ": HTTP " + response.status + " " + (await response.text()).trim());
+  return response.json();
+}
+
+function replace(id, ...children) {
+  const node = document.getElementById(id);
+  node.replaceChildren(...children.flat());
+  return node;
+}
+
+function renderHeader(status) {
+  document.getElementById("cluster").textContent = status.cluster;
+  replace("badges",
+    el("span", { class: "badge " + (status.ready ? "ok" : "warn") }, status.ready ? "ready" : "not ready"),
+    status.dry_run ? el("span", { class: "badge warn" }, "dry run") : null);
+  const t = status.last_tick;
+  if (!t) return;
+  const text = t.outcome === "ok"
+    ? `tick ${t.tick} at ${clock(t.at)}: ${t.launched} launched, ${t.terminated} terminated, ${t.failed} failed, ${t.refused} refused, ${t.clamps.length} clamped (${(t.micros / 1000).toFixed(1)} ms)`
+    : `tick ${t.tick} at ${clock(t.at)}: observation failed, nothing decided: ${t.observation_error}`;
+  const node = replace("tick", text);
+  node.className = t.outcome === "ok" ? "muted" : "error";
+}
+
+function renderSummary(status) {
+  const alive = status.fleet.length;
+  const card = (label, value, extra) => el("div", { class: "card" }, el("div", { class: "muted" }, label), el("div", { class: "value" }, value), extra ? el("div", { class: "muted" }, extra) : null);
+  const byActivity = a => status.fleet.filter(i => i.activity === a).length;
+  replace("summary",
+    card("instances", `${alive} / ${status.limits.max_instances}`,
+      `${byActivity("booting")} booting · ${byActivity("busy")} busy · ${byActivity("idle")} idle · ${byActivity("stopping")} stopping`),
+    card("cost per hour", `${status.cost_per_hour.toFixed(2)} / ${status.limits.max_cost_per_hour.toFixed(2)}`),
+    card("pending tasks", status.queues.reduce((n, q) => n + q.pending, 0), status.queues.map(q => `${q.name}: ${q.pending}`).join(" · ")));
+}
+
+function instanceRow(i) {
+  return el("tr", {
+      class: "instance", "data-instance": i.id, "data-activity": i.activity, title: "why is this machine up?",
+      onclick: () => showWhy(i.id),
+    },
+    el("td", {}, el("span", { class: "dot " + i.activity }), i.activity),
+    el("td", {}, i.id),
+    el("td", {}, duration(i.age_secs)),
+    el("td", {}, i.idle_secs === null ? "–" : duration(i.idle_secs)),
+    el("td", {}, i.worker || "–"));
+}
+
+function renderFleet(status) {
+  const sections = status.queues.map(q => {
+    const resources = q.resources.map(name => {
+      const r = status.resources.find(x => x.name === name);
+      const instances = status.fleet.filter(i => i.resource === name);
+      const head = el("h3", {},
+        `${name} `,
+        el("span", { class: "muted" },
+          `${r ? r.market : ""} · ${r ? r.price_per_hour.toFixed(2) : "?"}/h · max ${r ? r.max_instances : "?"} · ` +
+          `${r ? r.booting : 0} booting, ${r ? r.running_busy : 0} busy, ${r ? r.running_idle : 0} idle, ${r ? r.stopping : 0} stopping`));
+      const table = instances.length === 0 ? el("p", { class: "muted" }, "no instances") :
+        el("table", {}, el("thead", {}, el("tr", {}, ["state", "instance", "age", "idle", "worker"].map(h => el("th", {}, h)))),
+          el("tbody", {}, instances.map(instanceRow)));
+      return el("div", { "data-resource": name }, head, table);
+    });
+    return el("div", { class: "queue", "data-queue": q.name },
+      el("h3", {}, `queue ${q.name} `, el("span", { class: "muted" },
+        `${q.pending} pending, oldest waiting ${duration(q.oldest_wait_secs)}` + (q.external_idle_workers ? `, ${q.external_idle_workers} idle workers not ours` : ""))),
+      resources);
+  });
+  replace("fleet", sections);
+}
+
+function describeAction(a) {
+  const outcome = a.outcome.status + (a.outcome.detail ? `: ${a.outcome.detail}` : "");
+  const what = a.kind === "launch"
+    ? `launch ${a.resource}${a.instance ? " → " + a.instance : ""}`
+    : `terminate ${a.instance} (${a.resource}, ${a.cause})`;
+  return el("li", { class: "outcome-" + a.outcome.status, "data-kind": a.kind },
+    el("strong", {}, what), " — ", a.reason || "(no reason given)", el("span", { class: "muted" }, ` [${outcome}]`));
+}
+
+function describeRecord(r) {
+  const items = r.actions.map(describeAction);
+  for (const c of r.clamps) items.push(el("li", { class: "muted" }, "guardrail: " + c));
+  if (r.observation_error) items.push(el("li", { class: "error" }, "observation failed: " + r.observation_error));
+  return el("li", { "data-tick": r.tick },
+    el("span", { class: "muted" }, `${clock(r.at)} · tick ${r.tick}${r.dry_run ? " · dry run" : ""}`),
+    el("ul", {}, items));
+}
+
+function renderDecisions(records) {
+  replace("decisions", records.length ? records.map(describeRecord) : [el("li", { class: "muted" }, "nothing done yet")]);
+}
+
+async function showWhy(instance) {
+  whyInstance = instance;
+  document.getElementById("why").hidden = false;
+  document.getElementById("why-instance").textContent = instance;
+  await refreshWhy();
+  document.getElementById("why").scrollIntoView({ block: "nearest" });
+}
+
+async function refreshWhy() {
+  if (!whyInstance) return;
+  const records = await getJSON("/api/v1/decisions?limit=50&instance=" + encodeURIComponent(whyInstance));
+  const relevant = records.map(r => ({ ...r, actions: r.actions.filter(a => a.instance === whyInstance), clamps: [] }));
+  replace("why-entries", relevant.length ? relevant.map(describeRecord) : [el("li", { class: "muted" }, "no journal entry mentions this instance")]);
+}
+
+function renderPolicies(status) {
+  const body = document.querySelector("#policies tbody");
+  body.replaceChildren(...status.policies.map((p, n) => el("tr", { "data-policy": p.name },
+    el("td", {}, n + 1), el("td", {}, p.name), el("td", {}, p.origin), el("td", {}, el("code", {}, p.version)),
+    el("td", {}, clock(p.loaded_at)), el("td", {}, p.calls), el("td", { class: p.errors ? "error" : "" }, p.errors),
+    el("td", { class: "error" }, p.last_error || ""))));
+  replace("reloads", status.reloads.length ? status.reloads.map(e => el("li", {
+      class: "outcome-" + e.outcome.split(" ")[0], "data-policy": e.policy, "data-outcome": e.outcome,
+    },
+    el("span", { class: "muted" }, clock(e.at) + " "), el("strong", {}, e.policy), ` ${e.outcome}`,
+    e.version ? el("code", {}, " " + e.version) : null, ` from ${e.origin}`,
+    e.error ? el("div", { class: "error" }, e.error) : null)) : [el("li", { class: "muted" }, "no reloads since start")]);
+}
+
+// A line chart of several series over the last hour, in inline SVG.
+function chart(series, options) {
+  const W = 560, H = 180, L = 40, R = 10, T = 10, B = 22;
+  const now = Date.now(), from = now - 3600 * 1000;
+  let max = options.min_max || 1;
+  for (const s of series) for (const [, v] of s.points) max = Math.max(max, v);
+  const x = t => L + (W - L - R) * (t - from) / (now - from);
+  const y = v => T + (H - T - B) * (1 - v / max);
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img" });
+  for (const f of [0, 0.5, 1]) {
+    root.append(svg("line", { x1: L, x2: W - R, y1: y(max * f), y2: y(max * f), stroke: "#e5e7eb" }));
+    root.append(svg("text", { x: 2, y: y(max * f) + 3 }, (max * f).toFixed(options.digits || 0)));
+  }
+  for (const m of [60, 30, 0]) root.append(svg("text", { x: x(now - m * 60000) - 10, y: H - 6 }, m ? `-${m} min` : "now"));
+  for (const s of series) {
+    const pts = s.points.filter(([t]) => t >= from).map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`);
+    if (pts.length === 1) pts.push(pts[0]);
+    if (pts.length) root.append(svg("polyline", { points: pts.join(" "), fill: "none", stroke: s.color, "stroke-width": 2, "stroke-dasharray": s.dashed ? "4 3" : "none" }));
+  }
+  const legend = el("div", { class: "legend" }, series.map(s => el("span", {}, el("span", { class: "dot", style: `background:${s.color}` }), s.name)));
+  return [root, legend];
+}
+
+function renderCharts(samples, status) {
+  const queues = status.queues.map(q => q.name);
+  replace("chart-queues", chart(queues.map((q, n) => ({
+    name: q, color: COLORS[n % COLORS.length], points: samples.map(s => [s.at, s.pending[q] || 0]),
+  })), { min_max: 1 }));
+  const cap = status.limits.max_cost_per_hour;
+  replace("chart-cost", chart([
+    { name: "cost/h", color: COLORS[0], points: samples.map(s => [s.at, s.cost_per_hour]) },
+    { name: "cap", color: "#dc2626", dashed: true, points: samples.length ? [[samples[0].at, cap], [Date.now(), cap]] : [] },
+  ], { min_max: cap, digits: 2 }));
+}
+
+async function refreshLog() {
+  const logs = await getJSON("/api/v1/logs?after=" + logNext);
+  logNext = logs.next;
+  if (!logs.lines.length) return;
+  const pre = document.getElementById("log");
+  const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+  pre.append(logs.lines.map(l => l.line).join("\n") + "\n");
+  while (pre.childNodes.length > 500) pre.removeChild(pre.firstChild);
+  if (atBottom) pre.scrollTop = pre.scrollHeight;
+}
+
+async function refresh() {
+  try {
+    const [status, samples, decisions] = await Promise.all([
+      getJSON("/api/v1/status"), getJSON("/api/v1/history"), getJSON("/api/v1/decisions?acted=true&limit=30"),
+    ]);
+    renderHeader(status);
+    renderSummary(status);
+    renderFleet(status);
+    renderCharts(samples, status);
+    renderDecisions(decisions);
+    renderPolicies(status);
+    await refreshWhy();
+    await refreshLog();
+    document.getElementById("error").hidden = true;
+    document.body.dataset.refreshed = String(Date.now());
+  } catch (e) {
+    const footer = document.getElementById("error");
+    footer.hidden = false;
+    footer.textContent = "cannot reach flockd: " + e.message;
+  }
+}
+
+document.getElementById("why-close").addEventListener("click", () => {
+  whyInstance = null;
+  document.getElementById("why").hidden = true;
+});
+
+async function loop() {
+  await refresh();
+  setTimeout(loop, REFRESH_MS);
+}
+loop();
