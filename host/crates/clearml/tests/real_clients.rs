@@ -71,9 +71,7 @@ async fn agent_registers_pulls_runs_and_unregisters() {
 
     // A single-file task (its code travels in `script.diff`, as the SDK stores
     // uncommitted scripts) that runs until the test opens the gate, so the
-    // busy worker is observed without racing it. With
-    // CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL the agent runs it with its own
-    // python: no virtualenv, no pip, no network.
+    // busy worker is observed without racing it.
     let gate = home.path().join("gate");
     let code = format!(
         "import os, time\ndeadline = time.time() + 120\nwhile not os.path.exists({gate:?}) and time.time() < deadline:\n    time.sleep(0.05)\nprint('gated task done')\n",
@@ -90,20 +88,7 @@ async fn agent_registers_pulls_runs_and_unregisters() {
     handle.enqueue(&task_id, &queue).unwrap();
     assert_eq!(client.observe(std::slice::from_ref(&queue)).await.unwrap().queues[0].pending, 1);
 
-    let log_path = home.path().join("agent.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut command = Command::new(bin.join("clearml-agent"));
-    command
-        .args(["daemon", "--queue", &queue, "--foreground"])
-        .env_clear()
-        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-        .envs(clearml_env(&server.url(), home.path()))
-        .env("CLEARML_WORKER_ID", worker_id)
-        .env("CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    let mut agent = ChildGuard::spawn("clearml-agent", &mut command);
+    let (mut agent, log_path) = spawn_agent(&bin, &server.url(), home.path(), &queue, worker_id);
     let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let started = Instant::now();
 
@@ -144,5 +129,67 @@ async fn agent_registers_pulls_runs_and_unregisters() {
     assert!(workers.iter().all(|w| w.id != worker_id), "worker still registered: {workers:?}\n{}", agent_log());
     assert_eq!(handle.unknown_endpoints(), Vec::<String>::new(), "the agent called endpoints the server lacks");
     eprintln!("agent pulled the task {pulled_after:?} after start; whole run {:?}", started.elapsed());
+    server.shutdown().await.unwrap();
+}
+
+/// `clearml-agent daemon --queue QUEUE` as worker `worker_id`, HOME and
+/// config in `home`, output in `home/agent.log`. With
+/// CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL it runs tasks with its own python:
+/// no virtualenv, no pip, no network.
+fn spawn_agent(
+    bin: &std::path::Path,
+    url: &str,
+    home: &std::path::Path,
+    queue: &str,
+    worker_id: &str,
+) -> (ChildGuard, std::path::PathBuf) {
+    let log_path = home.join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut command = Command::new(bin.join("clearml-agent"));
+    command
+        .args(["daemon", "--queue", queue, "--foreground"])
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .envs(clearml_env(url, home))
+        .env("CLEARML_WORKER_ID", worker_id)
+        .env("CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    (ChildGuard::spawn("clearml-agent", &mut command), log_path)
+}
+
+#[tokio::test]
+async fn agent_fails_a_task_it_cannot_run_and_unregisters_on_sigterm() {
+    let Some(bin) = venv_bin("agent_fails_a_task_it_cannot_run_and_unregisters_on_sigterm") else { return };
+    let server = start_server().await;
+    let handle = server.handle();
+    let home = tempfile::tempdir().unwrap();
+    let client = client_for(&server.url(), home.path());
+    let queue = "flockd-broken".to_string();
+    let worker_id = "flockd:test:cpu:i-456";
+    // No script at all: the agent cannot run it and must mark it failed.
+    let task_id = handle.create_task("no script").unwrap();
+    handle.enqueue(&task_id, &queue).unwrap();
+
+    let (mut agent, log_path) = spawn_agent(&bin, &server.url(), home.path(), &queue, worker_id);
+    let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    poll_until("the agent to fail the task and go idle", Duration::from_secs(60), || async {
+        let status = handle.task(&task_id).unwrap().status;
+        let o = client.observe(std::slice::from_ref(&queue)).await.unwrap();
+        let task = o.workers.iter().find(|w| w.id == worker_id).map(|w| w.task.clone());
+        match (status.as_str(), o.queues[0].pending, &task) {
+            ("failed", 0, Some(None)) => Ok(()),
+            _ => Err(format!("status={status} pending={} worker task={task:?}", o.queues[0].pending)),
+        }
+    })
+    .await;
+
+    agent.signal("TERM");
+    let status = agent.wait_until(Instant::now() + Duration::from_secs(30)).await;
+    assert!(status.is_some(), "agent did not exit on SIGTERM:\n{}", agent_log());
+    let workers = QueueSource::workers(&client).await.unwrap();
+    assert!(workers.iter().all(|w| w.id != worker_id), "worker still registered: {workers:?}\n{}", agent_log());
+    assert_eq!(handle.unknown_endpoints(), Vec::<String>::new(), "the agent called endpoints the server lacks");
     server.shutdown().await.unwrap();
 }

@@ -92,13 +92,11 @@ impl Store {
         self.queues.values().find(|q| q.name == name)
     }
 
-    /// Resolves a queue given by id, or by name as a fallback (the SDK
-    /// sometimes passes names where ids are expected).
-    pub fn resolve_queue_id(&self, id_or_name: &str) -> Option<String> {
-        if self.queues.contains_key(id_or_name) {
-            return Some(id_or_name.to_string());
-        }
-        self.queue_by_name(id_or_name).map(|q| q.id.clone())
+    /// The queue id if a queue has it. Ids only, as on the real server: the
+    /// SDK probes `queues.get_by_id` with a *name* and must get 701 back to
+    /// go on to look the name up.
+    pub fn resolve_queue_id(&self, id: &str) -> Option<String> {
+        self.queues.contains_key(id).then(|| id.to_string())
     }
 
     /// Removes a task from every queue it sits in; true if it was in one.

@@ -7,10 +7,18 @@ use super::{ApiError, Call, Reply, strings_of};
 use crate::server::store::{COMPANY_ID, COMPANY_NAME, Store, USER_ID, USER_NAME, WorkerRecord, iso};
 use crate::wire::codes;
 
-/// Queue references may be ids or names; unknown ones are kept as given so
-/// a worker registered before its queue was created still lists it.
+/// Queue references are ids; a name is accepted too, and an unknown
+/// reference is kept as given so a worker registered before its queue was
+/// created still lists it.
 fn queue_ids(store: &Store, refs: Vec<String>) -> Vec<String> {
-    refs.into_iter().map(|r| store.resolve_queue_id(&r).unwrap_or(r)).collect()
+    refs.into_iter().map(|r| resolve(store, r)).collect()
+}
+
+fn resolve(store: &Store, reference: String) -> String {
+    match store.resolve_queue_id(&reference).or_else(|| store.queue_by_name(&reference).map(|q| q.id.clone())) {
+        Some(id) => id,
+        None => reference,
+    }
 }
 
 fn timeout_secs(call: &Call) -> u64 {
@@ -55,7 +63,7 @@ pub fn status_report(call: &mut Call) -> Reply {
         register(call)?;
     }
     let queues = call.body.contains_key("queues").then(|| queue_ids(call.store, call.strings("queues")));
-    let queue = call.opt_str("queue").map(|q| call.store.resolve_queue_id(q).unwrap_or_else(|| q.to_string()));
+    let queue = call.opt_str("queue").map(|q| resolve(call.store, q.to_string()));
     let task = call.opt_str("task").filter(|t| !t.is_empty()).map(str::to_string);
     let tags = call.body.contains_key("tags").then(|| call.strings("tags"));
     let worker = call.store.workers.get_mut(&id).expect("registered above");
