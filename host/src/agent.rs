@@ -73,7 +73,9 @@ pub fn startup_scripts(config: &Config) -> anyhow::Result<HashMap<String, String
     settings.git_user = section.git_user.clone();
     settings.git_pass = section.git_pass.as_ref().map(|r| r.resolve()).transpose()?;
     settings.s3 = match (&section.s3_key, &section.s3_secret) {
-        (Some(k), Some(s)) => Some(S3Credentials { key: k.resolve()?, secret: s.resolve()?, region: section.s3_region.clone() }),
+        (Some(k), Some(s)) => {
+            Some(S3Credentials { key: k.resolve()?, secret: s.resolve()?, region: section.s3_region.clone() })
+        }
         (None, None) => None,
         _ => anyhow::bail!("[agent] set both s3-key and s3-secret, or neither"),
     };
@@ -83,9 +85,11 @@ pub fn startup_scripts(config: &Config) -> anyhow::Result<HashMap<String, String
     let controller = config.controller_config();
     let mut scripts = HashMap::new();
     for resource in config.resources.keys() {
-        let queues: Vec<String> = config.queues.iter().filter(|q| q.resources.contains(resource)).map(|q| q.name.clone()).collect();
+        let queues: Vec<String> =
+            config.queues.iter().filter(|q| q.resources.contains(resource)).map(|q| q.name.clone()).collect();
         let prefix = flockd_core::naming::worker_id_prefix(&controller.cluster, resource);
-        let script = bootstrap::render_startup_script(&settings, &queues, &prefix).map_err(|e| anyhow::anyhow!("start-up script for resource {resource:?}: {e}"))?;
+        let script = bootstrap::render_startup_script(&settings, &queues, &prefix)
+            .map_err(|e| anyhow::anyhow!("start-up script for resource {resource:?}: {e}"))?;
         scripts.insert(resource.clone(), script);
     }
     Ok(scripts)

@@ -20,7 +20,12 @@ use crate::config::ProviderKind;
 /// a loopback development server.
 pub const DEV_SECRET: &str = "flockd-dev-secret";
 
-pub async fn dev_server(listen: SocketAddr, access_key: String, secret_key: Option<String>, persist: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub async fn dev_server(
+    listen: SocketAddr,
+    access_key: String,
+    secret_key: Option<String>,
+    persist: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let secret = match secret_key {
         Some(r) => r.parse::<SecretRef>()?.resolve()?,
         None => Secret::new(DEV_SECRET),
@@ -67,7 +72,9 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
     let state_dir = config.resolve(&config.state_dir);
     std::fs::create_dir_all(&state_dir)?;
 
-    let server = ClearmlServer::start(ServerConfig::new(options.clearml_listen, DEV_ACCESS_KEY, Secret::new(DEV_SECRET))).await?;
+    let server =
+        ClearmlServer::start(ServerConfig::new(options.clearml_listen, DEV_ACCESS_KEY, Secret::new(DEV_SECRET)))
+            .await?;
     let handle = server.handle();
     for q in &config.queues {
         if handle.queue_id(&q.name).is_none() {
@@ -78,11 +85,17 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
     // with credentials by reference.
     let secret_file = state_dir.join("clearml-dev-secret");
     write_private(&secret_file, DEV_SECRET)?;
-    let clearml =
-        flockd_clearml::ClearmlConfig::new(server.url(), SecretRef::File(write_key(&state_dir)?), SecretRef::File(secret_file));
+    let clearml = flockd_clearml::ClearmlConfig::new(
+        server.url(),
+        SecretRef::File(write_key(&state_dir)?),
+        SecretRef::File(secret_file),
+    );
     let source: Arc<dyn QueueSource> = Arc::new(flockd_clearml::ClearmlClient::new(&clearml)?);
 
-    let world = SimWorld::new(Arc::new(SystemClock), Arc::new(ServerAgents { server: handle.clone(), task_ms: (options.task_secs * 1000.0) as u64 }));
+    let world = SimWorld::new(
+        Arc::new(SystemClock),
+        Arc::new(ServerAgents { server: handle.clone(), task_ms: (options.task_secs * 1000.0) as u64 }),
+    );
     let mut simulated = crate::providers::Providers::new();
     for (name, entry) in config.providers.iter().filter(|(_, p)| p.kind == ProviderKind::Simulated) {
         let settings: SimProviderSettings = crate::providers::section(name, entry)?;
@@ -99,7 +112,10 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
     let code = if options.demo {
         demo(&config, source, providers, &handle, &world).await?
     } else {
-        println!("enqueue tasks with the clearml SDK (CLEARML_API_HOST={}) and watch them being served; Ctrl-C stops", server.url());
+        println!(
+            "enqueue tasks with the clearml SDK (CLEARML_API_HOST={}) and watch them being served; Ctrl-C stops",
+            server.url()
+        );
         crate::run::serve(config, source, providers).await?
     };
     stepper.abort();
@@ -149,7 +165,9 @@ async fn demo(
     loop {
         let elapsed = begin.elapsed().as_secs();
         for (at, queue, n) in plan {
-            if *at <= elapsed && enqueued < plan.iter().take_while(|(a, _, _)| a <= at).map(|(_, _, n)| n).sum::<usize>() {
+            if *at <= elapsed
+                && enqueued < plan.iter().take_while(|(a, _, _)| a <= at).map(|(_, _, n)| n).sum::<usize>()
+            {
                 for i in 0..*n {
                     let task = server.create_task(&format!("demo {queue} task {}", enqueued + i + 1))?;
                     server.enqueue(&task, queue)?;
@@ -208,7 +226,9 @@ fn describe_action(action: &flockd_core::Action) -> String {
         flockd_core::Action::Launch { resource, reason, outcome, instance, .. } => {
             format!("launch {resource} → {} ({outcome:?}): {reason}", instance.as_deref().unwrap_or("-"))
         }
-        flockd_core::Action::Terminate { instance, reason, outcome, .. } => format!("terminate {instance} ({outcome:?}): {reason}"),
+        flockd_core::Action::Terminate { instance, reason, outcome, .. } => {
+            format!("terminate {instance} ({outcome:?}): {reason}")
+        }
     }
 }
 
@@ -227,7 +247,9 @@ impl ServerAgents {
 
 impl Agents for ServerAgents {
     fn register(&self, worker: &str, queues: &[String], _now: u64) {
-        if let Err(e) = self.server.call("workers.register", json!({ "worker": worker, "queues": self.queue_ids(queues) })) {
+        if let Err(e) =
+            self.server.call("workers.register", json!({ "worker": worker, "queues": self.queue_ids(queues) }))
+        {
             tracing::warn!(worker, "simulated agent could not register: {e:#}");
         }
     }

@@ -30,7 +30,11 @@ fn dev_demo_scales_up_and_down_and_exits_zero() {
     assert!(status.success(), "exit {status}\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("launch cpu"), "no machine launched for the cpu queue:\n{stdout}");
     assert!(stdout.contains("launch gpu-spot"), "spot is preferred for the gpu queue:\n{stdout}");
-    assert!(stdout.contains("terminate sim-") && stdout.contains("max-idle-secs"), "idle machines were not shut down:\n{stdout}");
-    let summary = stdout.lines().find(|l| l.starts_with("demo done")).unwrap_or_else(|| panic!("no summary:\n{stdout}"));
+    assert!(
+        stdout.contains("terminate sim-") && stdout.contains("max-idle-secs"),
+        "idle machines were not shut down:\n{stdout}"
+    );
+    let summary =
+        stdout.lines().find(|l| l.starts_with("demo done")).unwrap_or_else(|| panic!("no summary:\n{stdout}"));
     assert!(summary.contains("9 tasks finished") && summary.contains("0 left running"), "{summary}");
 }

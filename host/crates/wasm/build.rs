@@ -13,11 +13,13 @@ fn main() {
     println!("cargo:rerun-if-changed={}", repo.join("plugins/sdk").display());
     let components = flockd_wasm_build::build_components(&repo.join("plugins/Cargo.toml"), BUILTINS);
 
-    let mut code = String::from("/// (name, component bytes, case file) of each built-in policy, in default chain order.\n");
+    let mut code =
+        String::from("/// (name, component bytes, case file) of each built-in policy, in default chain order.\n");
     code.push_str("pub static BUILTINS: &[(&str, &[u8], &str)] = &[\n");
     for (name, path) in BUILTINS.iter().zip(&components) {
         let cases = repo.join("plugins").join(name).join("cases.toml");
-        let cases = if cases.exists() { format!("include_str!({:?})", cases.display().to_string()) } else { "\"\"".into() };
+        let cases =
+            if cases.exists() { format!("include_str!({:?})", cases.display().to_string()) } else { "\"\"".into() };
         code.push_str(&format!("    ({name:?}, include_bytes!({:?}), {cases}),\n", path.display().to_string()));
     }
     code.push_str("];\n");

@@ -77,7 +77,10 @@ pub fn clamp(plan: &Plan, snapshot: &Snapshot, limits: &HardLimits, allow_termin
             continue;
         };
         if !allow_terminations {
-            clamps.push(format!("kept {}: this tick's observation failed or is stale, so nothing is terminated", t.instance));
+            clamps.push(format!(
+                "kept {}: this tick's observation failed or is stale, so nothing is terminated",
+                t.instance
+            ));
         } else if instance.busy {
             clamps.push(format!("kept {}: its worker is running a task", t.instance));
         } else if instance.state == InstanceState::Stopping {
@@ -123,7 +126,8 @@ mod tests {
     #[test]
     fn per_resource_global_and_cost_caps_all_hold() {
         let limits = HardLimits { max_instances: 4, max_cost_per_hour: 7.0 };
-        let plan = Plan { launches: vec![launch("a", 1_000_000), launch("b", 5), launch("zzz", 3)], terminations: vec![] };
+        let plan =
+            Plan { launches: vec![launch("a", 1_000_000), launch("b", 5), launch("zzz", 3)], terminations: vec![] };
         let out = clamp(&plan, &snapshot(), &limits, true);
         // a: 1 alive, max 2 → 1 more (cost 2/h). b: global room 2, cost room (7-2)/3 = 1.
         assert_eq!(out.plan.launches, vec![launch("a", 1), launch("b", 1)]);

@@ -88,6 +88,11 @@ impl StateStore for MemoryStore {
     fn journal(&self, query: &JournalQuery) -> anyhow::Result<Vec<TickRecord>> {
         let j = self.journal.lock().unwrap();
         let limit = if query.limit == 0 { usize::MAX } else { query.limit };
-        Ok(j.iter().rev().filter(|r| query.instance.as_deref().is_none_or(|i| r.mentions(i))).take(limit).cloned().collect())
+        Ok(j.iter()
+            .rev()
+            .filter(|r| query.instance.as_deref().is_none_or(|i| r.mentions(i)))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }

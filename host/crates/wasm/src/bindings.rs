@@ -8,9 +8,9 @@ wasmtime::component::bindgen!({
     world: "policy",
 });
 
-pub(crate) use flockd::policy::types as wit;
 pub(crate) use Policy as PolicyBindings;
 pub(crate) use PolicyPre as PolicyBindingsPre;
+pub(crate) use flockd::policy::types as wit;
 
 fn market(m: core::Market) -> wit::Market {
     match m {
@@ -122,7 +122,11 @@ pub(crate) fn plan_to_wit(p: &core::Plan) -> wit::Plan {
         terminations: p
             .terminations
             .iter()
-            .map(|t| wit::Termination { instance: t.instance.clone(), cause: cause_to_wit(t.cause), reason: t.reason.clone() })
+            .map(|t| wit::Termination {
+                instance: t.instance.clone(),
+                cause: cause_to_wit(t.cause),
+                reason: t.reason.clone(),
+            })
             .collect(),
     }
 }

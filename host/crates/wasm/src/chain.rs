@@ -168,7 +168,12 @@ impl PolicyRuntime {
     }
 
     /// Runs a policy that is not (yet) in the chain, e.g. for validation.
-    pub fn trial(&self, policy: &LoadedPolicy, snapshot: &Snapshot, plan: &Plan) -> (Result<Plan, CallError>, crate::engine::CallReport) {
+    pub fn trial(
+        &self,
+        policy: &LoadedPolicy,
+        snapshot: &Snapshot,
+        plan: &Plan,
+    ) -> (Result<Plan, CallError>, crate::engine::CallReport) {
         let wit = bindings::snapshot_to_wit(snapshot);
         self.run_one(policy, snapshot, &wit, plan)
     }

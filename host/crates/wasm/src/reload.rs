@@ -52,7 +52,8 @@ impl Reloader {
             .map(|f| f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf())
             .collect();
         for dir in &dirs {
-            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create policy folder {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create policy folder {}: {e}", dir.display()))?;
             watcher.watch(dir, RecursiveMode::NonRecursive)?;
         }
         let thread = std::thread::Builder::new()
@@ -76,7 +77,11 @@ fn run(runtime: Arc<PolicyRuntime>, specs: Vec<PolicySpec>, rx: mpsc::Receiver<M
     // been quiet for `debounce`.
     let mut due: HashMap<usize, Instant> = HashMap::new();
     loop {
-        let timeout = due.values().min().map(|t| t.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(3600));
+        let timeout = due
+            .values()
+            .min()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
         match rx.recv_timeout(timeout) {
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Ok(Msg::Changed(path)) => {
