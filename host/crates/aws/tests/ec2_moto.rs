@@ -165,6 +165,49 @@ async fn spot_launch_is_one_time_terminating_and_tagged_at_creation() {
 }
 
 #[tokio::test]
+async fn network_key_disk_and_shutdown_settings_reach_run_instances() {
+    let moto = Moto::start().await;
+    let subnets = moto.subnets(1).await;
+    let client = moto.client();
+    let vpc_id = client.describe_subnets().subnet_ids(&subnets[0]).send().await.unwrap().subnets()[0]
+        .vpc_id()
+        .unwrap()
+        .to_owned();
+    let group = client.create_security_group().group_name("agents").description("agents").vpc_id(vpc_id).send().await;
+    let group_id = group.unwrap().group_id().unwrap().to_owned();
+    client.create_key_pair().key_name("ml-ops").send().await.unwrap();
+    let mut cpu = resource(&subnets, Market::OnDemand);
+    cpu.security_groups = vec![group_id.clone()];
+    cpu.key_name = Some("ml-ops".to_owned());
+    let keys = tempfile::tempdir().unwrap();
+    let config = AwsProviderConfig {
+        region: moto::REGION.to_owned(),
+        endpoint_url: Some(moto.url.clone()),
+        credentials: Some(fake_credentials(keys.path())),
+        throttle_retries: 0,
+        throttle_backoff_ms: 10,
+        list_page_size: 500,
+    };
+    let provider = AwsProvider::new(&config, HashMap::from([("cpu".to_owned(), cpu)])).await.unwrap();
+    moto.reset_faults().await;
+    let instance = provider.launch(&request(CLUSTER, "cpu", "k-net")).await.unwrap();
+
+    let run = &moto.calls("RunInstances").await[0].params;
+    assert_eq!(run["SecurityGroupId.1"], group_id);
+    assert_eq!(run["KeyName"], "ml-ops");
+    assert_eq!(run["BlockDeviceMapping.1.DeviceName"], "/dev/xvda");
+    assert_eq!(run["BlockDeviceMapping.1.Ebs.VolumeType"], "gp3");
+    assert_eq!(run["BlockDeviceMapping.1.Ebs.DeleteOnTermination"], "true");
+    assert_eq!(run["InstanceInitiatedShutdownBehavior"], "terminate");
+    assert_eq!(run["MetadataOptions.HttpPutResponseHopLimit"], "2");
+    let described = client.describe_instances().instance_ids(&instance.id).send().await.unwrap();
+    let ec2 = &described.reservations()[0].instances()[0];
+    assert_eq!(ec2.key_name(), Some("ml-ops"));
+    assert_eq!(ec2.security_groups()[0].group_id(), Some(group_id.as_str()));
+    assert!(!run.contains_key("UserData"), "no start-up script configured for it");
+}
+
+#[tokio::test]
 async fn list_pages_through_every_live_instance_of_the_cluster_only() {
     let s = setup(1, 5, |s| vec![("cpu", resource(s, Market::OnDemand)), ("gpu", resource(s, Market::Spot))]).await;
     let mut launched = Vec::new();
