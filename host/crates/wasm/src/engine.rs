@@ -11,6 +11,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{self, PolicyBindings, PolicyBindingsPre, wit};
+use crate::cache::{CacheOutcome, CompileCache};
 
 /// One epoch tick. Deadlines are whole ticks, so this is their resolution.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -84,6 +85,10 @@ pub struct PolicyEngine {
     linker: Linker<CallState>,
     limits: CallLimits,
     ticker_stop: Arc<AtomicBool>,
+    /// Compiled components on disk, when configured (see `cache.rs`).
+    cache: Option<CompileCache>,
+    /// Per-policy deadlines replacing `limits.timeout`, by policy name.
+    timeouts: std::collections::HashMap<String, Duration>,
 }
 
 impl PolicyEngine {
@@ -113,7 +118,28 @@ impl PolicyEngine {
                 }
             }
         })?;
-        Ok(PolicyEngine { engine, linker, limits, ticker_stop })
+        Ok(PolicyEngine { engine, linker, limits, ticker_stop, cache: None, timeouts: Default::default() })
+    }
+
+    /// Gives the policy named `name` its own per-call deadline (config
+    /// `[[policy]] timeout-ms`): for a heavy policy, e.g. an interpreted one
+    /// on a large fleet, instead of raising everyone's. An endless loop is
+    /// still stopped, only later.
+    pub fn with_timeout_for(mut self, name: &str, timeout: Duration) -> Self {
+        self.timeouts.insert(name.to_string(), timeout);
+        self
+    }
+
+    /// The deadline set for `name` with [`with_timeout_for`](Self::with_timeout_for), if any.
+    pub fn timeout_for(&self, name: &str) -> Option<Duration> {
+        self.timeouts.get(name).copied()
+    }
+
+    /// Keeps compiled components in `cache`, so a restart loads them instead
+    /// of compiling them again.
+    pub fn with_compile_cache(mut self, cache: CompileCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     pub fn limits(&self) -> CallLimits {
@@ -128,13 +154,23 @@ impl PolicyEngine {
     /// (tens of ms for Rust, seconds for Python): never call it on an async
     /// executor thread.
     pub fn compile(&self, bytes: &[u8]) -> Result<CompiledPolicy, LoadError> {
+        self.compile_cached(bytes).map(|(policy, _)| policy)
+    }
+
+    /// [`compile`](Self::compile), saying whether the compile cache served it
+    /// (`None` without a cache).
+    pub fn compile_cached(&self, bytes: &[u8]) -> Result<(CompiledPolicy, Option<CacheOutcome>), LoadError> {
         if bytes.is_empty() {
             return Err(LoadError::Empty);
         }
-        let component = Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let (component, outcome) = match &self.cache {
+            Some(cache) => cache.component(&self.engine, bytes).map(|(c, outcome)| (c, Some(outcome))),
+            None => Component::from_binary(&self.engine, bytes).map(|c| (c, None)),
+        }
+        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = PolicyBindingsPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        Ok(CompiledPolicy { pre })
+        Ok((CompiledPolicy { pre, timeout: None }, outcome))
     }
 
     /// One configure + decide on a fresh instance, under the deadline and the
@@ -148,20 +184,21 @@ impl PolicyEngine {
         plan: &Plan,
     ) -> (Result<Plan, CallError>, CallReport) {
         let started = Instant::now();
+        let timeout = policy.timeout.unwrap_or(self.limits.timeout);
         let mut store = Store::new(&self.engine, CallState::new(self.limits.memory_bytes, snapshot.now));
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        store.set_epoch_deadline(deadline_ticks(timeout));
         store.epoch_deadline_trap();
 
         let result = (|| {
-            let bindings: PolicyBindings = policy.pre.instantiate(&mut store).map_err(|e| self.classify(e))?;
+            let bindings: PolicyBindings = policy.pre.instantiate(&mut store).map_err(|e| self.classify(e, timeout))?;
             bindings
                 .call_configure(&mut store, settings_json)
-                .map_err(|e| self.classify(e))?
+                .map_err(|e| self.classify(e, timeout))?
                 .map_err(CallError::Settings)?;
             let out = bindings
                 .call_decide(&mut store, snapshot, &bindings::plan_to_wit(plan))
-                .map_err(|e| self.classify(e))?
+                .map_err(|e| self.classify(e, timeout))?
                 .map_err(CallError::Declined)?;
             Ok(bindings::plan_from_wit(out))
         })();
@@ -172,21 +209,25 @@ impl PolicyEngine {
 
     /// Only `configure`, for checking settings before a policy goes live.
     pub fn check_settings(&self, policy: &CompiledPolicy, settings_json: &str) -> Result<(), CallError> {
+        let timeout = policy.timeout.unwrap_or(self.limits.timeout);
         let mut store = Store::new(&self.engine, CallState::new(self.limits.memory_bytes, 0));
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        store.set_epoch_deadline(deadline_ticks(timeout));
         store.epoch_deadline_trap();
         let result = (|| {
-            let bindings: PolicyBindings = policy.pre.instantiate(&mut store).map_err(|e| self.classify(e))?;
-            bindings.call_configure(&mut store, settings_json).map_err(|e| self.classify(e))?.map_err(CallError::Settings)
+            let bindings: PolicyBindings = policy.pre.instantiate(&mut store).map_err(|e| self.classify(e, timeout))?;
+            bindings
+                .call_configure(&mut store, settings_json)
+                .map_err(|e| self.classify(e, timeout))?
+                .map_err(CallError::Settings)
         })();
         result.map_err(|e| store.data().limits.reclassify(e))
     }
 
-    fn classify(&self, error: wasmtime::Error) -> CallError {
+    fn classify(&self, error: wasmtime::Error, timeout: Duration) -> CallError {
         let text = format!("{error:#}");
         match error.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => CallError::Timeout(self.limits.timeout),
+            Some(Trap::Interrupt) => CallError::Timeout(timeout),
             _ if text.contains("forcing a memory growth failure")
                 || text.contains("memory minimum size")
                 || text.contains("exceeds memory limits") =>
@@ -216,6 +257,22 @@ fn deadline_ticks(timeout: Duration) -> u64 {
 #[derive(Clone)]
 pub struct CompiledPolicy {
     pre: PolicyBindingsPre<CallState>,
+    /// This policy's own deadline, replacing the engine's.
+    timeout: Option<Duration>,
+}
+
+impl CompiledPolicy {
+    /// Gives this policy its own per-call deadline (`None`: the engine's).
+    /// For a policy that is known to need more than the default, e.g. an
+    /// interpreted one on a large fleet; an endless loop is still stopped.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
 }
 
 /// Per-call store data.

@@ -7,12 +7,14 @@
 
 mod bindings;
 pub mod builtin;
+pub mod cache;
 pub mod chain;
 pub mod engine;
 pub mod inspect;
 pub mod loader;
 pub mod reload;
 
+pub use cache::{CacheOutcome, CompileCache};
 pub use chain::{Chain, LoadedPolicy, Origin, PolicyCounters, PolicyRuntime, ReloadEvent};
 pub use engine::{CallError, CallLimits, LoadError, PolicyEngine};
 pub use loader::{PolicySpec, load_chain};

@@ -65,13 +65,13 @@ pub fn compile(engine: &PolicyEngine, name: &str, origin: Origin, bytes: &[u8]) 
         digest: digest(bytes),
         settings_json: "{}".into(),
         loaded_at: SystemTime::now(),
-        compiled: engine.compile(bytes)?,
+        compiled: engine.compile(bytes)?.with_timeout(engine.timeout_for(name)),
     })
 }
 
 /// Compiles a component and checks that `configure` accepts the settings.
 pub fn load(engine: &PolicyEngine, spec: &PolicySpec, origin: Origin, bytes: &[u8]) -> Result<LoadedPolicy, String> {
-    let compiled = engine.compile(bytes).map_err(|e| e.to_string())?;
+    let compiled = engine.compile(bytes).map_err(|e| e.to_string())?.with_timeout(engine.timeout_for(&spec.name));
     let settings_json = spec.settings_json();
     engine.check_settings(&compiled, &settings_json).map_err(|e| e.to_string())?;
     Ok(LoadedPolicy {
