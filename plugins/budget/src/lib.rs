@@ -21,6 +21,8 @@
 //!
 //! Settings: none (`{}` or empty). The caps come from the snapshot.
 
+use std::collections::BTreeMap;
+
 use flockd_policy::{Launch, Plan, Policy, Snapshot, info};
 use serde::Deserialize;
 
@@ -40,8 +42,9 @@ impl Policy for BudgetPolicy {
     fn decide(&self, snapshot: &Snapshot, mut plan: Plan) -> Result<Plan, String> {
         let mut trimmer = Trimmer::new(snapshot, &plan);
 
+        let alive_counts = snapshot.alive_counts();
         for resource in &snapshot.resources {
-            let alive = snapshot.alive_count(&resource.name);
+            let alive = alive_counts.get(resource.name.as_str()).copied().unwrap_or(0);
             let planned = plan.launch_count(&resource.name);
             let excess = (alive + planned).saturating_sub(resource.max_instances);
             if excess > 0 {
@@ -89,16 +92,17 @@ struct Trimmer {
 
 impl Trimmer {
     fn new(snapshot: &Snapshot, plan: &Plan) -> Self {
-        let rank = |resource: &str| {
-            snapshot
-                .queues
-                .iter()
-                .filter_map(|q| q.resources.iter().position(|r| r == resource))
-                .min()
-                .unwrap_or(usize::MAX)
-        };
+        // A resource's rank: its best position in any queue's preference list.
+        let mut rank: BTreeMap<&str, usize> = BTreeMap::new();
+        for queue in &snapshot.queues {
+            for (position, resource) in queue.resources.iter().enumerate() {
+                let best = rank.entry(resource.as_str()).or_insert(position);
+                *best = (*best).min(position);
+            }
+        }
+        let rank_of = |resource: &str| rank.get(resource).copied().unwrap_or(usize::MAX);
         let mut order: Vec<usize> = (0..plan.launches.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse((rank(&plan.launches[i].resource), i)));
+        order.sort_by_key(|&i| std::cmp::Reverse((rank_of(&plan.launches[i].resource), i)));
         let notes = plan.launches.iter().map(|l| (l.count, Vec::new())).collect();
         Trimmer { order, notes }
     }

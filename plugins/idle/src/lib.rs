@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use flockd_policy::{Instance, Plan, Policy, Snapshot, TerminationCause, warn};
+use flockd_policy::{Instance, Plan, Policy, Snapshot, Termination, TerminationCause, warn};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -63,29 +63,33 @@ impl Policy for Idle {
         }
         // Pending tasks per queue that no external worker covers; idle
         // instances that stay take them first, then the guard spares others.
-        let mut uncovered: Vec<(&str, u32)> = snapshot
+        let mut uncovered: BTreeMap<&str, u32> = snapshot
             .queues
             .iter()
             .map(|q| (q.name.as_str(), q.pending.saturating_sub(q.external_idle_workers)))
             .collect();
-        let mut take_pending = |resource: &str| match uncovered
-            .iter_mut()
-            .find(|(queue, pending)| *pending > 0 && snapshot.serves(resource, queue))
-        {
-            Some((_, pending)) => {
-                *pending -= 1;
-                true
+        let served = snapshot.served_queues();
+        let mut take_pending = |resource: &str| {
+            let Some(queues) = served.get(resource) else { return false };
+            for queue in queues {
+                if let Some(pending) = uncovered.get_mut(queue)
+                    && *pending > 0
+                {
+                    *pending -= 1;
+                    return true;
+                }
             }
-            None => false,
+            false
         };
+        let terminating = plan.terminating();
+        let mut idle_by_resource: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
+        for instance in snapshot.instances.iter().filter(|i| i.is_idle() && !terminating.contains(&i.id)) {
+            idle_by_resource.entry(instance.resource.as_str()).or_default().push(instance);
+        }
         let mut overdue = Vec::new();
         for resource in &snapshot.resources {
             let (max_idle_secs, min_idle) = self.limits(&resource.name);
-            let mut idle: Vec<&Instance> = snapshot
-                .instances
-                .iter()
-                .filter(|i| i.resource == resource.name && i.is_idle() && !plan.is_terminating(&i.id))
-                .collect();
+            let mut idle = idle_by_resource.remove(resource.name.as_str()).unwrap_or_default();
             // Most recently idle first: those are the ones kept warm. No
             // idle-since means it just became idle.
             idle.sort_by_key(|i| std::cmp::Reverse(i.idle_since.unwrap_or(snapshot.now)));
@@ -107,7 +111,13 @@ impl Policy for Idle {
             if self.settings.spare_for_pending && take_pending(&instance.resource) {
                 continue;
             }
-            plan.terminate(&instance.id, TerminationCause::Idle, reason);
+            // Not yet terminated (filtered above), so push directly: `terminate`
+            // would scan the list for every instance.
+            plan.terminations.push(Termination {
+                instance: instance.id.clone(),
+                cause: TerminationCause::Idle,
+                reason,
+            });
         }
         Ok(plan)
     }

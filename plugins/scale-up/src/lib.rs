@@ -22,6 +22,8 @@
 //! - `max-launches-per-tick` (default: unlimited): cap on the instances this
 //!   policy launches in one tick, over all queues; earlier queues go first.
 
+use std::collections::BTreeMap;
+
 use flockd_policy::{FailureKind, InstanceState, Plan, Policy, Snapshot, info};
 use serde::Deserialize;
 
@@ -51,6 +53,7 @@ impl Policy for ScaleUp {
 
     fn decide(&self, snapshot: &Snapshot, mut plan: Plan) -> Result<Plan, String> {
         let mut spare = SpareCapacity::count(snapshot, &plan);
+        let alive_counts = snapshot.alive_counts();
         let mut launches_left = self.settings.max_launches_per_tick.unwrap_or(u32::MAX);
         for queue in &snapshot.queues {
             let uncovered = queue.pending.saturating_sub(queue.external_idle_workers);
@@ -79,8 +82,8 @@ impl Policy for ScaleUp {
                     skipped.push(why);
                     continue;
                 }
-                let alive = snapshot.alive_count(name);
-                let room = snapshot.room(name, &plan);
+                let alive = alive_counts.get(name.as_str()).copied().unwrap_or(0);
+                let room = resource.max_instances.saturating_sub(alive).saturating_sub(plan.launch_count(name));
                 if room == 0 {
                     skipped.push(format!("{name}: full ({alive} alive of max {})", resource.max_instances));
                     continue;
@@ -154,21 +157,26 @@ impl Claimed {
 
 impl<'a> SpareCapacity<'a> {
     fn count(snapshot: &'a Snapshot, plan: &Plan) -> Self {
+        let mut served = snapshot.served_queues();
+        let terminating = plan.terminating();
+        let mut units: BTreeMap<&str, [u32; 3]> = BTreeMap::new();
+        for instance in snapshot.instances.iter().filter(|i| i.is_alive() && !terminating.contains(&i.id)) {
+            let of_resource = units.entry(instance.resource.as_str()).or_default();
+            if instance.is_idle() {
+                of_resource[IDLE] += 1;
+            } else if instance.state == InstanceState::Booting {
+                of_resource[BOOTING] += 1;
+            }
+        }
+        for launch in &plan.launches {
+            units.entry(launch.resource.as_str()).or_default()[PLANNED] += launch.count;
+        }
         let mut resources: Vec<SpareOfResource<'a>> = snapshot
             .resources
             .iter()
-            .map(|r| {
-                let queues =
-                    snapshot.queues.iter().map(|q| q.name.as_str()).filter(|q| snapshot.serves(&r.name, q)).collect();
-                let mut units = [0, 0, plan.launch_count(&r.name)];
-                for instance in snapshot.alive(&r.name).filter(|i| !plan.is_terminating(&i.id)) {
-                    if instance.is_idle() {
-                        units[IDLE] += 1;
-                    } else if instance.state == InstanceState::Booting {
-                        units[BOOTING] += 1;
-                    }
-                }
-                SpareOfResource { queues, units }
+            .map(|r| SpareOfResource {
+                queues: served.remove(r.name.as_str()).unwrap_or_default(),
+                units: units.get(r.name.as_str()).copied().unwrap_or_default(),
             })
             .collect();
         // Capacity that serves few queues goes first, leaving versatile

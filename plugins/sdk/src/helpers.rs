@@ -1,5 +1,7 @@
 //! The questions every policy asks of a snapshot and a plan.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::{Instance, InstanceState, Launch, Plan, Resource, Snapshot, Termination, TerminationCause};
 
 /// Whole seconds in `ms` milliseconds (rounded down), for reasons and settings.
@@ -52,6 +54,41 @@ impl Snapshot {
         self.instances.iter().filter(|i| i.is_alive()).count() as u32
     }
 
+    /// Alive instances per resource, counted in one pass (for policies that
+    /// ask about every resource; [`Snapshot::alive_count`] scans the fleet).
+    pub fn alive_counts(&self) -> BTreeMap<&str, u32> {
+        let mut counts = BTreeMap::new();
+        for instance in self.instances.iter().filter(|i| i.is_alive()) {
+            *counts.entry(instance.resource.as_str()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// For every resource, the snapshot's queues it serves (by either side's
+    /// list, see [`Snapshot::serves`]), in snapshot queue order, in one pass.
+    pub fn served_queues(&self) -> BTreeMap<&str, Vec<&str>> {
+        let queue_index: BTreeMap<&str, usize> =
+            self.queues.iter().enumerate().map(|(i, q)| (q.name.as_str(), i)).collect();
+        let mut served: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for resource in &self.resources {
+            let indices = served.entry(resource.name.as_str()).or_default();
+            indices.extend(resource.queues.iter().filter_map(|q| queue_index.get(q.as_str()).copied()));
+        }
+        for (i, queue) in self.queues.iter().enumerate() {
+            for resource in &queue.resources {
+                served.entry(resource.as_str()).or_default().push(i);
+            }
+        }
+        served
+            .into_iter()
+            .map(|(resource, mut indices)| {
+                indices.sort_unstable();
+                indices.dedup();
+                (resource, indices.into_iter().map(|i| self.queues[i].name.as_str()).collect())
+            })
+            .collect()
+    }
+
     /// Whether an instance of `resource` serves `queue`, by either side's list.
     pub fn serves(&self, resource: &str, queue: &str) -> bool {
         self.resource(resource).is_some_and(|r| r.queues.iter().any(|q| q == queue))
@@ -85,6 +122,12 @@ impl Plan {
 
     pub fn is_terminating(&self, instance: &str) -> bool {
         self.terminations.iter().any(|t| t.instance == instance)
+    }
+
+    /// Ids of the instances this plan terminates, for policies that check
+    /// many instances ([`Plan::is_terminating`] scans the list).
+    pub fn terminating(&self) -> BTreeSet<String> {
+        self.terminations.iter().map(|t| t.instance.clone()).collect()
     }
 
     /// Appends a launch; a count of 0 appends nothing (the host rejects it).

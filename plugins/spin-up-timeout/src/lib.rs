@@ -23,7 +23,11 @@
 //! - `backoff-secs` (default 1800)
 //! - `reoffer` (default true)
 
-use flockd_policy::{FailureKind, InstanceState, Plan, Policy, Snapshot, TerminationCause, warn};
+use std::collections::BTreeMap;
+
+use flockd_policy::{
+    FailureKind, InstanceState, Plan, Policy, Resource, Snapshot, Termination, TerminationCause, warn,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -59,22 +63,42 @@ impl Policy for SpinUpTimeout {
 
     fn decide(&self, snapshot: &Snapshot, mut plan: Plan) -> Result<Plan, String> {
         let timeout_ms = self.settings.timeout_secs.saturating_mul(1000);
+        let terminating = plan.terminating();
         for instance in &snapshot.instances {
             let booting_ms = snapshot.now.saturating_sub(instance.launched_at);
-            if instance.state == InstanceState::Booting && booting_ms > timeout_ms {
+            if instance.state == InstanceState::Booting
+                && booting_ms > timeout_ms
+                && !terminating.contains(&instance.id)
+            {
                 let reason = format!(
                     "booting for {} s > timeout-secs {} (no worker registered)",
                     booting_ms / 1000,
                     self.settings.timeout_secs
                 );
-                plan.terminate(&instance.id, TerminationCause::BootTimeout, reason);
+                plan.terminations.push(Termination {
+                    instance: instance.id.clone(),
+                    cause: TerminationCause::BootTimeout,
+                    reason,
+                });
             }
         }
 
+        // Boot-timeout terminations in the plan, per resource: failures as of now.
+        let resource_of: BTreeMap<&str, &str> =
+            snapshot.instances.iter().map(|i| (i.id.as_str(), i.resource.as_str())).collect();
+        let mut timeouts_now: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in plan.terminations.iter().filter(|t| t.cause == TerminationCause::BootTimeout) {
+            if let Some(resource) = resource_of.get(t.instance.as_str()) {
+                *timeouts_now.entry(resource).or_default() += 1;
+            }
+        }
         let open: Vec<(&str, String)> = snapshot
             .resources
             .iter()
-            .filter_map(|r| self.open_breaker(snapshot, &plan, &r.name).map(|why| (r.name.as_str(), why)))
+            .filter_map(|r| {
+                let now = timeouts_now.get(r.name.as_str()).copied().unwrap_or(0);
+                self.open_breaker(snapshot, r, now).map(|why| (r.name.as_str(), why))
+            })
             .collect();
         for (resource, why) in &open {
             let removed = plan.launch_count(resource);
@@ -92,24 +116,20 @@ impl Policy for SpinUpTimeout {
 }
 
 impl SpinUpTimeout {
-    /// Why `resource`'s breaker is open, if it is.
-    fn open_breaker(&self, snapshot: &Snapshot, plan: &Plan, resource: &str) -> Option<String> {
-        let last_ok = snapshot.resource(resource)?.last_boot_ok;
-        let recorded = snapshot
+    /// Why `resource`'s breaker is open, if it is, given `timeouts_now`
+    /// boot-timeout terminations of it in the plan.
+    fn open_breaker(&self, snapshot: &Snapshot, resource: &Resource, timeouts_now: usize) -> Option<String> {
+        let last_ok = resource.last_boot_ok;
+        let since_ok = snapshot
             .failures
             .iter()
-            .filter(|f| f.resource == resource && f.kind == FailureKind::BootTimeout)
-            .map(|f| f.at);
-        let planned = plan
-            .terminations
-            .iter()
-            .filter(|t| t.cause == TerminationCause::BootTimeout)
-            .filter(|t| snapshot.instance(&t.instance).is_some_and(|i| i.resource == resource))
-            .map(|_| snapshot.now);
-        let since_ok: Vec<u64> = recorded.chain(planned).filter(|at| last_ok.is_none_or(|ok| *at > ok)).collect();
-        let newest = *since_ok.iter().max()?;
+            .filter(|f| f.resource == resource.name && f.kind == FailureKind::BootTimeout)
+            .map(|f| f.at)
+            .filter(|at| last_ok.is_none_or(|ok| *at > ok));
+        let (recorded, newest_recorded) = since_ok.fold((0, None), |(n, newest), at| (n + 1, newest.max(Some(at))));
+        let failures = recorded + timeouts_now;
+        let newest = if timeouts_now > 0 { snapshot.now } else { newest_recorded? };
         let newest_age_ms = snapshot.now.saturating_sub(newest);
-        let failures = since_ok.len();
         if failures < self.settings.max_consecutive_failures as usize
             || newest_age_ms >= self.settings.backoff_secs.saturating_mul(1000)
         {
