@@ -118,7 +118,7 @@ fn test_exits_0_when_cases_pass_1_when_one_fails_2_when_a_file_is_bad() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
     assert!(
-        stderr.contains("bad.toml") && stderr.contains("unknown field `launch`") && stderr.contains("line 9"),
+        stderr.contains("bad.toml") && stderr.contains("unknown field `launch`") && stderr.contains("line 10"),
         "{stderr}"
     );
     assert!(stdout.contains("FAILED"), "the good file still ran: {stdout}");
