@@ -61,8 +61,27 @@ impl LogTail {
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
-        let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(self.clone());
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .fmt_fields(PlainFields::default())
+            .with_writer(self.clone());
         if json { Box::new(layer.json()) } else { Box::new(layer) }
+    }
+}
+
+/// The default field formatter under a type of its own. Formatted span
+/// fields are cached per formatter type, so sharing stderr's would hand the
+/// tail stderr's colour codes.
+#[derive(Default)]
+pub struct PlainFields(tracing_subscriber::fmt::format::DefaultFields);
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for PlainFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        self.0.format_fields(writer, fields)
     }
 }
 
@@ -113,8 +132,12 @@ mod tests {
     #[test]
     fn keeps_the_last_lines_formatted_and_numbered() {
         let tail = LogTail::new(3);
-        let subscriber = tracing_subscriber::registry().with(tail.layer(false));
+        // Beside a colouring stderr layer, as in flockd.
+        let coloured = tracing_subscriber::fmt::layer().with_ansi(true).with_writer(std::io::sink);
+        let subscriber = tracing_subscriber::registry().with(coloured).with(tail.layer(false));
         tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("tick", tick = 7);
+            let _entered = span.enter();
             for i in 0..5 {
                 tracing::info!(n = i, "line {i}");
             }
@@ -124,6 +147,7 @@ mod tests {
         assert_eq!(lines.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![2, 3, 4], "oldest dropped");
         assert!(lines[2].line.contains("line 4") && lines[2].line.contains("INFO"), "{:?}", lines[2]);
         assert!(!lines[2].line.contains('\u{1b}'), "no colour codes: {:?}", lines[2]);
+        assert!(lines[2].line.contains("tick{tick=7}"), "span fields, plain: {:?}", lines[2]);
         let (newer, _) = tail.since(4);
         assert_eq!(newer.len(), 1);
     }

@@ -49,7 +49,7 @@ async function getJSON(path) {
 
 function replace(id, ...children) {
   const node = document.getElementById(id);
-  node.replaceChildren(...children.flat());
+  node.replaceChildren(...children.flat().filter(c => c !== null && c !== undefined));
   return node;
 }
 
@@ -170,6 +170,8 @@ function chart(series, options) {
   const now = Date.now(), from = now - 3600 * 1000;
   let max = options.min_max || 1;
   for (const s of series) for (const [, v] of s.points) max = Math.max(max, v);
+  // Whole numbers of tasks get whole gridlines.
+  if (!options.digits) max = 2 * Math.ceil(max / 2);
   const x = t => L + (W - L - R) * (t - from) / (now - from);
   const y = v => T + (H - T - B) * (1 - v / max);
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img" });
@@ -191,7 +193,7 @@ function renderCharts(samples, status) {
   const queues = status.queues.map(q => q.name);
   replace("chart-queues", chart(queues.map((q, n) => ({
     name: q, color: COLORS[n % COLORS.length], points: samples.map(s => [s.at, s.pending[q] || 0]),
-  })), { min_max: 1 }));
+  })), { min_max: 2 }));
   const cap = status.limits.max_cost_per_hour;
   replace("chart-cost", chart([
     { name: "cost/h", color: COLORS[0], points: samples.map(s => [s.at, s.cost_per_hour]) },

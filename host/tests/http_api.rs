@@ -1,0 +1,152 @@
+//! The HTTP surface over a real controller: probes, status, decisions,
+//! metrics, the token, and the refusal to listen off loopback without one.
+
+mod http_harness;
+
+use std::time::Duration;
+
+use http_harness::{Flockd, until};
+use serde_json::Value;
+
+async fn get(url: &str) -> reqwest::Response {
+    reqwest::get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_decisions_and_metrics_follow_the_fleet() {
+    let flockd = Flockd::start("").await;
+    let url = flockd.url.clone();
+
+    assert_eq!(get(&format!("{url}/healthz")).await.status(), 200);
+    until(Duration::from_secs(20), "readyz to turn 200", || async {
+        (get(&format!("{url}/readyz")).await.status() == 200).then_some(())
+    })
+    .await;
+
+    let task = flockd.enqueue("cpu");
+    let status: Value = until(Duration::from_secs(20), "a booting instance in the status", || async {
+        let s: Value = get(&format!("{url}/api/v1/status")).await.json().await.unwrap();
+        s["fleet"].as_array().is_some_and(|f| f.iter().any(|i| i["activity"] == "booting")).then_some(s)
+    })
+    .await;
+    let instance = status["fleet"][0].clone();
+    let id = instance["id"].as_str().unwrap().to_string();
+    assert_eq!(instance["resource"], "cpu");
+    assert!(instance["age_secs"].as_f64().unwrap() >= 0.0);
+    assert_eq!(status["cluster"], "web");
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["limits"]["max_instances"], 4);
+    assert_eq!(status["cost_per_hour"], 0.5);
+    assert_eq!(status["resources"][0]["booting"], 1);
+    let queue = &status["queues"][0];
+    assert_eq!(queue["name"], "cpu");
+    let policies: Vec<&str> =
+        status["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(policies, ["scale-up", "spin-up-timeout", "idle", "budget"], "the built-in chain in order");
+    let scale_up = &status["policies"][0];
+    assert!(scale_up["calls"].as_u64().unwrap() >= 1, "{scale_up}");
+    assert_eq!(scale_up["origin"], "built-in scale-up");
+    assert_eq!(scale_up["version"].as_str().unwrap().len(), 24);
+    assert_eq!(status["last_tick"]["outcome"], "ok");
+
+    // The journal answers "why is this machine up?".
+    let why: Value = get(&format!("{url}/api/v1/decisions?instance={id}")).await.json().await.unwrap();
+    let why = why.as_array().unwrap();
+    assert_eq!(why.len(), 1, "exactly the tick that launched it: {why:?}");
+    let launch = &why[0]["actions"][0];
+    assert_eq!(launch["kind"], "launch");
+    assert_eq!(launch["instance"], id.as_str());
+    assert_eq!(launch["outcome"]["status"], "done");
+    assert!(!launch["reason"].as_str().unwrap().is_empty(), "every action has a reason: {launch}");
+    let recent: Value = get(&format!("{url}/api/v1/decisions?limit=3")).await.json().await.unwrap();
+    let ticks: Vec<u64> = recent.as_array().unwrap().iter().map(|r| r["tick"].as_u64().unwrap()).collect();
+    assert_eq!(ticks.len(), 3);
+    assert!(ticks.windows(2).all(|w| w[0] > w[1]), "newest first: {ticks:?}");
+    let acted: Value = get(&format!("{url}/api/v1/decisions?acted=true")).await.json().await.unwrap();
+    assert!(acted.as_array().unwrap().iter().all(|r| !r["actions"].as_array().unwrap().is_empty()));
+
+    let metrics = until(Duration::from_secs(10), "metrics to count the launch", || async {
+        let m = get(&format!("{url}/metrics")).await.text().await.unwrap();
+        m.contains(r#"flockd_instances{resource="cpu",state="booting"} 1"#).then_some(m)
+    })
+    .await;
+    for expected in [
+        r#"flockd_launches_total{outcome="done",resource="cpu"} 1"#,
+        r#"flockd_instances{resource="cpu",state="running_idle"} 0"#,
+        "flockd_cost_per_hour 0.5",
+        "flockd_cost_cap_per_hour 10",
+        "flockd_instances_cap 4",
+        "flockd_ready 1",
+        "# TYPE flockd_tick_duration_seconds histogram",
+        r#"flockd_ticks_total{result="ok"}"#,
+        r#"flockd_policy_call_duration_seconds_count{policy="scale-up"}"#,
+        r#"flockd_policy_calls_total{policy="budget"}"#,
+        r#"flockd_queue_pending{queue="cpu"}"#,
+        r#"flockd_queue_oldest_wait_seconds{queue="cpu"}"#,
+    ] {
+        assert!(metrics.contains(expected), "/metrics lacks {expected:?}:\n{metrics}");
+    }
+
+    let history: Value = get(&format!("{url}/api/v1/history")).await.json().await.unwrap();
+    assert!(history.as_array().unwrap().iter().any(|s| s["booting"] == 1), "charts see the booting machine");
+
+    let page = get(&format!("{url}/")).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("/assets/app.js") && !html.contains("http://") && !html.contains("https://"),
+        "no CDN: {html}"
+    );
+    assert_eq!(get(&format!("{url}/assets/app.js")).await.status(), 200);
+    drop(task);
+    flockd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_everything_but_healthz() {
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, "tok-7f3a9c\n").unwrap();
+    let flockd = Flockd::start(&format!("token = \"file:{}\"\n", token_file.display())).await;
+    let url = flockd.url.clone();
+    let client = reqwest::Client::new();
+
+    for path in ["/", "/metrics", "/readyz", "/api/v1/status", "/api/v1/decisions", "/api/v1/logs", "/assets/app.js"] {
+        let bare = client.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(bare.status(), 401, "{path} without a token");
+        let challenges: Vec<_> =
+            bare.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        assert!(challenges.iter().any(|c| c.starts_with("Bearer")), "{challenges:?}");
+        let body = bare.text().await.unwrap();
+        assert!(!body.contains("tok-7f3a9c"));
+        let wrong = client.get(format!("{url}{path}")).bearer_auth("tok-7f3a9").send().await.unwrap();
+        assert_eq!(wrong.status(), 401, "{path} with a wrong token");
+        let good = client.get(format!("{url}{path}")).bearer_auth("tok-7f3a9c").send().await.unwrap();
+        assert!(good.status() == 200 || (path == "/readyz" && good.status() == 503), "{path}: {}", good.status());
+    }
+    let basic =
+        client.get(format!("{url}/api/v1/status")).basic_auth("browser", Some("tok-7f3a9c")).send().await.unwrap();
+    assert_eq!(basic.status(), 200, "a browser's Basic credentials carry the token as password");
+    assert_eq!(client.get(format!("{url}/healthz")).send().await.unwrap().status(), 200, "healthz is open");
+    flockd.stop().await;
+}
+
+#[tokio::test]
+async fn refuses_to_listen_off_loopback_without_a_token() {
+    let section = flockd::config::HttpSection { listen: "0.0.0.0:0".into(), token: None, enabled: true };
+    let err = match flockd::http::Listen::resolve(&section).await {
+        Ok(_) => panic!("listening on 0.0.0.0 without a token must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("token") && err.contains("0.0.0.0:0"), "{err}");
+    let inline = flockd::config::HttpSection {
+        listen: "127.0.0.1:0".into(),
+        token: Some("hunter2-inline-token".into()),
+        enabled: true,
+    };
+    let err = match flockd::http::Listen::resolve(&inline).await {
+        Ok(_) => panic!("an inline token must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("env:") && !err.contains("hunter2-inline"), "{err}");
+}
