@@ -179,6 +179,11 @@ pub struct PoliciesSection {
     /// Memory cap per policy instance.
     #[serde(default = "defaults::memory_mib")]
     pub memory_mib: u64,
+    /// Compiled policies are cached here, keyed by content and engine
+    /// settings, so a restart loads a Python policy in milliseconds.
+    /// Default `<state-dir>/policy-cache`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for PoliciesSection {
@@ -188,6 +193,7 @@ impl Default for PoliciesSection {
             watch: true,
             timeout_ms: defaults::timeout_ms(),
             memory_mib: defaults::memory_mib(),
+            cache_dir: None,
         }
     }
 }
@@ -202,6 +208,10 @@ pub struct PolicyEntry {
     /// Passed to the policy's `configure` as JSON.
     #[serde(default)]
     pub settings: Option<toml::Table>,
+    /// This policy's own per-call deadline, e.g. for an interpreted (Python,
+    /// JS) policy; default `policies.timeout-ms`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -485,7 +495,7 @@ impl Config {
     pub fn policy_specs(&self) -> Vec<PolicySpec> {
         let dir = self.resolve(&self.policies.dir);
         let entries: Vec<PolicyEntry> = if self.policy.is_empty() {
-            flockd_wasm::builtin::names().map(|n| PolicyEntry { name: n.into(), file: None, settings: None }).collect()
+            flockd_wasm::builtin::names().map(|n| PolicyEntry { name: n.into(), file: None, settings: None, timeout_ms: None }).collect()
         } else {
             self.policy.clone()
         };

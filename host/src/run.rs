@@ -28,7 +28,20 @@ pub fn clearml_config(v: &toml::Value) -> anyhow::Result<(ClearmlConfig, bool)> 
 
 /// Policies: engine, chain and (if enabled) the watcher.
 pub fn start_policies(config: &Config) -> anyhow::Result<(Arc<PolicyRuntime>, Option<Reloader>)> {
-    let engine = Arc::new(PolicyEngine::new(config.call_limits())?);
+    let mut engine = PolicyEngine::new(config.call_limits())?;
+    for entry in &config.policy {
+        if let Some(ms) = entry.timeout_ms {
+            engine = engine.with_timeout_for(&entry.name, std::time::Duration::from_millis(ms));
+        }
+    }
+    let cache_dir = config.resolve(
+        &config.policies.cache_dir.clone().unwrap_or_else(|| config.state_dir.join("policy-cache")),
+    );
+    match flockd_wasm::CompileCache::open(&cache_dir) {
+        Ok(cache) => engine = engine.with_compile_cache(cache),
+        Err(e) => tracing::warn!("compiled policies will not be cached: {e}"),
+    }
+    let engine = Arc::new(engine);
     let specs = config.policy_specs();
     let chain = flockd_wasm::load_chain(&engine, &specs)
         .map_err(|errors| anyhow::anyhow!("policies failed to load:\n  {}", errors.join("\n  ")))?;
