@@ -98,11 +98,14 @@ impl Policy for ScaleUp {
                 launches_left -= count;
             }
             if needed > 0 {
-                let mut why = skipped.join("; ");
-                if launches_left == 0 {
-                    why = format!("max-launches-per-tick {} reached", self.settings.max_launches_per_tick.unwrap_or(0));
-                }
-                info(&format!("{head}: {needed} more needed but none launched ({why})"));
+                let why = if launches_left == 0 {
+                    format!("max-launches-per-tick {} reached", self.settings.max_launches_per_tick.unwrap_or(0))
+                } else if skipped.is_empty() {
+                    "no resource of the queue has room left".to_string()
+                } else {
+                    format!("no room left; skipped {}", skipped.join("; "))
+                };
+                info(&format!("{head}: {needed} more needed than launched ({why})"));
             }
         }
         Ok(plan)

@@ -115,7 +115,13 @@ fn max_launches_per_tick_caps_the_total() {
         .resource("A", &["q1"], 10, 1.0, Market::Spot)
         .resource("B", &["q2"], 10, 1.0, Market::Spot)
         .build();
+    flockd_policy::testing::take_logs();
     assert_eq!(counts(&decide(r#"{"max-launches-per-tick": 4}"#, &snap)), [("A".into(), 3), ("B".into(), 1)]);
+    let logs = flockd_policy::testing::take_logs();
+    assert!(
+        logs.iter().any(|(_, l)| l.contains("2 more needed than launched (max-launches-per-tick 4 reached)")),
+        "{logs:?}"
+    );
 }
 
 #[test]
