@@ -128,7 +128,7 @@ async fn flockd_launches_a_real_agent_for_a_queued_task_and_terminates_it_when_i
     .await;
     let pulled_after = started.elapsed();
     let registered: Vec<String> = handle.workers().into_iter().map(|w| w.id).collect();
-    assert_eq!(registered, [worker_id.clone()], "only the launched agent registered, with flockd's id");
+    assert_eq!(registered, std::slice::from_ref(&worker_id), "only the launched agent registered, with flockd's id");
 
     // 5. flockd's client sees the worker idle and the task failed by the agent.
     poll_until("the task to fail and the worker to go idle", Duration::from_secs(60), &mut flockd, &logs, async || {
