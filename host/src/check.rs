@@ -297,6 +297,8 @@ impl Checker<'_> {
                     if let Err(e) = settings.validate(&resource) {
                         self.error(&["resource", &resource, "aws"], format!("[resource.{resource}.aws]: {e}"));
                     }
+                    let spot = matches!(settings.market, flockd_aws::Market::Spot);
+                    self.market_agrees(config, &resource, "aws", "market", spot);
                 }
             }
             #[cfg(feature = "gcp")]
@@ -306,6 +308,8 @@ impl Checker<'_> {
                     if let Err(e) = settings.validate(&resource) {
                         self.error(&["resource", &resource, "gcp"], format!("[resource.{resource}.gcp]: {e}"));
                     }
+                    let spot = matches!(settings.provisioning, flockd_gcp::Provisioning::Spot);
+                    self.market_agrees(config, &resource, "gcp", "provisioning", spot);
                 }
             }
             #[allow(unreachable_patterns)]
@@ -313,6 +317,23 @@ impl Checker<'_> {
                 &["provider", name, "kind"],
                 format!("[provider.{name}] is kind {kind:?}, which this flockd was built without: its settings are not checked"),
             ),
+        }
+    }
+
+    /// Policies and the cost cap see `[resource.R] market`; the cloud launches
+    /// by the provider table's own setting. They must say the same thing.
+    fn market_agrees(&mut self, config: &Config, resource: &str, kind: &str, key: &str, provider_spot: bool) {
+        let Some(entry) = config.resources.get(resource) else { return };
+        let spot = entry.market == flockd_core::Market::Spot;
+        if spot != provider_spot {
+            let (said, launched) = if spot { ("spot", "on-demand") } else { ("on-demand", "spot") };
+            self.error(
+                &["resource", resource, kind, key],
+                format!(
+                    "[resource.{resource}] market is {said} but [resource.{resource}.{kind}] {key} launches {launched}: \
+                     make them agree (policies price and fall back by the first, the cloud launches by the second)"
+                ),
+            );
         }
     }
 
