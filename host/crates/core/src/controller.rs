@@ -420,6 +420,10 @@ impl Controller {
             }
         }
 
+        // Per-instance lookups go through maps: at 10,000 instances a linear
+        // search per instance is most of the tick.
+        let prices: HashMap<&str, f64> =
+            self.config.resources.iter().map(|r| (r.name.as_str(), r.price_per_hour)).collect();
         let mut instances = Vec::with_capacity(cloud.len());
         let mut cost = 0.0;
         for (id, c) in &cloud {
@@ -431,18 +435,25 @@ impl Controller {
             } else {
                 InstanceState::Booting
             };
-            if worker.is_some() && state.registered.insert(id.clone()) {
+            if worker.is_some() && !state.registered.contains(id) {
+                state.registered.insert(id.clone());
                 state.last_boot_ok.insert(c.resource.clone(), now);
             }
             let busy = worker.is_some_and(|w| w.task.is_some());
             let idle_since = match worker {
-                Some(w) if w.task.is_none() => Some(*state.idle_since.entry(id.clone()).or_insert(now)),
+                Some(w) if w.task.is_none() => match state.idle_since.get(id) {
+                    Some(since) => Some(*since),
+                    None => {
+                        state.idle_since.insert(id.clone(), now);
+                        Some(now)
+                    }
+                },
                 _ => {
                     state.idle_since.remove(id);
                     None
                 }
             };
-            cost += self.resource_spec(&c.resource).map_or(0.0, |r| r.price_per_hour);
+            cost += prices.get(c.resource.as_str()).copied().unwrap_or(0.0);
             instances.push(Instance {
                 id: id.clone(),
                 resource: c.resource.clone(),

@@ -26,10 +26,11 @@ pub struct Clamped {
 pub fn clamp(plan: &Plan, snapshot: &Snapshot, limits: &HardLimits, allow_terminations: bool) -> Clamped {
     let mut clamps = Vec::new();
     let mut alive: HashMap<&str, u32> = HashMap::new();
+    let prices: HashMap<&str, f64> = snapshot.resources.iter().map(|r| (r.name.as_str(), r.price_per_hour)).collect();
     let mut cost = 0.0;
     for i in &snapshot.instances {
         *alive.entry(i.resource.as_str()).or_default() += 1;
-        cost += snapshot.resource(&i.resource).map_or(0.0, |r| r.price_per_hour);
+        cost += prices.get(i.resource.as_str()).copied().unwrap_or(0.0);
     }
     let mut total: u32 = alive.values().sum();
 
