@@ -6,7 +6,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use flockd_clearml::bootstrap::{BootstrapSettings, S3Credentials, render_clearml_conf, render_startup_script};
 use flockd_clearml::secret::Secret;
@@ -105,10 +106,11 @@ impl Sandbox {
         self.dir.path().join(name)
     }
 
-    fn run(&self, script: &str, cloud: &str, agent_status: i32) -> Output {
+    fn command(&self, script: &str, cloud: &str, agent_status: i32) -> Command {
         let script_path = self.path("startup.sh");
         std::fs::write(&script_path, script).unwrap();
-        Command::new("/bin/bash")
+        let mut command = Command::new("/bin/bash");
+        command
             .arg(&script_path)
             .env_clear()
             .env("PATH", format!("{}:/usr/bin:/bin", self.path("bin").display()))
@@ -117,9 +119,12 @@ impl Sandbox {
             .env("FAKE_CLOUD", cloud)
             .env("FAKE_AGENT_STATUS", agent_status.to_string())
             .env("FLOCKD_BOOTSTRAP_DIR", self.path("flockd"))
-            .env("FLOCKD_METADATA_ATTEMPTS", "3")
-            .output()
-            .expect("bash runs")
+            .env("FLOCKD_METADATA_ATTEMPTS", "3");
+        command
+    }
+
+    fn run(&self, script: &str, cloud: &str, agent_status: i32) -> Output {
+        self.command(script, cloud, agent_status).output().expect("bash runs")
     }
 
     fn read(&self, name: &str) -> String {
@@ -174,7 +179,6 @@ fn on_ec2_writes_the_conf_byte_identical_runs_the_agent_for_all_queues_then_powe
             "daemon",
             "--queue",
             "aws gpu",
-            "--queue",
             "q$HOME'x",
             "--docker",
             "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
@@ -268,4 +272,74 @@ print(json.dumps({
     assert_eq!(values["git_user"], "git-user'\"$USER");
     assert_eq!(values["s3_secret"], format!("s3-{HOSTILE}"));
     assert_eq!(values["output_uri"], "s3://bucket/out");
+}
+
+/// The rendered script with the real `clearml-agent` (only metadata, pip
+/// and poweroff faked): the agent authenticates with a hostile secret that
+/// travelled through the script, registers under prefix + instance id for
+/// every queue, and when it dies the machine powers off.
+#[tokio::test]
+async fn the_real_agent_started_by_the_script_registers_and_its_exit_powers_off() {
+    let Some(venv) = common::venv_bin("the_real_agent_started_by_the_script_registers_and_its_exit_powers_off") else {
+        return;
+    };
+    // Hostile but single-line ASCII: the agent's HTTP basic auth carries
+    // neither newlines nor non-latin-1 characters.
+    let secret = "s3cr3t $HOME ${PATH} `id` $(id) '\" \\ ; # \\u0041";
+    let server = common::start_server_with(|c| c.secret_key = Secret::new(secret)).await;
+    let handle = server.handle();
+    for queue in ["cpu a", "cpu-b"] {
+        handle.create_queue(queue).unwrap();
+    }
+    let sandbox = Sandbox::new();
+    // Between the fake pip and the real agent: remember the agent's pid.
+    std::fs::write(
+        sandbox.path("bin/clearml-agent"),
+        format!(
+            "#!/bin/bash\nprintf '%s' $$ > \"$SANDBOX/agent.pid\"\nexport CLEARML_LOG_LEVEL=WARNING\nexec {} \"$@\"\n",
+            venv.join("clearml-agent").display()
+        ),
+    )
+    .unwrap();
+    let mut settings = BootstrapSettings::new(
+        server.url(),
+        server.url(),
+        server.url(),
+        Secret::new(common::ACCESS_KEY),
+        Secret::new(secret),
+    );
+    settings.git_pass = Some(Secret::new(format!("git-{HOSTILE}")));
+    let script = render_startup_script(&settings, &["cpu a".into(), "cpu-b".into()], "flockd:e2e:cpu:").unwrap();
+
+    let log = std::fs::File::create(sandbox.path("script.log")).unwrap();
+    let mut command = sandbox.command(&script, "aws", 0);
+    command.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+    let mut machine = common::ChildGuard::spawn("start-up script", &mut command);
+    let script_log = || std::fs::read_to_string(sandbox.path("script.log")).unwrap_or_default();
+
+    common::poll_until("the agent to register for both queues", Duration::from_secs(60), || async {
+        let workers = handle.workers();
+        let queues = workers.iter().find(|w| w.id == "flockd:e2e:cpu:i-0abc123").map(|w| {
+            let mut queues = w.queues.clone();
+            queues.sort();
+            queues
+        });
+        match queues {
+            Some(queues) if queues == ["cpu a", "cpu-b"] => Ok(()),
+            _ => Err(format!("workers: {workers:?}\nscript log:\n{}", script_log())),
+        }
+    })
+    .await;
+    assert_eq!(sandbox.events().iter().filter(|e| *e == "poweroff").count(), 0, "powered off early");
+
+    // The agent dies; the machine must power off.
+    let pid = sandbox.read("agent.pid");
+    Command::new("kill").args(["-TERM", pid.trim()]).status().unwrap();
+    let status = machine.wait_until(Instant::now() + Duration::from_secs(30)).await;
+    assert!(status.is_some(), "script still running after the agent exited:\n{}", script_log());
+    assert_eq!(sandbox.events().last().map(String::as_str), Some("poweroff"), "{}", script_log());
+    assert!(handle.workers().is_empty(), "the agent unregistered on SIGTERM");
+    let log = script_log();
+    assert!(!log.contains("s3cr3t") && !log.contains("git-"), "a secret reached the log:\n{log}");
+    server.shutdown().await.unwrap();
 }

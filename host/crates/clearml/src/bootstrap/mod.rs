@@ -8,7 +8,8 @@
 //!    byte-identical),
 //! 3. exports `CLEARML_WORKER_ID` = prefix + instance id and the API hosts and keys,
 //! 4. runs the user's extra script, installs the pinned `clearml-agent`,
-//! 5. runs `clearml-agent daemon --queue … ` for every queue of the resource,
+//! 5. runs `clearml-agent daemon --queue A B …` for every queue of the resource
+//!    (one `--queue` with all names: a repeated `--queue` keeps only the last),
 //! 6. powers the machine off when anything above fails or the agent exits.
 //!
 //! On GCE the "instance id" is the instance **name** (what the Compute API
@@ -144,9 +145,11 @@ pub fn render_startup_script(
     validate(settings, resource_queues, worker_id_prefix)?;
     let conf = render_clearml_conf(settings);
 
-    let mut agent_args = String::new();
+    // One `--queue` followed by every name: the agent's option takes several
+    // values, and a repeated `--queue` replaces the earlier ones.
+    let mut agent_args = String::from("agent_args+=(--queue)\n");
     for queue in resource_queues {
-        agent_args.push_str(&format!("decode_into q {}\nagent_args+=(--queue \"$q\")\n", b64(queue)));
+        agent_args.push_str(&format!("decode_into q {}\nagent_args+=(\"$q\")\n", b64(queue)));
     }
     if let Some(image) = &settings.docker_image {
         agent_args.push_str(&format!("decode_into image {}\nagent_args+=(--docker \"$image\")\n", b64(image)));

@@ -187,16 +187,39 @@ fn insert_path(out: &mut Object, parts: &[&str], value: Value) {
     }
 }
 
-/// A ClearML name filter is a Python regex; the client escapes literal names
-/// with `re.escape`, whose escapes Rust's regex accepts. A pattern Rust
-/// cannot compile falls back to an exact match rather than failing the call.
+/// A ClearML name filter is a regex in Python's dialect; the agent sends
+/// `re.escape(name)`, which escapes spaces and other characters Rust's regex
+/// rejects escaped, so those escapes are rewritten first. A pattern that
+/// still does not compile falls back to an exact match rather than failing.
 pub fn name_matcher(pattern: Option<&str>) -> impl Fn(&str) -> bool {
-    let compiled = pattern.map(|p| (p.to_string(), regex::Regex::new(p).ok()));
+    let compiled = pattern.map(|p| (p.to_string(), regex::Regex::new(&from_python_regex(p)).ok()));
     move |name: &str| match &compiled {
         None => true,
         Some((_, Some(re))) => re.is_match(name),
         Some((raw, None)) => raw == name,
     }
+}
+
+/// `\<punctuation or space>` → that character, escaped the way Rust's regex
+/// accepts (or bare, where it needs no escape). `\d`, `\n` and friends stay.
+fn from_python_regex(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some(next)) if !next.is_ascii_alphanumeric() => {
+                chars.next();
+                out.push_str(&regex::escape(&next.to_string()));
+            }
+            ('\\', Some(next)) => {
+                chars.next();
+                out.push('\\');
+                out.push(next);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// `page` / `page_size` paging as ClearML does it (page is 0-based).
@@ -207,5 +230,21 @@ pub fn paginate<T>(items: Vec<T>, call: &Call) -> Vec<T> {
             items.into_iter().skip(page * size as usize).take(size as usize).collect()
         }
         _ => items,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_matcher;
+
+    #[test]
+    fn python_re_escaped_names_match_exactly_what_they_escape() {
+        // re.escape("cpu a") and re.escape("team-1.gpu[x]#&~") as the agent sends them.
+        let matches = name_matcher(Some(r"cpu\ a"));
+        assert!(matches("cpu a") && !matches("cpu-a"));
+        let matches = name_matcher(Some(r"^team\-1\.gpu\[x\]\#\&\~$"));
+        assert!(matches("team-1.gpu[x]#&~") && !matches("team-1Xgpu[x]#&~"));
+        let matches = name_matcher(Some(r"^q\d$"));
+        assert!(matches("q1") && !matches("qa"));
     }
 }
