@@ -24,10 +24,14 @@ async fn dashboard_shows_the_fleet_decisions_and_reloads_in_a_browser() {
         dir.join("node_modules/playwright-core").is_dir() && Path::new("/usr/bin/chromium").exists(),
         "the browser test needs chromium and playwright-core: run scripts/setup"
     );
-    flockd::cli::init_logging(&flockd::cli::GlobalArgs {
-        log_format: flockd::cli::LogFormat::Text,
-        log: "info".into(),
-    });
+    // The dashboard's log tail, as `flockd run` feeds it (without stderr,
+    // which a test run does not capture).
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let tail = flockd::http::logs::global().layer(false);
+        let _ = tracing_subscriber::registry().with(tracing_subscriber::EnvFilter::new("info")).with(tail).try_init();
+    }
     let flockd = Flockd::start("").await;
 
     let mut node = tokio::process::Command::new("node")
