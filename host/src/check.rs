@@ -322,6 +322,7 @@ impl Checker<'_> {
 
     /// Policies and the cost cap see `[resource.R] market`; the cloud launches
     /// by the provider table's own setting. They must say the same thing.
+    #[cfg(any(feature = "aws", feature = "gcp"))]
     fn market_agrees(&mut self, config: &Config, resource: &str, kind: &str, key: &str, provider_spot: bool) {
         let Some(entry) = config.resources.get(resource) else { return };
         let spot = entry.market == flockd_core::Market::Spot;
