@@ -495,7 +495,9 @@ impl Config {
     pub fn policy_specs(&self) -> Vec<PolicySpec> {
         let dir = self.resolve(&self.policies.dir);
         let entries: Vec<PolicyEntry> = if self.policy.is_empty() {
-            flockd_wasm::builtin::names().map(|n| PolicyEntry { name: n.into(), file: None, settings: None, timeout_ms: None }).collect()
+            flockd_wasm::builtin::names()
+                .map(|n| PolicyEntry { name: n.into(), file: None, settings: None, timeout_ms: None })
+                .collect()
         } else {
             self.policy.clone()
         };

@@ -34,9 +34,8 @@ pub fn start_policies(config: &Config) -> anyhow::Result<(Arc<PolicyRuntime>, Op
             engine = engine.with_timeout_for(&entry.name, std::time::Duration::from_millis(ms));
         }
     }
-    let cache_dir = config.resolve(
-        &config.policies.cache_dir.clone().unwrap_or_else(|| config.state_dir.join("policy-cache")),
-    );
+    let cache_dir =
+        config.resolve(&config.policies.cache_dir.clone().unwrap_or_else(|| config.state_dir.join("policy-cache")));
     match flockd_wasm::CompileCache::open(&cache_dir) {
         Ok(cache) => engine = engine.with_compile_cache(cache),
         Err(e) => tracing::warn!("compiled policies will not be cached: {e}"),
