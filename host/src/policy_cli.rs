@@ -26,6 +26,10 @@ pub enum PolicyCommand {
         /// Settings JSON to pass to configure().
         #[arg(long, default_value = "{}")]
         settings: String,
+        /// Deadline for one call (instantiate + configure + decide), as in
+        /// the config's `timeout-ms`.
+        #[arg(long, default_value_t = default_timeout_ms())]
+        timeout_ms: u64,
     },
     /// Run table-driven case files against their policies. Exits 1 if a case
     /// fails, 2 if a case file cannot be read or names a policy that cannot
@@ -34,6 +38,10 @@ pub enum PolicyCommand {
         /// Case files (TOML).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Deadline for one call (instantiate + configure + decide), as in
+        /// the config's `timeout-ms`.
+        #[arg(long, default_value_t = default_timeout_ms())]
+        timeout_ms: u64,
     },
     /// Write a built-in policy's component to a file (e.g. as a starting
     /// point, or to inspect it).
@@ -55,14 +63,14 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             list();
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCommand::Inspect { file, settings } => {
+        PolicyCommand::Inspect { file, settings, timeout_ms } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let engine = Arc::new(PolicyEngine::new(CallLimits::default())?);
+            let engine = Arc::new(PolicyEngine::new(limits(timeout_ms))?);
             let inspection = inspect(&engine, &file, &bytes, &settings);
             print!("{}", inspection.render());
             Ok(if inspection.is_valid() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        PolicyCommand::Test { files } => test(&files),
+        PolicyCommand::Test { files, timeout_ms } => test(&files, limits(timeout_ms)),
         PolicyCommand::Export { name, output, cases } => export(&name, &output, cases.as_deref()),
     }
 }
@@ -81,8 +89,16 @@ fn list() {
     }
 }
 
-fn test(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let engine = Arc::new(PolicyEngine::new(CallLimits::default())?);
+fn default_timeout_ms() -> u64 {
+    CallLimits::default().timeout.as_millis() as u64
+}
+
+fn limits(timeout_ms: u64) -> CallLimits {
+    CallLimits { timeout: std::time::Duration::from_millis(timeout_ms), ..CallLimits::default() }
+}
+
+fn test(files: &[PathBuf], limits: CallLimits) -> anyhow::Result<ExitCode> {
+    let engine = Arc::new(PolicyEngine::new(limits)?);
     let (mut unusable, mut failing) = (0, 0);
     for path in files {
         match CaseFile::read(path).and_then(|file| run_file(&engine, &file)) {

@@ -68,6 +68,9 @@ fn export_then_inspect_a_built_in_and_its_broken_copies() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).0.contains("FAILED  configure("), "{:?}", text(&out));
 
+    let out = flockd(&["policy", "inspect", "scale-up.wasm", "--timeout-ms", "5000"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
     let out = flockd(&["policy", "inspect", "missing.wasm"], dir.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("cannot read missing.wasm"), "{:?}", text(&out));
