@@ -43,9 +43,14 @@ impl PolicySpec {
             }
         }
         match &self.builtin {
-            Some(name) => builtin::component(name).map(|b| (Origin::Builtin(name.clone()), b.to_vec())).ok_or_else(|| {
-                format!("no built-in policy named {name:?} (built-ins: {})", builtin::names().collect::<Vec<_>>().join(", "))
-            }),
+            Some(name) => {
+                builtin::component(name).map(|b| (Origin::Builtin(name.clone()), b.to_vec())).ok_or_else(|| {
+                    format!(
+                        "no built-in policy named {name:?} (built-ins: {})",
+                        builtin::names().collect::<Vec<_>>().join(", ")
+                    )
+                })
+            }
             None => Err(format!("policy {:?} names neither an existing file nor a built-in", self.name)),
         }
     }
