@@ -138,6 +138,10 @@ impl ScaleUp {
 /// of preference). Each unit is handed to one queue only.
 struct SpareCapacity<'a> {
     resources: Vec<SpareOfResource<'a>>,
+    /// Queue → indexes into `resources` that serve it, in `resources`
+    /// order, so a claim touches only its queue's resources (a scan of all
+    /// of them per queue is quadratic at 1,000 queues).
+    by_queue: BTreeMap<&'a str, Vec<usize>>,
 }
 
 const IDLE: usize = 0;
@@ -185,7 +189,13 @@ impl<'a> SpareCapacity<'a> {
         // Capacity that serves few queues goes first, leaving versatile
         // capacity for queues that may have no other.
         resources.sort_by_key(|r| r.queues.len());
-        SpareCapacity { resources }
+        let mut by_queue: BTreeMap<&'a str, Vec<usize>> = BTreeMap::new();
+        for (index, resource) in resources.iter().enumerate() {
+            for queue in &resource.queues {
+                by_queue.entry(*queue).or_default().push(index);
+            }
+        }
+        SpareCapacity { resources, by_queue }
     }
 
     /// Takes up to `wanted` units serving `queue`: idle first, then booting,
@@ -193,8 +203,10 @@ impl<'a> SpareCapacity<'a> {
     fn claim(&mut self, queue: &str, wanted: u32) -> Claimed {
         let mut claimed = Claimed([0; 3]);
         let mut left = wanted;
+        let Some(indexes) = self.by_queue.get(queue) else { return claimed };
         for kind in [IDLE, BOOTING, PLANNED] {
-            for resource in self.resources.iter_mut().filter(|r| r.queues.contains(&queue)) {
+            for &index in indexes {
+                let resource = &mut self.resources[index];
                 let take = left.min(resource.units[kind]);
                 resource.units[kind] -= take;
                 claimed.0[kind] += take;
