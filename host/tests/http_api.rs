@@ -86,6 +86,25 @@ async fn status_decisions_and_metrics_follow_the_fleet() {
     ] {
         assert!(metrics.contains(expected), "/metrics lacks {expected:?}:\n{metrics}");
     }
+    // What Prometheus itself would read: every line parses, typed families
+    // come out with their labels.
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("/metrics is not valid Prometheus text format: {e}\n{metrics}"));
+    let booting = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "flockd_instances"
+                && s.labels.get("resource") == Some("cpu")
+                && s.labels.get("state") == Some("booting")
+        })
+        .expect("flockd_instances{resource=cpu,state=booting} parsed");
+    assert!(matches!(booting.value, prometheus_parse::Value::Gauge(v) if v == 1.0), "{:?}", booting.value);
+    assert!(
+        scrape.samples.iter().any(|s| s.metric == "flockd_tick_duration_seconds"
+            && matches!(s.value, prometheus_parse::Value::Histogram(ref buckets) if !buckets.is_empty())),
+        "the tick duration histogram parses with its buckets"
+    );
 
     let history: Value = get(&format!("{url}/api/v1/history")).await.json().await.unwrap();
     assert!(history.as_array().unwrap().iter().any(|s| s["booting"] == 1), "charts see the booting machine");
