@@ -185,11 +185,7 @@ impl PolicyEngine {
         plan: &Plan,
     ) -> (Result<Plan, CallError>, CallReport) {
         let started = Instant::now();
-        let timeout = policy.timeout.unwrap_or(self.limits.timeout);
-        let mut store = Store::new(&self.engine, CallState::new(self.limits.memory_bytes, snapshot.now));
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(deadline_ticks(timeout));
-        store.epoch_deadline_trap();
+        let (mut store, timeout) = self.bounded_store(policy, snapshot.now);
 
         let result = (|| {
             let bindings: PolicyBindings = policy.pre.instantiate(&mut store).map_err(|e| self.classify(e, timeout))?;
@@ -210,11 +206,7 @@ impl PolicyEngine {
 
     /// Only `configure`, for checking settings before a policy goes live.
     pub fn check_settings(&self, policy: &CompiledPolicy, settings_json: &str) -> Result<(), CallError> {
-        let timeout = policy.timeout.unwrap_or(self.limits.timeout);
-        let mut store = Store::new(&self.engine, CallState::new(self.limits.memory_bytes, 0));
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(deadline_ticks(timeout));
-        store.epoch_deadline_trap();
+        let (mut store, timeout) = self.bounded_store(policy, 0);
         let result = (|| {
             let bindings: PolicyBindings = policy.pre.instantiate(&mut store).map_err(|e| self.classify(e, timeout))?;
             bindings
@@ -223,6 +215,17 @@ impl PolicyEngine {
                 .map_err(CallError::Settings)
         })();
         result.map_err(|e| store.data().limits.reclassify(e))
+    }
+
+    /// A fresh store for one call: the memory cap, and the policy's deadline
+    /// armed before instantiation (epoch 0 would trap at once).
+    fn bounded_store(&self, policy: &CompiledPolicy, now_ms: u64) -> (Store<CallState>, Duration) {
+        let timeout = policy.timeout.unwrap_or(self.limits.timeout);
+        let mut store = Store::new(&self.engine, CallState::new(self.limits.memory_bytes, now_ms));
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(deadline_ticks(timeout));
+        store.epoch_deadline_trap();
+        (store, timeout)
     }
 
     fn classify(&self, error: wasmtime::Error, timeout: Duration) -> CallError {
