@@ -405,3 +405,201 @@ async fn spot_capacity_failure_falls_back_to_on_demand_on_the_next_tick() {
     assert!(rest.iter().all(|r| r.plan.launch_count("spot") == 0));
     assert!(h.queue.tasks().iter().all(|t| t.first_started.as_ref().is_some_and(|(_, w)| w.contains(":on-demand:"))));
 }
+
+/// Wraps the simulated queue server and leaves out the workers in `hidden`,
+/// as a ClearML server does once an agent's heartbeat lapses.
+struct HidesWorkers {
+    queue: SimQueue,
+    hidden: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl HidesWorkers {
+    fn shown(&self, mut workers: Vec<Worker>) -> Vec<Worker> {
+        let hidden = self.hidden.lock().unwrap();
+        workers.retain(|w| !hidden.contains(&w.id));
+        workers
+    }
+}
+
+#[async_trait::async_trait]
+impl QueueSource for HidesWorkers {
+    async fn observe(&self, queues: &[String]) -> Result<QueueObservation, SourceError> {
+        let mut observed = self.queue.observe(queues).await?;
+        observed.workers = self.shown(observed.workers);
+        Ok(observed)
+    }
+    async fn unregister_worker(&self, worker_id: &str) -> Result<(), SourceError> {
+        self.queue.unregister_worker(worker_id).await
+    }
+    async fn workers(&self) -> Result<Vec<Worker>, SourceError> {
+        Ok(self.shown(self.queue.workers().await?))
+    }
+}
+
+/// Guard: a machine whose worker registered and then went missing counts as
+/// booting again *from when it went missing* (controller `build_snapshot`,
+/// `HostState::worker_lost_since`). Read from its launch time instead, a
+/// long-running busy machine whose heartbeat lapses for one tick is killed
+/// at once as a boot timeout, task and all.
+#[tokio::test]
+async fn a_busy_machine_whose_worker_lapses_gets_a_full_spin_up_timeout_to_come_back() {
+    let h = Harness::new(&[("q", &["a"])], vec![res("a", 3)]);
+    let source = Arc::new(HidesWorkers { queue: h.queue.clone(), hidden: Default::default() });
+    let controller = h.controller_with(source.clone(), Arc::new(MemoryStore::default()), h.config.clone());
+    h.enqueue("q", 0.0, 4.0 * 3600.0, 1);
+    // Launch, boot (90 s), then run the task well past the spin-up timeout (900 s).
+    h.run(&controller, 0.0, 1200.0).await;
+    assert_eq!(h.launches("a"), 1);
+    let worker = h.queue.worker_ids().pop().expect("the agent registered");
+
+    // The heartbeat lapses for five minutes, then the worker is back.
+    source.hidden.lock().unwrap().insert(worker.clone());
+    h.run(&controller, 1200.0, 1500.0).await;
+    source.hidden.lock().unwrap().clear();
+    h.run(&controller, 1500.0, 1800.0).await;
+    assert_eq!((h.terminations("a"), h.killed_by_termination()), (0, 0), "killed during a lapse");
+    assert_eq!(controller.host_state().await.worker_lost_since.len(), 0);
+
+    // Gone for good: terminated one spin-up timeout after it went missing,
+    // not before, and not left running forever either.
+    source.hidden.lock().unwrap().insert(worker);
+    h.run(&controller, 1800.0, 1800.0 + 880.0).await;
+    assert_eq!(h.terminations("a"), 0, "terminated before its spin-up timeout from going missing");
+    h.run(&controller, 1800.0 + 880.0, 1800.0 + 960.0).await;
+    assert_eq!(h.terminations("a"), 1, "a machine whose worker never came back must not run on");
+}
+
+/// Guard: a machine that powered itself off (the bootstrap does when its
+/// agent exits) is deleted by the host (controller `delete_stopped`);
+/// otherwise it keeps its disks and a slot forever, waited on as "stopping".
+#[tokio::test]
+async fn a_machine_that_powered_itself_off_is_deleted() {
+    let h = Harness::new(&[("q", &["a"])], vec![res("a", 3)]);
+    let controller = h.controller(Arc::new(MemoryStore::default()));
+    h.enqueue("q", 0.0, 3600.0, 1);
+    h.run(&controller, 0.0, 200.0).await;
+    let (snapshot, _) = controller.last().unwrap();
+    let id = snapshot.instances[0].id.clone();
+
+    h.world.power_off(&id);
+    let record = h.tick_at(&controller, 200.0).await;
+    assert!(
+        terminations_of(&record).contains(&(id.as_str(), &Outcome::Done)),
+        "the stopped machine was not deleted: {record:#?}"
+    );
+    assert_eq!(h.terminations("a"), 1);
+    // Its task went back to the queue, and a new machine takes it.
+    assert_eq!(h.launches("a"), 2, "{:#?}", record.plan);
+    h.run(&controller, 210.0, 400.0).await;
+    assert_eq!((h.terminations("a"), h.world.alive()), (1, 1));
+}
+
+/// Guard: machines of a resource dropped from the config are left alone but
+/// still count against the global max (guardrails `unmanaged`), and their
+/// live workers are not taken for zombies and unregistered.
+#[tokio::test]
+async fn machines_of_a_resource_dropped_from_the_config_still_count_and_keep_their_workers() {
+    let h = Harness::new(&[("q", &["a"])], vec![res("a", 5), res("b", 5)]);
+    let mut config = h.config.clone();
+    config.limits.max_instances = 3;
+    h.enqueue("q", 0.0, 3600.0, 2);
+    let first = h.controller_with(Arc::new(h.queue.clone()), Arc::new(MemoryStore::default()), config.clone());
+    h.run(&first, 0.0, 200.0).await;
+    assert_eq!(h.launches("a"), 2);
+    drop(first);
+
+    // The operator replaces resource a by b and restarts.
+    config.queues = vec![QueueSpec { name: "q".into(), resources: vec!["b".into()] }];
+    config.resources.retain(|r| r.name == "b");
+    let second = h.controller_with(Arc::new(h.queue.clone()), Arc::new(MemoryStore::default()), config);
+    h.enqueue("q", 200.0, 3600.0, 5);
+    let records = h.run(&second, 200.0, 300.0).await;
+    assert_eq!(h.launches("b"), 1, "the two machines of a leave room for one: {:#?}", records[0].clamps);
+    assert!(records.iter().all(|r| r.unregistered.is_empty()), "{:?}", records[0].unregistered);
+    assert_eq!(h.queue.worker_ids().iter().filter(|w| w.contains(":a:")).count(), 2);
+    assert_eq!((h.terminations("a"), h.killed_by_termination()), (0, 0));
+}
+
+/// A store whose saves never land: flockd killed after acting and before
+/// every tick's save.
+#[derive(Default)]
+struct LosesEverySave(MemoryStore);
+
+impl StateStore for LosesEverySave {
+    fn load(&self) -> anyhow::Result<flockd_core::HostState> {
+        self.0.load()
+    }
+    fn save(&self, _: &flockd_core::HostState) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn append(&self, record: &TickRecord) -> anyhow::Result<()> {
+        self.0.append(record)
+    }
+    fn journal(&self, query: &JournalQuery) -> anyhow::Result<Vec<TickRecord>> {
+        self.0.journal(query)
+    }
+}
+
+/// Guard: launch keys stay unique when a restart replays a tick number whose
+/// save was lost (controller `act`: the key carries the tick's time). A
+/// reused key makes the cloud hand back the earlier launch's machine (EC2
+/// ClientToken), so nothing new starts.
+#[tokio::test]
+async fn a_restart_that_lost_its_last_save_still_launches_under_new_keys() {
+    let h = Harness::new(&[("q", &["a"])], vec![res("a", 5), res("b", 5)]);
+    let store = Arc::new(LosesEverySave::default());
+    h.enqueue("q", 0.0, 60.0, 1);
+    let first = h.controller(store.clone());
+    let record = h.tick_at(&first, 0.0).await;
+    assert_eq!(h.launches("a"), 1);
+    drop(first);
+    // The machine is gone by the restart, and the queue is now served by b.
+    for action in &record.actions {
+        if let Action::Launch { instance: Some(id), .. } = action {
+            h.providers["sim"].terminate(id).await.unwrap();
+        }
+    }
+    let mut config = h.config.clone();
+    config.queues = vec![QueueSpec { name: "q".into(), resources: vec!["b".into()] }];
+    let second = h.controller_with(Arc::new(h.queue.clone()), store, config);
+    let record = h.tick_at(&second, 10.0).await;
+    assert_eq!(h.launches("b"), 1, "the launch reused the lost tick's key: {:#?}", record.actions);
+}
+
+/// Guard: the host's guardrails hold whatever the chain asks (controller
+/// `tick_locked` → `guardrails::clamp`): a decider that wants a million
+/// machines of each resource and every running machine terminated gets the
+/// per-resource max, the global max and the cost cap, and busy machines stay.
+#[tokio::test]
+async fn guardrails_hold_against_a_greedy_chain() {
+    let mut h = Harness::new(&[("q", &["a", "b"])], vec![res("a", 3), res("b", 10)]);
+    h.config.limits = HardLimits { max_instances: 5, max_cost_per_hour: 4.0 };
+    h.decider = Arc::new(|s: &flockd_core::Snapshot| flockd_core::Plan {
+        launches: ["a", "b"]
+            .iter()
+            .map(|r| flockd_core::Launch { resource: r.to_string(), count: 1_000_000, reason: "greedy".into() })
+            .collect(),
+        terminations: s
+            .instances
+            .iter()
+            .filter(|i| i.state == flockd_core::InstanceState::Running)
+            .map(|i| flockd_core::Termination {
+                instance: i.id.clone(),
+                cause: flockd_core::TerminationCause::Other,
+                reason: "greedy".into(),
+            })
+            .collect(),
+    });
+    let controller = h.controller(Arc::new(MemoryStore::default()));
+    h.enqueue("q", 0.0, 3600.0, 1);
+    let records = h.run(&controller, 0.0, 600.0).await;
+
+    // Every machine costs 1/h: the 4/h cap is the tightest limit.
+    assert_eq!(h.world.peak_instances(), 4);
+    assert!(h.launches("a") >= 3 && h.world.stats(h.clock.now())["a"].peak_instances <= 3);
+    // The task started and was never killed under it, though every tick
+    // asked for its machine's termination.
+    assert!(h.queue.tasks()[0].first_started.is_some());
+    assert_eq!(h.killed_by_termination(), 0);
+    assert!(records.iter().any(|r| r.clamps.iter().any(|c| c.contains("running a task"))));
+}

@@ -20,7 +20,7 @@ use crate::guardrails::{self, HardLimits};
 use crate::journal::{Action, Outcome, QueueLine, TickRecord};
 use crate::model::*;
 use crate::naming;
-use crate::provider::{CloudInstance, CloudProvider, CloudState, LaunchRequest};
+use crate::provider::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError};
 use crate::queue_source::{QueueObservation, QueueSource, Worker};
 use crate::store::{HostState, RecentLaunch, StateStore};
 
@@ -65,6 +65,10 @@ pub struct ControllerConfig {
     /// Terminations are dropped when the observation is older than this by
     /// the time the plan is ready.
     pub max_observation_age: Duration,
+    /// One launch or terminate call may take this long; past it the call is
+    /// given up (a launched machine is tagged, so the listing adopts it) and
+    /// the tick goes on. Without it one hung cloud call stalls every queue.
+    pub action_timeout: Duration,
     /// Record plans, act on nothing.
     pub dry_run: bool,
 }
@@ -86,6 +90,7 @@ impl ControllerConfig {
             launch_visibility_grace: Duration::from_secs(180),
             termination_retry: Duration::from_secs(300),
             max_observation_age: Duration::from_secs(30),
+            action_timeout: Duration::from_secs(300),
             dry_run: false,
         }
     }
@@ -131,6 +136,16 @@ const TICK_REPORTS_BUFFERED: usize = 64;
 struct Observed {
     queues: QueueObservation,
     instances: Vec<CloudInstance>,
+}
+
+/// The snapshot and what the host keeps to itself.
+struct Built {
+    snapshot: Snapshot,
+    /// This cluster's machines whose resource is no longer configured: left
+    /// alone, but counted against the global max.
+    unmanaged: u32,
+    /// Machines that powered off: the host deletes them.
+    stopped: Vec<String>,
 }
 
 impl Controller {
@@ -236,13 +251,17 @@ impl Controller {
             unregistered: Vec::new(),
             micros: 0,
         };
-        let snapshot = match self.observe().await {
+        let built = match self.observe().await {
             Err(e) => {
                 tracing::warn!("observation failed, deciding nothing this tick: {e}");
                 record.observation_error = Some(e);
                 None
             }
             Ok(observed) => Some(self.build_snapshot(state, observed, now, &mut record).await),
+        };
+        let (snapshot, unmanaged, stopped) = match built {
+            Some(b) => (Some(b.snapshot), b.unmanaged, b.stopped),
+            None => (None, 0, Vec::new()),
         };
         let snapshot_arc = snapshot.map(Arc::new);
         if let Some(snapshot) = &snapshot_arc {
@@ -268,12 +287,13 @@ impl Controller {
             // is terminated on an old picture.
             let age = Duration::from_millis(self.seams.clock.now().saturating_sub(now));
             let fresh = age <= self.config.max_observation_age;
-            let clamped = guardrails::clamp(&decision.plan, snapshot, &self.config.limits, fresh);
+            let clamped = guardrails::clamp(&decision.plan, snapshot, &self.config.limits, unmanaged, fresh);
             for c in &clamped.clamps {
                 tracing::info!("guardrail: {c}");
             }
             record.clamps = clamped.clamps;
             self.act(state, snapshot, &clamped.plan, now, &mut record).await;
+            self.delete_stopped(state, snapshot, &stopped, now, &mut record).await;
         }
 
         record.micros = started.elapsed().as_micros() as u64;
@@ -352,20 +372,22 @@ impl Controller {
         observed: Observed,
         now: Millis,
         record: &mut TickRecord,
-    ) -> Snapshot {
+    ) -> Built {
         let cluster = &self.config.cluster;
         let configured: BTreeSet<&str> = self.config.resources.iter().map(|r| r.name.as_str()).collect();
 
         // Instances: what the cloud lists, plus our own launches it does not
         // list yet.
         let mut cloud: BTreeMap<String, CloudInstance> = BTreeMap::new();
+        let mut unmanaged: BTreeSet<String> = BTreeSet::new();
         for i in observed.instances {
             if !configured.contains(i.resource.as_str()) {
                 tracing::warn!(
                     instance = %i.id,
-                    "instance carries this cluster's tag but resource {:?} is no longer configured: flockd leaves it alone; restore the resource or terminate it by hand",
+                    "instance carries this cluster's tag but resource {:?} is no longer configured: flockd leaves it alone (it still counts against max-instances); restore the resource or terminate it by hand",
                     i.resource
                 );
+                unmanaged.insert(i.id);
                 continue;
             }
             cloud.insert(i.id.clone(), i);
@@ -405,19 +427,22 @@ impl Controller {
         }
 
         // Zombie workers: registered under our cluster, machine gone. They
-        // are not capacity, and we tell the queue source to forget them.
-        for (instance, w) in &ours {
-            if !cloud.contains_key(instance) {
-                if !self.config.dry_run {
-                    match self.seams.source.unregister_worker(&w.id).await {
-                        Ok(()) => tracing::info!(worker = %w.id, "unregistered worker whose machine is gone"),
-                        Err(e) => {
-                            tracing::warn!(worker = %w.id, "could not unregister worker whose machine is gone: {e}")
-                        }
+        // are not capacity, and we tell the queue source to forget them. (A
+        // machine left alone because its resource is gone from the config is
+        // not gone: its worker stays.)
+        let mut gone: Vec<(&String, &&Worker)> =
+            ours.iter().filter(|(i, _)| !cloud.contains_key(*i) && !unmanaged.contains(*i)).collect();
+        gone.sort_by_key(|(instance, _)| *instance);
+        for (_, w) in gone {
+            if !self.config.dry_run {
+                match self.seams.source.unregister_worker(&w.id).await {
+                    Ok(()) => tracing::info!(worker = %w.id, "unregistered worker whose machine is gone"),
+                    Err(e) => {
+                        tracing::warn!(worker = %w.id, "could not unregister worker whose machine is gone: {e}")
                     }
                 }
-                record.unregistered.push(w.id.clone());
             }
+            record.unregistered.push(w.id.clone());
         }
 
         // Per-instance lookups go through maps: at 10,000 instances a linear
@@ -425,13 +450,30 @@ impl Controller {
         let prices: HashMap<&str, f64> =
             self.config.resources.iter().map(|r| (r.name.as_str(), r.price_per_hour)).collect();
         let mut instances = Vec::with_capacity(cloud.len());
+        let mut stopped = Vec::new();
         let mut cost = 0.0;
         for (id, c) in &cloud {
             let worker = ours.get(id);
-            let state_now = if matches!(c.state, CloudState::Stopping) || state.terminating.contains_key(id) {
+            let mut launched_at = c.launched_at;
+            if c.state == CloudState::Stopped && !state.terminating.contains_key(id) {
+                stopped.push(id.clone());
+            }
+            let state_now = if matches!(c.state, CloudState::Stopping | CloudState::Stopped)
+                || state.terminating.contains_key(id)
+            {
                 InstanceState::Stopping
             } else if worker.is_some() {
+                state.worker_lost_since.remove(id);
                 InstanceState::Running
+            } else if state.registered.contains(id) {
+                // Its worker was here and is gone: booting again, timed from
+                // when it went missing, not from the launch.
+                let since = *state.worker_lost_since.entry(id.clone()).or_insert_with(|| {
+                    tracing::warn!(instance = %id, "its worker is no longer registered; counted as booting again");
+                    now
+                });
+                launched_at = since;
+                InstanceState::Booting
             } else {
                 InstanceState::Booting
             };
@@ -458,7 +500,7 @@ impl Controller {
                 id: id.clone(),
                 resource: c.resource.clone(),
                 state: state_now,
-                launched_at: c.launched_at,
+                launched_at,
                 worker: worker.map(|w| w.id.clone()),
                 busy,
                 idle_since,
@@ -466,6 +508,7 @@ impl Controller {
         }
         state.idle_since.retain(|id, _| cloud.contains_key(id));
         state.registered.retain(|id| cloud.contains_key(id));
+        state.worker_lost_since.retain(|id, _| cloud.contains_key(id));
         let retention = self.config.failure_retention.as_millis() as u64;
         state.failures.retain(|f| now.saturating_sub(f.at) < retention);
 
@@ -495,7 +538,7 @@ impl Controller {
                 last_boot_ok: state.last_boot_ok.get(&r.name).copied(),
             })
             .collect();
-        Snapshot {
+        let snapshot = Snapshot {
             now,
             queues,
             resources,
@@ -506,7 +549,8 @@ impl Controller {
                 max_cost_per_hour: self.config.limits.max_cost_per_hour,
                 cost_per_hour: cost,
             },
-        }
+        };
+        Built { snapshot, unmanaged: unmanaged.len() as u32, stopped }
     }
 
     fn resource_spec(&self, name: &str) -> Option<&ResourceSpec> {
@@ -518,12 +562,16 @@ impl Controller {
         let mut requests = Vec::new();
         for launch in &plan.launches {
             for _ in 0..launch.count {
-                let key = format!("flockd-{cluster_hash}-{}-{}", state.tick, requests.len());
+                // The tick's time too: a crash after launching but before the
+                // tick's save replays the same tick number, and a reused key
+                // would hand back the earlier launch's machine (EC2 ClientToken).
+                let key = format!("flockd-{cluster_hash}-{now}-{}-{}", state.tick, requests.len());
                 requests.push((launch, key));
             }
         }
         if self.config.dry_run {
             for (launch, key) in requests {
+                tracing::info!(resource = %launch.resource, "dry run, would launch: {}", launch.reason);
                 record.actions.push(Action::Launch {
                     resource: launch.resource.clone(),
                     key,
@@ -533,6 +581,7 @@ impl Controller {
                 });
             }
             for t in &plan.terminations {
+                tracing::info!(instance = %t.instance, "dry run, would terminate: {}", t.reason);
                 record.actions.push(self.termination_action(snapshot, t, Outcome::Skipped));
             }
             return;
@@ -547,7 +596,13 @@ impl Controller {
                 queues: self.config.queues_of(&launch.resource),
                 idempotency_key: key.clone(),
             };
-            (launch, key, provider.launch(&request).await)
+            let timeout = self.config.action_timeout;
+            let result = tokio::time::timeout(timeout, provider.launch(&request)).await.unwrap_or_else(|_| {
+                Err(ProviderError::Other(format!(
+                    "no answer within {timeout:?}; if the machine was created, it is tagged and the next listing adopts it"
+                )))
+            });
+            (launch, key, result)
         }))
         .buffer_unordered(self.config.launch_concurrency.max(1))
         .collect()
@@ -621,18 +676,28 @@ impl Controller {
         let Some(spec) = self.resource_spec(&instance.resource) else {
             return Outcome::Failed(format!("resource {:?} is not configured", instance.resource));
         };
-        match self.seams.providers[&spec.provider].terminate(&instance.id).await {
+        let timeout = self.config.action_timeout;
+        let call = self.seams.providers[&spec.provider].terminate(&instance.id);
+        let result = tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(ProviderError::Other(format!("no answer within {timeout:?}"))));
+        match result {
             Ok(()) => {
                 tracing::info!(instance = %instance.id, resource = %instance.resource, "terminated: {}", t.reason);
                 state.terminating.insert(instance.id.clone(), now);
                 state.idle_since.remove(&instance.id);
                 state.recent_launches.remove(&instance.id);
                 if t.cause == TerminationCause::BootTimeout {
+                    let what = if state.registered.contains(&instance.id) {
+                        "lost its worker and it never came back"
+                    } else {
+                        "never registered its worker"
+                    };
                     state.failures.push(Failure {
                         resource: instance.resource.clone(),
                         kind: FailureKind::BootTimeout,
                         at: now,
-                        message: format!("{} never registered its worker", instance.id),
+                        message: format!("{} {what}", instance.id),
                     });
                 }
                 if instance.worker.is_some() {
@@ -648,6 +713,35 @@ impl Controller {
                 tracing::warn!(instance = %instance.id, "termination failed: {e}");
                 Outcome::Failed(e.to_string())
             }
+        }
+    }
+
+    /// Machines that powered off by themselves (the bootstrap powers a machine
+    /// off when its agent exits) run no agent but keep their disks and a
+    /// slot: delete them. A host rule, not a policy's: no plugin can forget
+    /// it, and it needs no worker re-check (nothing runs there).
+    async fn delete_stopped(
+        &self,
+        state: &mut HostState,
+        snapshot: &Snapshot,
+        stopped: &[String],
+        now: Millis,
+        record: &mut TickRecord,
+    ) {
+        for id in stopped {
+            let Some(instance) = snapshot.instance(id) else { continue };
+            let t = Termination {
+                instance: id.clone(),
+                cause: TerminationCause::Other,
+                reason: "powered off (its agent exited): deleting it so it stops billing".into(),
+            };
+            let outcome = if self.config.dry_run {
+                Outcome::Skipped
+            } else {
+                let worker_id = naming::worker_id(&self.config.cluster, &instance.resource, &instance.id);
+                self.terminate(state, instance, &t, now, &worker_id).await
+            };
+            record.actions.push(self.termination_action(snapshot, &t, outcome));
         }
     }
 

@@ -20,10 +20,18 @@ pub struct Clamped {
 }
 
 /// Clamps `plan` to the limits. Every non-terminated instance counts,
-/// stopping ones included: they bill until they are gone. When
-/// `allow_terminations` is false (the observation failed or is stale) no
-/// termination passes.
-pub fn clamp(plan: &Plan, snapshot: &Snapshot, limits: &HardLimits, allow_terminations: bool) -> Clamped {
+/// stopping ones included: they bill until they are gone. `unmanaged` is
+/// machines of this cluster the snapshot leaves out (their resource is no
+/// longer configured): they still count against the global max, or
+/// renaming a resource would double the fleet. When `allow_terminations` is
+/// false (the observation failed or is stale) no termination passes.
+pub fn clamp(
+    plan: &Plan,
+    snapshot: &Snapshot,
+    limits: &HardLimits,
+    unmanaged: u32,
+    allow_terminations: bool,
+) -> Clamped {
     let mut clamps = Vec::new();
     let mut alive: HashMap<&str, u32> = HashMap::new();
     let prices: HashMap<&str, f64> = snapshot.resources.iter().map(|r| (r.name.as_str(), r.price_per_hour)).collect();
@@ -32,7 +40,7 @@ pub fn clamp(plan: &Plan, snapshot: &Snapshot, limits: &HardLimits, allow_termin
         *alive.entry(i.resource.as_str()).or_default() += 1;
         cost += prices.get(i.resource.as_str()).copied().unwrap_or(0.0);
     }
-    let mut total: u32 = alive.values().sum();
+    let mut total: u32 = alive.values().sum::<u32>() + unmanaged;
 
     let mut launches = Vec::new();
     for launch in &plan.launches {
@@ -129,7 +137,7 @@ mod tests {
         let limits = HardLimits { max_instances: 4, max_cost_per_hour: 7.0 };
         let plan =
             Plan { launches: vec![launch("a", 1_000_000), launch("b", 5), launch("zzz", 3)], terminations: vec![] };
-        let out = clamp(&plan, &snapshot(), &limits, true);
+        let out = clamp(&plan, &snapshot(), &limits, 0, true);
         // a: 1 alive, max 2 → 1 more (cost 2/h). b: global room 2, cost room (7-2)/3 = 1.
         assert_eq!(out.plan.launches, vec![launch("a", 1), launch("b", 1)]);
         assert_eq!(out.clamps.len(), 3, "{:?}", out.clamps);
@@ -137,14 +145,23 @@ mod tests {
     }
 
     #[test]
+    fn machines_of_unconfigured_resources_count_against_the_global_max() {
+        let limits = HardLimits { max_instances: 4, max_cost_per_hour: 100.0 };
+        let plan = Plan { launches: vec![launch("b", 5)], terminations: vec![] };
+        // 1 managed + 2 unmanaged alive: room for 1.
+        let out = clamp(&plan, &snapshot(), &limits, 2, true);
+        assert_eq!(out.plan.launches, vec![launch("b", 1)], "{:?}", out.clamps);
+    }
+
+    #[test]
     fn busy_instances_and_failed_observations_block_terminations() {
         let limits = HardLimits { max_instances: 10, max_cost_per_hour: 100.0 };
         let t = Termination { instance: "i-1".into(), cause: TerminationCause::Idle, reason: "idle".into() };
         let plan = Plan { launches: vec![], terminations: vec![t.clone()] };
-        assert!(clamp(&plan, &snapshot(), &limits, true).plan.terminations.is_empty());
+        assert!(clamp(&plan, &snapshot(), &limits, 0, true).plan.terminations.is_empty());
         let mut idle = snapshot();
         idle.instances[0].busy = false;
-        assert_eq!(clamp(&plan, &idle, &limits, true).plan.terminations, vec![t]);
-        assert!(clamp(&plan, &idle, &limits, false).plan.terminations.is_empty());
+        assert_eq!(clamp(&plan, &idle, &limits, 0, true).plan.terminations, vec![t]);
+        assert!(clamp(&plan, &idle, &limits, 0, false).plan.terminations.is_empty());
     }
 }

@@ -28,6 +28,10 @@ pub enum CloudState {
     Pending,
     Running,
     Stopping,
+    /// Powered off but not deleted (its agent exited and the bootstrap shut
+    /// it down, or someone stopped it): no agent runs, yet its disks bill
+    /// and it holds a slot. The controller deletes it.
+    Stopped,
     Terminated,
 }
 

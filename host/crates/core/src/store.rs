@@ -13,8 +13,9 @@ use crate::model::{Failure, Millis};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostState {
-    /// Ticks run so far; part of every idempotency key, so keys stay unique
-    /// across restarts.
+    /// Ticks run so far; part of every idempotency key (with the tick's
+    /// time, so a tick re-run after a crash that lost its save still gets
+    /// new keys).
     pub tick: u64,
     /// Instance id → since when its worker has been idle.
     pub idle_since: BTreeMap<String, Millis>,
@@ -29,6 +30,13 @@ pub struct HostState {
     pub recent_launches: BTreeMap<String, RecentLaunch>,
     /// Instance id → when we asked the cloud to terminate it.
     pub terminating: BTreeMap<String, Millis>,
+    /// Instance id → since when the worker it had registered is missing
+    /// from the queue source (agent restarting, heartbeat lapsed, agent
+    /// dead). Such an instance counts as booting again from that moment,
+    /// so spin-up-timeout gives it a full timeout to come back instead of
+    /// reading its launch time and killing it at once.
+    #[serde(default)]
+    pub worker_lost_since: BTreeMap<String, Millis>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

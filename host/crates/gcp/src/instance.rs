@@ -130,8 +130,13 @@ pub fn cloud_instance(instance: &Instance) -> Option<CloudInstance> {
     let state = match instance.status.as_ref() {
         Some(Status::Running) => CloudState::Running,
         Some(Status::Provisioning | Status::Staging | Status::Pending) | None => CloudState::Pending,
-        // Stopped or being stopped or repaired: running no agent, on its way
-        // out as far as flockd is concerned.
+        // Shut down from inside (the bootstrap powers off when its agent
+        // exits) or stopped: GCE keeps it, with its disks, until deleted;
+        // the spot DELETE action only covers preemption. The controller
+        // deletes it.
+        Some(Status::Terminated | Status::Stopped | Status::Suspended) => CloudState::Stopped,
+        // Being stopped or repaired: running no agent, on its way out as far
+        // as flockd is concerned.
         Some(_) => CloudState::Stopping,
     };
     let launched_at = instance

@@ -186,6 +186,21 @@ async fn an_instance_in_a_zone_dropped_from_the_config_is_still_listed_and_termi
     assert_eq!(fake.instance_count(), 0);
 }
 
+/// The bootstrap powers a machine off when its agent exits; GCE then keeps
+/// it (and bills its disks) in TERMINATED until deleted. It must list as
+/// Stopped, which the controller deletes, not as Stopping, which it waits on.
+#[tokio::test]
+async fn a_machine_that_powered_itself_off_lists_as_stopped_and_is_deleted() {
+    let (fake, provider) = setup(1, 500).await;
+    let launched = provider.launch(&request(CLUSTER, "cpu", "k-off")).await.unwrap();
+    fake.power_off(&zone(0), &launched.id);
+    let listed = provider.list(CLUSTER).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, flockd_core::CloudState::Stopped, "{listed:?}");
+    provider.terminate(&launched.id).await.unwrap();
+    assert_eq!(fake.instance_count(), 0);
+}
+
 #[tokio::test]
 async fn a_list_with_an_unreachable_zone_is_an_error_not_a_shorter_list() {
     let (fake, provider) = setup(1, 500).await;

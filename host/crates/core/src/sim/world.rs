@@ -62,6 +62,9 @@ enum Agent {
     Broken,
     Idle,
     Busy(String),
+    /// The machine powered off (its agent exited): listed as stopped, still
+    /// billing, until terminated.
+    Off,
 }
 
 struct SimInstance {
@@ -226,6 +229,29 @@ impl SimWorld {
         self.state.lock().unwrap().list_fails = fails;
     }
 
+    /// The agent on `instance_id` exits and the machine powers itself off,
+    /// as the bootstrap does: the worker unregisters (a task it ran goes back
+    /// to its queue), the cloud lists the machine as stopped, and it bills
+    /// until terminated.
+    pub fn power_off(&self, instance_id: &str) {
+        let mut w = self.state.lock().unwrap();
+        let now = w.now.max(self.clock.now());
+        w.idle.remove(instance_id);
+        let Some(i) = w.instances.get_mut(instance_id) else { return };
+        let was = std::mem::replace(&mut i.agent, Agent::Off);
+        if let Agent::Busy(task) = &was {
+            self.agents.requeue(&i.worker, task, now);
+        }
+        if matches!(was, Agent::Idle | Agent::Busy(_)) {
+            self.agents.unregister(&i.worker, now);
+        }
+        if let Agent::Busy(_) = was {
+            let resource = i.resource.clone();
+            w.stats(&resource).tasks_interrupted += 1;
+        }
+        self.offer_work(&mut w);
+    }
+
     /// Reclaims an instance now, as a spot interruption would.
     pub fn reclaim(&self, instance_id: &str) {
         let mut w = self.state.lock().unwrap();
@@ -316,7 +342,7 @@ impl SimWorld {
             }
             self.agents.requeue(&i.worker, task, now);
         }
-        if !matches!(i.agent, Agent::Booting | Agent::Broken) {
+        if matches!(i.agent, Agent::Idle | Agent::Busy(_)) {
             self.agents.unregister(&i.worker, now);
         }
         true
@@ -405,6 +431,7 @@ impl SimWorld {
                 state: match i.agent {
                     Agent::Booting | Agent::Broken => CloudState::Pending,
                     Agent::Idle | Agent::Busy(_) => CloudState::Running,
+                    Agent::Off => CloudState::Stopped,
                 },
                 launched_at: i.launched_at,
                 launch_key: Some(i.launch_key.clone()),

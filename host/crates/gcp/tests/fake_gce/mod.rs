@@ -106,6 +106,14 @@ impl FakeGce {
         self.state.lock().unwrap().instances.get(&(zone.to_owned(), name.to_owned())).cloned()
     }
 
+    /// The guest shut itself down (`poweroff`): GCE keeps the instance, its
+    /// disks and its name, in status TERMINATED, until someone deletes it.
+    pub fn power_off(&self, zone: &str, name: &str) {
+        let mut fake = self.state.lock().unwrap();
+        let instance = fake.instances.get_mut(&(zone.to_owned(), name.to_owned())).expect("no such instance");
+        instance["status"] = json!("TERMINATED");
+    }
+
     pub fn instance_count(&self) -> usize {
         self.state.lock().unwrap().instances.len()
     }
