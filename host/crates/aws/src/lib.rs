@@ -96,13 +96,9 @@ impl AwsProvider {
 
     /// Start-up scripts (user data) by resource name. Scripts for resources
     /// this provider does not have are ignored.
-    pub fn with_startup_scripts(mut self, scripts: HashMap<String, String>) -> Result<Self, ProviderError> {
-        if let Some((resource, script)) = scripts.iter().find(|(_, s)| s.len() > MAX_USER_DATA) {
-            return Err(ProviderError::InvalidRequest(format!(
-                "the start-up script of resource {resource:?} is {} bytes; EC2 user data holds at most {MAX_USER_DATA}",
-                script.len()
-            )));
-        }
+    pub fn with_startup_scripts(mut self, mut scripts: HashMap<String, String>) -> Result<Self, ProviderError> {
+        scripts.retain(|resource, _| self.resources.contains_key(resource));
+        check_user_data(&scripts)?;
         self.startup_scripts = scripts;
         Ok(self)
     }
@@ -173,15 +169,32 @@ fn tag_value<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> {
     instance.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
 }
 
+/// Refused at start-up rather than by every RunInstances: EC2 takes at most
+/// 16 KB of user data, counted before base64.
+fn check_user_data(scripts: &HashMap<String, String>) -> Result<(), ProviderError> {
+    let mut resources: Vec<&String> = scripts.keys().collect();
+    resources.sort();
+    for resource in resources {
+        let size = scripts[resource].len();
+        if size > MAX_USER_DATA {
+            return Err(ProviderError::InvalidRequest(format!(
+                "the start-up script of resource {resource:?} is {size} bytes, {} over EC2's {MAX_USER_DATA}-byte user-data limit: \
+                 shorten [agent] extra-bash-script or extra-clearml-conf (or fetch them at boot from storage)",
+                size - MAX_USER_DATA
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// None for an instance without an id (EC2 always sends one).
 pub(crate) fn cloud_instance(instance: &Instance) -> Option<CloudInstance> {
     let state = match instance.state().and_then(|s| s.name()) {
         Some(InstanceStateName::Running) => CloudState::Running,
         Some(InstanceStateName::Terminated) => CloudState::Terminated,
-        // A stopped instance runs no agent; flockd treats it as on its way out.
-        Some(InstanceStateName::ShuttingDown | InstanceStateName::Stopping | InstanceStateName::Stopped) => {
-            CloudState::Stopping
-        }
+        Some(InstanceStateName::ShuttingDown | InstanceStateName::Stopping) => CloudState::Stopping,
+        // Runs no agent but keeps its volumes: the controller deletes it.
+        Some(InstanceStateName::Stopped) => CloudState::Stopped,
         _ => CloudState::Pending,
     };
     Some(CloudInstance {
@@ -265,5 +278,19 @@ impl CloudProvider for AwsProvider {
             Err(failure) if failure.code.as_deref() == Some("InvalidInstanceID.NotFound") => Ok(()),
             Err(failure) => Err(failure.error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_over_16_kb_raw_is_refused_with_what_to_shorten() {
+        let fits = HashMap::from([("gpu".to_owned(), "x".repeat(MAX_USER_DATA))]);
+        assert_eq!(check_user_data(&fits), Ok(()));
+        let over = HashMap::from([("gpu".to_owned(), "x".repeat(MAX_USER_DATA + 3))]);
+        let err = check_user_data(&over).unwrap_err().to_string();
+        assert!(err.contains("\"gpu\"") && err.contains("3 over") && err.contains("extra-bash-script"), "{err}");
     }
 }

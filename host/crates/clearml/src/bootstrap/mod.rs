@@ -32,7 +32,8 @@ pub use conf::render_clearml_conf;
 /// The clearml-agent release flockd is tested with.
 pub const DEFAULT_AGENT_PACKAGE: &str = "clearml-agent==3.0.3";
 
-/// EC2's limit on user data, which applies to its base64 encoding.
+/// EC2's limit on user data, which applies to the raw script, before the
+/// base64 encoding the API carries it in.
 pub const EC2_USER_DATA_LIMIT: usize = 16 * 1024;
 
 /// Everything a launched machine needs to become a worker. Secrets are
@@ -128,10 +129,10 @@ pub enum BootstrapError {
     #[error("bootstrap: {field} contains a NUL byte, which no shell or file format here can carry")]
     NulByte { field: &'static str },
     #[error(
-        "user data is {encoded} bytes base64-encoded ({raw} bytes raw), {over} bytes over the {limit}-byte limit; \
+        "the start-up script is {raw} bytes, {over} bytes over EC2's {limit}-byte user-data limit; \
          shorten extra-bash-script or extra-clearml-conf (or fetch them at boot from storage), or drop the s3/git settings you do not need"
     )]
-    TooLarge { raw: usize, encoded: usize, limit: usize, over: usize },
+    TooLarge { raw: usize, limit: usize, over: usize },
 }
 
 /// Renders the start-up script for a machine serving `resource_queues`,
@@ -173,15 +174,15 @@ pub fn render_startup_script(
         .replace("@AGENT_ARGS@\n", &agent_args))
 }
 
-/// EC2 rejects user data whose base64 encoding exceeds `limit` bytes (16 KB,
-/// [`EC2_USER_DATA_LIMIT`]). Returns the encoded size when it fits.
+/// EC2 rejects user data of more than `limit` bytes (16 KB,
+/// [`EC2_USER_DATA_LIMIT`]), counted before base64. Returns the size when it
+/// fits.
 pub fn check_user_data_size(script: &str, limit: usize) -> Result<usize, BootstrapError> {
     let raw = script.len();
-    let encoded = raw.div_ceil(3) * 4;
-    if encoded > limit {
-        return Err(BootstrapError::TooLarge { raw, encoded, limit, over: encoded - limit });
+    if raw > limit {
+        return Err(BootstrapError::TooLarge { raw, limit, over: raw - limit });
     }
-    Ok(encoded)
+    Ok(raw)
 }
 
 fn validate(settings: &BootstrapSettings, queues: &[String], prefix: &str) -> Result<(), BootstrapError> {
@@ -272,10 +273,12 @@ mod tests {
     }
 
     #[test]
-    fn size_check_counts_the_base64_encoding_and_says_by_how_much() {
-        assert_eq!(check_user_data_size("abc", 4), Ok(4));
-        let err = check_user_data_size(&"x".repeat(12_289), EC2_USER_DATA_LIMIT).unwrap_err();
-        assert_eq!(err, BootstrapError::TooLarge { raw: 12_289, encoded: 16_388, limit: 16_384, over: 4 });
+    fn size_check_counts_the_raw_script_and_says_by_how_much() {
+        assert_eq!(check_user_data_size("abc", 4), Ok(3));
+        // 16 KB raw fits (its base64 is larger, and that is fine).
+        assert_eq!(check_user_data_size(&"x".repeat(16_384), EC2_USER_DATA_LIMIT), Ok(16_384));
+        let err = check_user_data_size(&"x".repeat(16_388), EC2_USER_DATA_LIMIT).unwrap_err();
+        assert_eq!(err, BootstrapError::TooLarge { raw: 16_388, limit: 16_384, over: 4 });
         assert!(err.to_string().contains("4 bytes over"), "{err}");
         assert!(err.to_string().contains("extra-bash-script"), "{err}");
     }
