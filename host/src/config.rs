@@ -243,6 +243,7 @@ pub struct ControllerSection {
     pub launch_visibility_grace_secs: Option<f64>,
     pub termination_retry_secs: Option<f64>,
     pub max_observation_age_secs: Option<f64>,
+    pub action_timeout_secs: Option<f64>,
 }
 
 /// A config problem, with where it is and what to do.
@@ -307,10 +308,10 @@ impl Config {
                 ),
             ));
         }
-        if self.poll_interval_secs.is_nan() || self.poll_interval_secs <= 0.0 {
+        if !seconds_ok(self.poll_interval_secs, false) {
             return Err(invalid(
                 &["poll-interval-secs"],
-                format!("poll-interval-secs = {}: must be more than 0", self.poll_interval_secs),
+                format!("poll-interval-secs = {}: must be more than 0 and at most a year", self.poll_interval_secs),
             ));
         }
         if self.queues.is_empty() {
@@ -425,6 +426,32 @@ impl Config {
         if self.limits.max_cost_per_hour.is_nan() || self.limits.max_cost_per_hour <= 0.0 {
             return Err(invalid(&["limits", "max-cost-per-hour"], "limits.max-cost-per-hour must be more than 0"));
         }
+        let c = &self.controller;
+        for (key, value, zero_ok) in [
+            ("observe-timeout-secs", c.observe_timeout_secs, false),
+            ("failure-retention-secs", c.failure_retention_secs, false),
+            ("launch-visibility-grace-secs", c.launch_visibility_grace_secs, true),
+            ("termination-retry-secs", c.termination_retry_secs, false),
+            // 0 would refuse every termination, silently: not a setting.
+            ("max-observation-age-secs", c.max_observation_age_secs, false),
+            ("action-timeout-secs", c.action_timeout_secs, false),
+        ] {
+            if let Some(v) = value
+                && !seconds_ok(v, zero_ok)
+            {
+                let least = if zero_ok { "0 or more" } else { "more than 0" };
+                return Err(invalid(
+                    &["controller", key],
+                    format!("controller.{key} = {v}: use a number of seconds, {least} and at most a year"),
+                ));
+            }
+        }
+        if c.launch_concurrency == Some(0) {
+            return Err(invalid(
+                &["controller", "launch-concurrency"],
+                "controller.launch-concurrency = 0 would never launch: use 1 or more",
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, p) in self.policy.iter().enumerate() {
             let i = i.to_string();
@@ -485,6 +512,7 @@ impl Config {
         c.launch_visibility_grace = secs(s.launch_visibility_grace_secs, c.launch_visibility_grace);
         c.termination_retry = secs(s.termination_retry_secs, c.termination_retry);
         c.max_observation_age = secs(s.max_observation_age_secs, c.max_observation_age);
+        c.action_timeout = secs(s.action_timeout_secs, c.action_timeout);
         c.launch_concurrency = s.launch_concurrency.unwrap_or(c.launch_concurrency);
         c.dry_run = self.dry_run;
         c
@@ -518,6 +546,12 @@ impl Config {
             memory_bytes: (self.policies.memory_mib as usize) << 20,
         }
     }
+}
+
+/// A number of seconds `Duration::from_secs_f64` takes and that means
+/// something: finite, not negative, more than 0 unless `zero_ok`, at most a year.
+fn seconds_ok(v: f64, zero_ok: bool) -> bool {
+    v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && v <= 365.0 * 86_400.0
 }
 
 fn list<'a>(it: impl Iterator<Item = &'a String>) -> String {
