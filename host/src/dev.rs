@@ -32,9 +32,10 @@ pub async fn dev_server(
     };
     let mut config = ServerConfig::new(listen, access_key, secret);
     config.persist_path = persist;
+    let shutdown = crate::run::shutdown_signal()?;
     let server = ClearmlServer::start(config).await?;
     println!("ClearML-compatible API server on http://{}", server.addr());
-    crate::run::shutdown_signal().await;
+    shutdown.await;
     server.shutdown().await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -56,6 +57,7 @@ pub struct DevOptions {
 }
 
 pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
+    let shutdown = crate::run::shutdown_signal()?;
     let demo_state = if options.demo { Some(tempfile::tempdir()?) } else { None };
     let mut config = match &options.config {
         Some(path) => crate::config::Config::load(path)?,
@@ -105,7 +107,7 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
         simulated.insert(name.clone(), Arc::new(cloud) as Arc<dyn CloudProvider>);
     }
     let stepper = world.spawn_stepper(Duration::from_millis(100));
-    let scripts = crate::agent::startup_scripts(&config).unwrap_or_default();
+    let scripts = crate::agent::startup_scripts(&config)?;
     let providers = crate::providers::build(&config, &scripts, simulated).await?;
 
     println!("flockd dev: ClearML-compatible API on {} (access key {DEV_ACCESS_KEY:?})", server.url());
@@ -116,7 +118,7 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
             "enqueue tasks with the clearml SDK (CLEARML_API_HOST={}) and watch them being served; Ctrl-C stops",
             server.url()
         );
-        crate::run::serve(config, source, providers).await?
+        crate::run::serve(config, source, providers, shutdown).await?
     };
     stepper.abort();
     server.shutdown().await?;
@@ -152,7 +154,7 @@ async fn demo(
     server: &flockd_clearml::server::ServerHandle,
     world: &Arc<SimWorld>,
 ) -> anyhow::Result<ExitCode> {
-    let started = crate::run::start(config, source, providers)?;
+    let started = crate::run::start_blocking(config, source, providers).await?;
     let controller = started.controller.clone();
     let interval = config.poll_interval();
     let deadline = Instant::now() + Duration::from_secs(240);

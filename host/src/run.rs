@@ -57,7 +57,12 @@ pub fn start_policies(config: &Config) -> anyhow::Result<(Arc<PolicyRuntime>, Op
 }
 
 pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let report = crate::check::check(path);
+    let shutdown = shutdown_signal()?;
+    // Checking compiles the policies: seconds for a Python one.
+    let report = {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || crate::check::check(&path)).await?
+    };
     if report.has_errors() {
         for d in &report.diagnostics {
             eprintln!("{d}");
@@ -86,7 +91,7 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let source: Arc<dyn QueueSource> = Arc::new(client);
     let scripts = crate::agent::startup_scripts(&config)?;
     let providers = crate::providers::build(&config, &scripts, Default::default()).await?;
-    serve(config, source, providers).await
+    serve(config, source, providers, shutdown).await
 }
 
 /// A started flockd: controller and policies, not yet ticking.
@@ -95,6 +100,17 @@ pub struct Started {
     pub policies: Arc<PolicyRuntime>,
     /// Watching the policy folder while this lives.
     pub reloader: Option<Reloader>,
+}
+
+/// [`start`] on a blocking thread: compiling a Python or JavaScript policy
+/// takes seconds, which must not stall the async runtime (HTTP, signals).
+pub async fn start_blocking(
+    config: &Config,
+    source: Arc<dyn QueueSource>,
+    providers: crate::providers::Providers,
+) -> anyhow::Result<Started> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || start(&config, source, providers)).await?
 }
 
 /// Builds the controller over the given queue source and providers, with the
@@ -113,13 +129,15 @@ pub fn start(
     Ok(Started { controller, policies, reloader })
 }
 
-/// The loop shared by `run` and `dev`: tick until SIGTERM/SIGINT.
+/// The loop shared by `run` and `dev`: tick until `shutdown` (see
+/// [`shutdown_signal`]).
 pub async fn serve(
     config: Config,
     source: Arc<dyn QueueSource>,
     providers: crate::providers::Providers,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
-    let started = start(&config, source, providers)?;
+    let started = start_blocking(&config, source, providers).await?;
     if config.dry_run {
         tracing::warn!("dry run: plans are recorded in the journal, nothing is launched or terminated");
     }
@@ -129,7 +147,7 @@ pub async fn serve(
         None
     };
     tracing::info!(cluster = %config.cluster, interval = ?config.poll_interval(), "flockd running");
-    started.controller.run(config.poll_interval(), shutdown_signal()).await;
+    started.controller.run(config.poll_interval(), shutdown).await;
     if let Some(http) = http {
         http.shutdown().await;
     }
@@ -137,18 +155,26 @@ pub async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives while
+/// flockd starts or runs its first tick is kept until the loop looks, instead
+/// of the default action killing the process in the middle of a launch.
+#[cfg(unix)]
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
+}
+
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
