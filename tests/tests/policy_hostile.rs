@@ -58,9 +58,51 @@ fn assert_chain_survives_within(engine: Arc<PolicyEngine>, path: &str, reason: &
 
 #[test]
 fn an_endless_loop_times_out_and_the_chain_goes_on() {
-    let deadline = Duration::from_millis(100);
-    assert_eq!(call_alone_within(engine_with_timeout(deadline), fixture::LOOP_FOREVER), CallError::Timeout(deadline));
-    assert_chain_survives_within(engine_with_timeout(deadline), fixture::LOOP_FOREVER, "timed out after 100ms");
+    // The engine's deadline plus its allowance per snapshot item (one queue
+    // and one resource here).
+    let deadline = Duration::from_millis(100) + 2 * flockd_wasm::DEADLINE_PER_SNAPSHOT_ITEM;
+    let engine = || engine_with_timeout(Duration::from_millis(100));
+    assert_eq!(call_alone_within(engine(), fixture::LOOP_FOREVER), CallError::Timeout(deadline));
+    assert_chain_survives_within(engine(), fixture::LOOP_FOREVER, &format!("timed out after {deadline:?}"));
+}
+
+/// The engine's deadline grows with the snapshot (a large fleet must not make
+/// every built-in time out), but a policy's own deadline is taken as given.
+#[test]
+fn the_engine_deadline_grows_with_the_snapshot_and_a_policys_own_does_not() {
+    let base = Duration::from_millis(20);
+    let mut big = small_snapshot();
+    big.instances = (0..2_000)
+        .map(|i| flockd_core::Instance {
+            id: format!("i-{i}"),
+            resource: "A".into(),
+            state: flockd_core::InstanceState::Running,
+            launched_at: 0,
+            worker: None,
+            busy: false,
+            idle_since: None,
+        })
+        .collect();
+    let engine = engine_with_timeout(base);
+    let policy =
+        loader::compile(&engine, "hostile", Origin::File(fixture::LOOP_FOREVER.into()), &read(fixture::LOOP_FOREVER))
+            .expect("compiles");
+    let runtime = PolicyRuntime::new(engine, Chain::default());
+    let (result, _) = runtime.trial(&policy, &big, &Plan::default());
+    let grown = base + 2_002 * flockd_wasm::DEADLINE_PER_SNAPSHOT_ITEM;
+    assert_eq!(result.expect_err("stopped"), CallError::Timeout(grown));
+
+    let own = Arc::new(
+        PolicyEngine::new(CallLimits { timeout: base, ..CallLimits::default() })
+            .unwrap()
+            .with_timeout_for("hostile", base),
+    );
+    let policy =
+        loader::compile(&own, "hostile", Origin::File(fixture::LOOP_FOREVER.into()), &read(fixture::LOOP_FOREVER))
+            .expect("compiles");
+    let runtime = PolicyRuntime::new(own, Chain::default());
+    let (result, _) = runtime.trial(&policy, &big, &Plan::default());
+    assert_eq!(result.expect_err("stopped"), CallError::Timeout(base));
 }
 
 #[test]

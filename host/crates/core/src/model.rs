@@ -195,8 +195,12 @@ impl Plan {
     /// resource's own cap. Limits *across* actions (global max, cost) are the
     /// guardrails' job, not a validity question.
     pub fn validate(&self, snapshot: &Snapshot) -> Result<(), String> {
+        // Maps, not a search per action: a hostile plan may hold millions.
+        let resources: std::collections::HashMap<&str, &Resource> =
+            snapshot.resources.iter().map(|r| (r.name.as_str(), r)).collect();
+        let instances: std::collections::HashSet<&str> = snapshot.instances.iter().map(|i| i.id.as_str()).collect();
         for launch in &self.launches {
-            let Some(resource) = snapshot.resource(&launch.resource) else {
+            let Some(resource) = resources.get(launch.resource.as_str()) else {
                 return Err(format!(
                     "launch of {} × unknown resource {:?} (known: {})",
                     launch.count,
@@ -216,7 +220,7 @@ impl Plan {
         }
         let mut seen = std::collections::HashSet::new();
         for t in &self.terminations {
-            if snapshot.instance(&t.instance).is_none() {
+            if !instances.contains(t.instance.as_str()) {
                 return Err(format!("termination of unknown instance {:?}", t.instance));
             }
             if !seen.insert(t.instance.as_str()) {

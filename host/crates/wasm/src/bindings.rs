@@ -131,17 +131,23 @@ pub(crate) fn plan_to_wit(p: &core::Plan) -> wit::Plan {
     }
 }
 
-pub(crate) fn plan_from_wit(p: wit::Plan) -> core::Plan {
+/// The plan a policy returned, each reason cut to `max_reason` bytes.
+pub(crate) fn plan_from_wit(p: wit::Plan, max_reason: usize) -> core::Plan {
+    let reason = |r: String| crate::engine::bounded_text(r, max_reason);
     core::Plan {
         launches: p
             .launches
             .into_iter()
-            .map(|l| core::Launch { resource: l.resource, count: l.count, reason: l.reason })
+            .map(|l| core::Launch { resource: l.resource, count: l.count, reason: reason(l.reason) })
             .collect(),
         terminations: p
             .terminations
             .into_iter()
-            .map(|t| core::Termination { instance: t.instance, cause: cause_from_wit(t.cause), reason: t.reason })
+            .map(|t| core::Termination {
+                instance: t.instance,
+                cause: cause_from_wit(t.cause),
+                reason: reason(t.reason),
+            })
             .collect(),
     }
 }

@@ -15,16 +15,28 @@ use crate::cache::{CacheOutcome, CompileCache};
 
 /// One epoch tick. Deadlines are whole ticks, so this is their resolution.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// The engine's deadline grows by this per queue, resource, instance and
+/// failure in the snapshot: moving the snapshot into a fresh instance alone
+/// costs ~1 µs an item, and a policy's own work grows with it. With a flat
+/// 50 ms, every built-in times out at 1,000 queues / 10,000 instances and the
+/// fleet never scales; an endless loop is still stopped, just later. A
+/// policy's own deadline (`with_timeout_for`, `timeout-ms`) is taken as given.
+pub const DEADLINE_PER_SNAPSHOT_ITEM: Duration = Duration::from_micros(20);
 /// A policy that logs more than this in one call is cut off (its logs, not
 /// the call): a chatty plugin must not flood the host's log.
 const MAX_LOG_LINES_PER_CALL: usize = 64;
 const MAX_LOG_LINE_BYTES: usize = 2048;
+/// Text a policy hands back (a declined call's message, each action's
+/// reason) goes into logs, the journal and the dashboard every tick: cut to
+/// this, so a plugin cannot flood them.
+pub const MAX_POLICY_TEXT_BYTES: usize = 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CallLimits {
-    /// Wall-clock budget for instantiate + configure + decide.
+    /// Wall-clock budget for instantiate + configure + decide, plus
+    /// [`DEADLINE_PER_SNAPSHOT_ITEM`] per item of the snapshot.
     pub timeout: Duration,
-    /// Cap on each linear memory and table of the instance.
+    /// Cap on all linear memories of the instance together.
     pub memory_bytes: usize,
 }
 
@@ -185,7 +197,9 @@ impl PolicyEngine {
         plan: &Plan,
     ) -> (Result<Plan, CallError>, CallReport) {
         let started = Instant::now();
-        let (mut store, timeout) = self.bounded_store(policy, snapshot.now);
+        let items =
+            snapshot.queues.len() + snapshot.resources.len() + snapshot.instances.len() + snapshot.failures.len();
+        let (mut store, timeout) = self.bounded_store(policy, snapshot.now, items);
 
         let result = (|| {
             let bindings: PolicyBindings = policy.pre.instantiate(&mut store).map_err(|e| self.classify(e, timeout))?;
@@ -196,8 +210,8 @@ impl PolicyEngine {
             let out = bindings
                 .call_decide(&mut store, snapshot, &bindings::plan_to_wit(plan))
                 .map_err(|e| self.classify(e, timeout))?
-                .map_err(CallError::Declined)?;
-            Ok(bindings::plan_from_wit(out))
+                .map_err(|message| CallError::Declined(bounded_text(message, MAX_POLICY_TEXT_BYTES)))?;
+            Ok(bindings::plan_from_wit(out, MAX_POLICY_TEXT_BYTES))
         })();
         let result = result.map_err(|e| store.data().limits.reclassify(e));
         let report = CallReport { logs: std::mem::take(&mut store.data_mut().logs), elapsed: started.elapsed() };
@@ -206,7 +220,7 @@ impl PolicyEngine {
 
     /// Only `configure`, for checking settings before a policy goes live.
     pub fn check_settings(&self, policy: &CompiledPolicy, settings_json: &str) -> Result<(), CallError> {
-        let (mut store, timeout) = self.bounded_store(policy, 0);
+        let (mut store, timeout) = self.bounded_store(policy, 0, 0);
         let result = (|| {
             let bindings: PolicyBindings = policy.pre.instantiate(&mut store).map_err(|e| self.classify(e, timeout))?;
             bindings
@@ -218,9 +232,12 @@ impl PolicyEngine {
     }
 
     /// A fresh store for one call: the memory cap, and the policy's deadline
-    /// armed before instantiation (epoch 0 would trap at once).
-    fn bounded_store(&self, policy: &CompiledPolicy, now_ms: u64) -> (Store<CallState>, Duration) {
-        let timeout = policy.timeout.unwrap_or(self.limits.timeout);
+    /// (for a snapshot of `items` items) armed before instantiation (epoch 0
+    /// would trap at once).
+    fn bounded_store(&self, policy: &CompiledPolicy, now_ms: u64, items: usize) -> (Store<CallState>, Duration) {
+        let timeout = policy.timeout.unwrap_or_else(|| {
+            self.limits.timeout + DEADLINE_PER_SNAPSHOT_ITEM.saturating_mul(u32::try_from(items).unwrap_or(u32::MAX))
+        });
         let mut store = Store::new(&self.engine, CallState::new(self.limits.memory_bytes, now_ms));
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(deadline_ticks(timeout));
@@ -332,17 +349,21 @@ impl CallState {
         CallState {
             wasi,
             table: ResourceTable::new(),
-            limits: MemoryCap { memory_bytes, refused: None },
+            limits: MemoryCap { memory_bytes, total: 0, refused: None },
             logs: Vec::new(),
         }
     }
 }
 
-/// Caps each memory and table of an instance, and remembers a refusal: a
-/// Rust guest whose allocation fails aborts, and the host would otherwise
-/// only see "unreachable", indistinguishable from a panic.
+/// Caps the memories of an instance together (a component of several core
+/// modules has a memory each: a per-memory cap would multiply) and each
+/// table, and remembers a refusal: a Rust guest whose allocation fails
+/// aborts, and the host would otherwise only see "unreachable",
+/// indistinguishable from a panic.
 struct MemoryCap {
     memory_bytes: usize,
+    /// Bytes of all the store's memories together, as granted so far.
+    total: usize,
     /// The size the guest asked for when it was refused.
     refused: Option<usize>,
 }
@@ -362,15 +383,17 @@ impl MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired <= self.memory_bytes {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total <= self.memory_bytes {
+            self.total = total;
             return Ok(true);
         }
-        self.refused = Some(desired);
+        self.refused = Some(total);
         // Trapping here (rather than failing the grow) stops the call at
         // once instead of letting the guest limp on without memory.
         Err(wasmtime::Error::msg(format!(
-            "memory limit of {} MiB exceeded: the plugin asked for {desired} bytes",
+            "memory limit of {} MiB exceeded: the plugin asked for {total} bytes in all",
             self.memory_bytes >> 20
         )))
     }
@@ -402,17 +425,22 @@ impl bindings::flockd::policy::host::Host for CallState {
             wit::LogLevel::Warn => LogLevel::Warn,
             wit::LogLevel::Error => LogLevel::Error,
         };
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE_BYTES {
-            let mut cut = MAX_LOG_LINE_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
-        self.logs.push((level, message));
+        self.logs.push((level, bounded_text(message, MAX_LOG_LINE_BYTES)));
     }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked with
+/// an ellipsis when cut.
+pub(crate) fn bounded_text(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 struct FrozenClock(u64);

@@ -16,6 +16,6 @@ pub mod reload;
 
 pub use cache::{CacheOutcome, CompileCache};
 pub use chain::{Chain, LoadedPolicy, Origin, PolicyCounters, PolicyRuntime, ReloadEvent};
-pub use engine::{CallError, CallLimits, LoadError, PolicyEngine};
+pub use engine::{CallError, CallLimits, DEADLINE_PER_SNAPSHOT_ITEM, LoadError, PolicyEngine};
 pub use loader::{PolicySpec, load_chain};
 pub use reload::Reloader;
