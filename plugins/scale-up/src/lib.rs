@@ -12,13 +12,14 @@
 //! `needed` is then filled across the queue's `resources` in preference order,
 //! each taking at most its room (max-instances − alive − already planned), so
 //! the total never exceeds `needed`: 3 pending over [A max 2, B max 5] gives
-//! 2 × A + 1 × B. A resource with a `capacity` or `quota` failure less than
-//! `cool-off-secs` ago is skipped so the next one gets the work (spot →
-//! on-demand fallback).
+//! 2 × A + 1 × B. A resource with a `capacity`, `quota` or `auth` failure
+//! less than `cool-off-secs` ago is skipped so the next one gets the work
+//! (spot → on-demand fallback), and a resource whose credentials or
+//! permissions are wrong is not hammered every tick.
 //!
 //! Settings (JSON, kebab-case):
-//! - `cool-off-secs` (default 300): how long a capacity/quota failure keeps a
-//!   resource out of consideration.
+//! - `cool-off-secs` (default 300): how long a capacity/quota/auth failure
+//!   keeps a resource out of consideration.
 //! - `max-launches-per-tick` (default: unlimited): cap on the instances this
 //!   policy launches in one tick, over all queues; earlier queues go first.
 
@@ -113,17 +114,24 @@ impl Policy for ScaleUp {
 }
 
 impl ScaleUp {
-    /// Why `resource` is skipped for a recent capacity or quota failure, if it is.
+    /// Why `resource` is skipped for a recent capacity, quota or auth failure, if it is.
     fn cooling_off(&self, snapshot: &Snapshot, resource: &str) -> Option<String> {
         let cool_off_ms = self.settings.cool_off_secs.saturating_mul(1000);
         snapshot
             .failures
             .iter()
             .rev()
-            .filter(|f| f.resource == resource && matches!(f.kind, FailureKind::Capacity | FailureKind::Quota))
+            .filter(|f| {
+                f.resource == resource
+                    && matches!(f.kind, FailureKind::Capacity | FailureKind::Quota | FailureKind::Auth)
+            })
             .find(|f| snapshot.now.saturating_sub(f.at) < cool_off_ms)
             .map(|f| {
-                let kind = if f.kind == FailureKind::Capacity { "capacity" } else { "quota" };
+                let kind = match f.kind {
+                    FailureKind::Capacity => "capacity",
+                    FailureKind::Quota => "quota",
+                    _ => "authorization",
+                };
                 format!(
                     "{resource}: {kind} failure {} s ago (cool-off {} s)",
                     snapshot.secs_since(f.at),
