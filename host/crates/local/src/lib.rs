@@ -136,12 +136,20 @@ impl LocalProvider {
         })
     }
 
-    /// The record with a leader known to be alive, or None if the machine
-    /// is gone. A record left "starting" by a crash is completed from the
-    /// process that carries its instance id, if one runs.
+    /// The record of a machine still running, or None if it is gone. A
+    /// machine runs while its leader does, or while processes the leader
+    /// started live on in its group after it exited (an agent's task, a
+    /// daemonised child): forgetting those would leak them. A record left
+    /// "starting" by a crash is completed from the process that carries its
+    /// instance id, if one runs.
     fn live(&self, state: &StateDir, record: MachineRecord) -> Result<Option<MachineRecord>, ProviderError> {
         if let Some(leader) = &record.leader {
-            return Ok(leader.is_alive().then_some(record));
+            if leader.is_alive() {
+                return Ok(Some(record));
+            }
+            let orphans = process::group_member_with_env(leader.pid, INSTANCE_ID_VAR, &record.instance_id)
+                .map_err(|e| ProviderError::Other(format!("cannot scan /proc: {e}")))?;
+            return Ok(orphans.then_some(record));
         }
         let found = process::find_group_leader_with_env(INSTANCE_ID_VAR, &record.instance_id)
             .map_err(|e| ProviderError::Other(format!("cannot scan /proc: {e}")))?;
@@ -252,8 +260,9 @@ impl CloudProvider for LocalProvider {
                 None => return Ok(()),
             }
         };
-        // Only signal a group whose leader is the very process we started: a
-        // dead leader's pid (and so group id) may belong to a stranger now.
+        // Only signal a group `live` vouched for: led by the very process we
+        // started, or holding processes that carry this machine's instance id
+        // (a dead leader's pid, and so group id, may belong to a stranger now).
         if let Some(leader) = live.and_then(|r| r.leader) {
             stop_group(leader.pid, self.terminate_grace)
                 .await

@@ -103,6 +103,28 @@ pub fn find_group_leader_with_env(key: &str, value: &str) -> io::Result<Option<i
     Ok(None)
 }
 
+/// True while a live process of group `pgid` has `KEY=VALUE` in its
+/// environment: what a leader started lives on after it (the variable is
+/// inherited), and a stranger's group that reused the number does not have it.
+pub fn group_member_with_env(pgid: i32, key: &str, value: &str) -> io::Result<bool> {
+    let needle = format!("{key}={value}");
+    for entry in fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(Some(stat)) = read_stat(pid) else { continue };
+        if stat.process_group != pgid || matches!(stat.state, 'Z' | 'X') {
+            continue;
+        }
+        if let Ok(environ) = fs::read(format!("/proc/{pid}/environ"))
+            && environ.split(|b| *b == 0).any(|var| var == needle.as_bytes())
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Sends `signal` to every process in group `pgid`. Ok(false) if the group
 /// has no process left.
 pub fn signal_group(pgid: i32, signal: Option<Signal>) -> io::Result<bool> {

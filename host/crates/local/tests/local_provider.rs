@@ -207,6 +207,30 @@ async fn a_process_that_exits_on_its_own_disappears_from_list() {
     assert!(!record_path(dir.path(), &instance.id).exists(), "the dead machine's record is forgotten");
 }
 
+/// The agent (the group leader) exits but a process it started lives on in
+/// its group: the machine is still there until that is gone, and terminating
+/// it stops the orphan. Forgetting it with its leader would leak the orphan.
+#[tokio::test]
+async fn a_machine_whose_leader_exited_is_kept_while_its_children_run_and_terminate_stops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut resource = shell("sleep 600 & echo $! > child.pid; exit 0");
+    resource.working_dir = Some(work.path().to_owned());
+    let provider = provider(dir.path(), &[("cpu", resource)]);
+
+    let instance = provider.launch(&request(CLUSTER, "cpu", "k-orphan")).await.unwrap();
+    let leader = recorded_pid(dir.path(), &instance.id);
+    let child: i32 = read_when_written(&work.path().join("child.pid")).await.parse().unwrap();
+    poll_until("the leader exits", || !is_running(leader)).await;
+    assert!(is_running(child));
+
+    let listed: Vec<String> = provider.list(CLUSTER).await.unwrap().into_iter().map(|i| i.id).collect();
+    assert_eq!(listed, std::slice::from_ref(&instance.id), "forgotten while its child runs");
+    provider.terminate(&instance.id).await.unwrap();
+    poll_until("the orphaned child is stopped", || !is_running(child)).await;
+    assert!(provider.list(CLUSTER).await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn a_reused_pid_is_neither_listed_nor_signalled() {
     let dir = tempfile::tempdir().unwrap();
