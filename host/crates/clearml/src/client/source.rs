@@ -28,8 +28,20 @@ impl QueueSource for ClearmlClient {
         let now = Utc::now().timestamp_millis();
         let mut states = Vec::with_capacity(queues.len());
         for name in queues {
-            let queue = found.iter().find(|q| &q.name == name).ok_or_else(|| SourceError::NoSuchQueue(name.clone()))?;
-            states.push(queue_state(queue, now));
+            match found.iter().find(|q| &q.name == name) {
+                Some(queue) => states.push(queue_state(queue, now)),
+                // The server answered, and no task can wait in a queue that
+                // does not exist: it has nothing pending. Failing the whole
+                // observation instead would stop every other queue's
+                // scale-down while the idle machines bill on.
+                None => {
+                    tracing::warn!(
+                        queue = %name,
+                        "queue {name:?} is configured but missing on the ClearML server: counted as empty; recreate it or remove it from the config"
+                    );
+                    states.push(QueueState { name: name.clone(), pending: 0, oldest_wait_ms: 0 });
+                }
+            }
         }
         Ok(QueueObservation { queues: states, workers: workers.iter().map(to_worker).collect() })
     }
