@@ -467,6 +467,27 @@ async fn a_busy_machine_whose_worker_lapses_gets_a_full_spin_up_timeout_to_come_
     assert_eq!(h.terminations("a"), 0, "terminated before its spin-up timeout from going missing");
     h.run(&controller, 1800.0 + 880.0, 1800.0 + 960.0).await;
     assert_eq!(h.terminations("a"), 1, "a machine whose worker never came back must not run on");
+    // It had booted: its end says nothing about the image, so it must not
+    // count towards spin-up-timeout's boot breaker.
+    let failures = controller.host_state().await.failures;
+    assert!(
+        !failures.is_empty() && failures.iter().all(|f| f.kind != flockd_core::FailureKind::BootTimeout),
+        "{failures:?}"
+    );
+}
+
+/// Guard: a shutdown that arrived before the loop started (a SIGTERM during
+/// start-up) stops it before the first tick, not after a tick that launches
+/// (controller `run`).
+#[tokio::test]
+async fn a_shutdown_signalled_before_the_loop_starts_runs_no_tick() {
+    let h = Harness::new(&[("q", &["a"])], vec![res("a", 3)]);
+    let controller = h.controller(Arc::new(MemoryStore::default()));
+    h.enqueue("q", 0.0, 60.0, 1);
+    h.at(0.0);
+    controller.run(Duration::from_secs(10), async {}).await;
+    assert_eq!(h.launches("a"), 0);
+    assert_eq!(controller.host_state().await.tick, 0);
 }
 
 /// Guard: a machine that powered itself off (the bootstrap does when its

@@ -71,7 +71,7 @@ impl Policy for SpinUpTimeout {
                 && !terminating.contains(&instance.id)
             {
                 let reason = format!(
-                    "booting for {} s > timeout-secs {} (no worker registered)",
+                    "booting for {} s > timeout-secs {} (no worker registered, or its worker went missing)",
                     booting_ms / 1000,
                     self.settings.timeout_secs
                 );

@@ -211,6 +211,11 @@ impl Controller {
     pub async fn run(&self, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
+            // A signal that came during start-up (or a tick) stops here, before
+            // another tick starts launching.
+            if futures::FutureExt::now_or_never(shutdown.as_mut()).is_some() {
+                break;
+            }
             let started = tokio::time::Instant::now();
             self.tick().await;
             tokio::select! {
@@ -293,7 +298,12 @@ impl Controller {
             }
             record.clamps = clamped.clamps;
             self.act(state, snapshot, &clamped.plan, now, &mut record).await;
-            self.delete_stopped(state, snapshot, &stopped, now, &mut record).await;
+            // Launches may have taken a while: on an old picture, leave the
+            // stopped machines for the next tick (someone may have restarted one).
+            let age = Duration::from_millis(self.seams.clock.now().saturating_sub(now));
+            if age <= self.config.max_observation_age {
+                self.delete_stopped(state, snapshot, &stopped, now, &mut record).await;
+            }
         }
 
         record.micros = started.elapsed().as_micros() as u64;
@@ -558,6 +568,7 @@ impl Controller {
     }
 
     async fn act(&self, state: &mut HostState, snapshot: &Snapshot, plan: &Plan, now: Millis, record: &mut TickRecord) {
+        let by_id = instances_by_id(snapshot);
         let cluster_hash = hex::encode(&Sha256::digest(self.config.cluster.as_bytes())[..4]);
         let mut requests = Vec::new();
         for launch in &plan.launches {
@@ -582,7 +593,7 @@ impl Controller {
             }
             for t in &plan.terminations {
                 tracing::info!(instance = %t.instance, "dry run, would terminate: {}", t.reason);
-                record.actions.push(self.termination_action(snapshot, t, Outcome::Skipped));
+                record.actions.push(termination_action(&by_id, t, Outcome::Skipped));
             }
             return;
         }
@@ -647,7 +658,7 @@ impl Controller {
             Err(_) => Err("could not re-check workers before terminating: no answer in time".to_string()),
         };
         for t in &plan.terminations {
-            let instance = snapshot.instance(&t.instance).expect("guardrails dropped unknown instances");
+            let instance = *by_id.get(t.instance.as_str()).expect("guardrails dropped unknown instances");
             let outcome = match &fresh {
                 Err(e) => Outcome::Refused(e.clone()),
                 Ok(workers) => {
@@ -661,7 +672,7 @@ impl Controller {
             if let Outcome::Refused(why) = &outcome {
                 tracing::info!(instance = %t.instance, "not terminated: {why}");
             }
-            record.actions.push(self.termination_action(snapshot, t, outcome));
+            record.actions.push(termination_action(&by_id, t, outcome));
         }
     }
 
@@ -688,14 +699,17 @@ impl Controller {
                 state.idle_since.remove(&instance.id);
                 state.recent_launches.remove(&instance.id);
                 if t.cause == TerminationCause::BootTimeout {
-                    let what = if state.registered.contains(&instance.id) {
-                        "lost its worker and it never came back"
+                    // A machine that booted once and then lost its worker says
+                    // nothing about the image: it must not feed spin-up-timeout's
+                    // boot breaker.
+                    let (kind, what) = if state.registered.contains(&instance.id) {
+                        (FailureKind::Other, "lost its worker and it never came back")
                     } else {
-                        "never registered its worker"
+                        (FailureKind::BootTimeout, "never registered its worker")
                     };
                     state.failures.push(Failure {
                         resource: instance.resource.clone(),
-                        kind: FailureKind::BootTimeout,
+                        kind,
                         at: now,
                         message: format!("{} {what}", instance.id),
                     });
@@ -728,8 +742,9 @@ impl Controller {
         now: Millis,
         record: &mut TickRecord,
     ) {
+        let by_id = instances_by_id(snapshot);
         for id in stopped {
-            let Some(instance) = snapshot.instance(id) else { continue };
+            let Some(instance) = by_id.get(id.as_str()).copied() else { continue };
             let t = Termination {
                 instance: id.clone(),
                 cause: TerminationCause::Other,
@@ -739,19 +754,29 @@ impl Controller {
                 Outcome::Skipped
             } else {
                 let worker_id = naming::worker_id(&self.config.cluster, &instance.resource, &instance.id);
-                self.terminate(state, instance, &t, now, &worker_id).await
+                let outcome = self.terminate(state, instance, &t, now, &worker_id).await;
+                if matches!(outcome, Outcome::Failed(_)) {
+                    // Asked again after termination-retry, not every tick.
+                    state.terminating.insert(id.clone(), now);
+                }
+                outcome
             };
-            record.actions.push(self.termination_action(snapshot, &t, outcome));
+            record.actions.push(termination_action(&by_id, &t, outcome));
         }
     }
+}
 
-    fn termination_action(&self, snapshot: &Snapshot, t: &Termination, outcome: Outcome) -> Action {
-        Action::Terminate {
-            instance: t.instance.clone(),
-            resource: snapshot.instance(&t.instance).map(|i| i.resource.clone()).unwrap_or_default(),
-            cause: t.cause,
-            reason: t.reason.clone(),
-            outcome,
-        }
+/// Per-instance lookups through a map: a plan may act on thousands.
+fn instances_by_id(snapshot: &Snapshot) -> HashMap<&str, &Instance> {
+    snapshot.instances.iter().map(|i| (i.id.as_str(), i)).collect()
+}
+
+fn termination_action(by_id: &HashMap<&str, &Instance>, t: &Termination, outcome: Outcome) -> Action {
+    Action::Terminate {
+        instance: t.instance.clone(),
+        resource: by_id.get(t.instance.as_str()).map(|i| i.resource.clone()).unwrap_or_default(),
+        cause: t.cause,
+        reason: t.reason.clone(),
+        outcome,
     }
 }

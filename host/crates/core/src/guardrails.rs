@@ -79,9 +79,14 @@ pub fn clamp(
         }
     }
 
+    // Maps, not a search per termination: a hostile plan may name every
+    // instance of a large fleet.
+    let instances: HashMap<&str, &crate::model::Instance> =
+        snapshot.instances.iter().map(|i| (i.id.as_str(), i)).collect();
+    let mut terminating: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut terminations: Vec<Termination> = Vec::new();
     for t in &plan.terminations {
-        let Some(instance) = snapshot.instance(&t.instance) else {
+        let Some(instance) = instances.get(t.instance.as_str()) else {
             clamps.push(format!("dropped termination of unknown instance {}", t.instance));
             continue;
         };
@@ -94,7 +99,7 @@ pub fn clamp(
             clamps.push(format!("kept {}: its worker is running a task", t.instance));
         } else if instance.state == InstanceState::Stopping {
             clamps.push(format!("skipped {}: already stopping", t.instance));
-        } else if terminations.iter().any(|x| x.instance == t.instance) {
+        } else if !terminating.insert(t.instance.as_str()) {
             clamps.push(format!("skipped a second termination of {}", t.instance));
         } else {
             terminations.push(t.clone());
