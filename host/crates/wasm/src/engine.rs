@@ -349,7 +349,7 @@ impl CallState {
         CallState {
             wasi,
             table: ResourceTable::new(),
-            limits: MemoryCap { memory_bytes, total: 0, refused: None },
+            limits: MemoryCap { memory_bytes, total: 0, last_grant: None, refused: None },
             logs: Vec::new(),
         }
     }
@@ -364,6 +364,9 @@ struct MemoryCap {
     memory_bytes: usize,
     /// Bytes of all the store's memories together, as granted so far.
     total: usize,
+    /// The last grant, (current, desired): wasmtime may still fail a grow it
+    /// asked about (past the memory's own maximum), and then it is undone.
+    last_grant: Option<(usize, usize)>,
     /// The size the guest asked for when it was refused.
     refused: Option<usize>,
 }
@@ -387,6 +390,7 @@ impl ResourceLimiter for MemoryCap {
         let total = self.total.saturating_sub(current).saturating_add(desired);
         if total <= self.memory_bytes {
             self.total = total;
+            self.last_grant = Some((current, desired));
             return Ok(true);
         }
         self.refused = Some(total);
@@ -396,6 +400,14 @@ impl ResourceLimiter for MemoryCap {
             "memory limit of {} MiB exceeded: the plugin asked for {total} bytes in all",
             self.memory_bytes >> 20
         )))
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // The guest sees its grow fail (-1); its memory did not change.
+        if let Some((current, desired)) = self.last_grant.take() {
+            self.total = self.total.saturating_sub(desired).saturating_add(current);
+        }
+        Ok(())
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
@@ -498,5 +510,23 @@ impl rand10::TryRng for FixedRandom {
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod memory_cap_tests {
+    use super::*;
+
+    #[test]
+    fn memories_add_up_and_a_failed_grow_is_given_back() {
+        let mut cap = MemoryCap { memory_bytes: 100, total: 0, last_grant: None, refused: None };
+        assert!(cap.memory_growing(0, 60, None).unwrap());
+        assert!(cap.memory_growing(60, 90, None).unwrap());
+        // wasmtime failed that grow after all (the memory's own maximum).
+        cap.memory_grow_failed(wasmtime::Error::msg("past its maximum")).unwrap();
+        // A second memory: 60 + 40 fits the 100 for the instance, one more byte does not.
+        assert!(cap.memory_growing(0, 40, None).unwrap());
+        assert!(cap.memory_growing(0, 1, None).is_err());
+        assert_eq!(cap.refused, Some(101));
     }
 }
