@@ -57,7 +57,9 @@ pub struct DevOptions {
 }
 
 pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
-    let shutdown = crate::run::shutdown_signal()?;
+    // The demo ends by itself and Ctrl-C simply stops it; the long-running
+    // mode takes signals from the start, like `flockd run`.
+    let shutdown = if options.demo { None } else { Some(crate::run::shutdown_signal()?) };
     let demo_state = if options.demo { Some(tempfile::tempdir()?) } else { None };
     let mut config = match &options.config {
         Some(path) => crate::config::Config::load(path)?,
@@ -118,6 +120,7 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
             "enqueue tasks with the clearml SDK (CLEARML_API_HOST={}) and watch them being served; Ctrl-C stops",
             server.url()
         );
+        let shutdown = shutdown.expect("installed when not a demo");
         crate::run::serve(config, source, providers, shutdown).await?
     };
     stepper.abort();

@@ -49,6 +49,9 @@ async fn observe_reports_depth_and_oldest_wait_and_counts_a_missing_queue_as_emp
     let missing = client.observe(&["gpu.large".into(), "nope".into()]).await.unwrap();
     let depth: Vec<(&str, u32)> = missing.queues.iter().map(|q| (q.name.as_str(), q.pending)).collect();
     assert_eq!(depth, [("gpu.large", 2), ("nope", 0)]);
+    // None of them there: a wiped or wrong server, and the observation fails.
+    let none = client.observe(&["nope".into(), "nada".into()]).await.unwrap_err();
+    assert!(matches!(&none, SourceError::NoSuchQueue(n) if n == "nope, nada"), "{none}");
     server.shutdown().await.unwrap();
 }
 

@@ -25,6 +25,12 @@ impl From<ClearmlError> for SourceError {
 impl QueueSource for ClearmlClient {
     async fn observe(&self, queues: &[String]) -> Result<QueueObservation, SourceError> {
         let (found, workers) = tokio::try_join!(self.queues_by_name(queues), self.workers())?;
+        // Not one configured queue there: a wiped or wrong server, not a
+        // deleted queue. Deciding on it would read every machine as
+        // workerless and every queue as empty.
+        if found.is_empty() && !queues.is_empty() {
+            return Err(SourceError::NoSuchQueue(queues.join(", ")));
+        }
         let now = Utc::now().timestamp_millis();
         let mut states = Vec::with_capacity(queues.len());
         for name in queues {
