@@ -290,19 +290,18 @@ impl Controller {
             // A slow decision makes the observation stale: launches may still
             // go (limits are re-checked against the same counts), but nothing
             // is terminated on an old picture.
-            let age = Duration::from_millis(self.seams.clock.now().saturating_sub(now));
-            let fresh = age <= self.config.max_observation_age;
+            let fresh = self.still_fresh(now);
             let clamped = guardrails::clamp(&decision.plan, snapshot, &self.config.limits, unmanaged, fresh);
             for c in &clamped.clamps {
                 tracing::info!("guardrail: {c}");
             }
             record.clamps = clamped.clamps;
-            self.act(state, snapshot, &clamped.plan, now, &mut record).await;
+            let by_id = instances_by_id(snapshot);
+            self.act(state, &by_id, &clamped.plan, now, &mut record).await;
             // Launches may have taken a while: on an old picture, leave the
             // stopped machines for the next tick (someone may have restarted one).
-            let age = Duration::from_millis(self.seams.clock.now().saturating_sub(now));
-            if age <= self.config.max_observation_age {
-                self.delete_stopped(state, snapshot, &stopped, now, &mut record).await;
+            if self.still_fresh(now) {
+                self.delete_stopped(state, &by_id, &stopped, now, &mut record).await;
             }
         }
 
@@ -563,12 +562,37 @@ impl Controller {
         Built { snapshot, unmanaged: unmanaged.len() as u32, stopped }
     }
 
+    /// Whether an observation made at `observed` is still recent enough to
+    /// terminate on.
+    fn still_fresh(&self, observed: Millis) -> bool {
+        Duration::from_millis(self.seams.clock.now().saturating_sub(observed)) <= self.config.max_observation_age
+    }
+
+    /// `call` under the action timeout: past it, given up as a failure that
+    /// says `on_timeout`.
+    async fn within_action_timeout<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, ProviderError>>,
+        on_timeout: &str,
+    ) -> Result<T, ProviderError> {
+        let timeout = self.config.action_timeout;
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(ProviderError::Other(format!("no answer within {timeout:?}{on_timeout}"))))
+    }
+
     fn resource_spec(&self, name: &str) -> Option<&ResourceSpec> {
         self.config.resources.iter().find(|r| r.name == name)
     }
 
-    async fn act(&self, state: &mut HostState, snapshot: &Snapshot, plan: &Plan, now: Millis, record: &mut TickRecord) {
-        let by_id = instances_by_id(snapshot);
+    async fn act(
+        &self,
+        state: &mut HostState,
+        by_id: &InstancesById<'_>,
+        plan: &Plan,
+        now: Millis,
+        record: &mut TickRecord,
+    ) {
         let cluster_hash = hex::encode(&Sha256::digest(self.config.cluster.as_bytes())[..4]);
         let mut requests = Vec::new();
         for launch in &plan.launches {
@@ -593,7 +617,7 @@ impl Controller {
             }
             for t in &plan.terminations {
                 tracing::info!(instance = %t.instance, "dry run, would terminate: {}", t.reason);
-                record.actions.push(termination_action(&by_id, t, Outcome::Skipped));
+                record.actions.push(termination_action(by_id, t, Outcome::Skipped));
             }
             return;
         }
@@ -607,13 +631,8 @@ impl Controller {
                 queues: self.config.queues_of(&launch.resource),
                 idempotency_key: key.clone(),
             };
-            let timeout = self.config.action_timeout;
-            let result = tokio::time::timeout(timeout, provider.launch(&request)).await.unwrap_or_else(|_| {
-                Err(ProviderError::Other(format!(
-                    "no answer within {timeout:?}; if the machine was created, it is tagged and the next listing adopts it"
-                )))
-            });
-            (launch, key, result)
+            let on_timeout = "; if the machine was created, it is tagged and the next listing adopts it";
+            (launch, key, self.within_action_timeout(provider.launch(&request), on_timeout).await)
         }))
         .buffer_unordered(self.config.launch_concurrency.max(1))
         .collect()
@@ -672,7 +691,7 @@ impl Controller {
             if let Outcome::Refused(why) = &outcome {
                 tracing::info!(instance = %t.instance, "not terminated: {why}");
             }
-            record.actions.push(termination_action(&by_id, t, outcome));
+            record.actions.push(termination_action(by_id, t, outcome));
         }
     }
 
@@ -687,12 +706,8 @@ impl Controller {
         let Some(spec) = self.resource_spec(&instance.resource) else {
             return Outcome::Failed(format!("resource {:?} is not configured", instance.resource));
         };
-        let timeout = self.config.action_timeout;
         let call = self.seams.providers[&spec.provider].terminate(&instance.id);
-        let result = tokio::time::timeout(timeout, call)
-            .await
-            .unwrap_or_else(|_| Err(ProviderError::Other(format!("no answer within {timeout:?}"))));
-        match result {
+        match self.within_action_timeout(call, "").await {
             Ok(()) => {
                 tracing::info!(instance = %instance.id, resource = %instance.resource, "terminated: {}", t.reason);
                 state.terminating.insert(instance.id.clone(), now);
@@ -737,12 +752,11 @@ impl Controller {
     async fn delete_stopped(
         &self,
         state: &mut HostState,
-        snapshot: &Snapshot,
+        by_id: &InstancesById<'_>,
         stopped: &[String],
         now: Millis,
         record: &mut TickRecord,
     ) {
-        let by_id = instances_by_id(snapshot);
         for id in stopped {
             let Some(instance) = by_id.get(id.as_str()).copied() else { continue };
             let t = Termination {
@@ -761,17 +775,20 @@ impl Controller {
                 }
                 outcome
             };
-            record.actions.push(termination_action(&by_id, &t, outcome));
+            record.actions.push(termination_action(by_id, &t, outcome));
         }
     }
 }
 
-/// Per-instance lookups through a map: a plan may act on thousands.
-fn instances_by_id(snapshot: &Snapshot) -> HashMap<&str, &Instance> {
+/// Per-instance lookups through a map, built once per tick: a plan may act
+/// on thousands.
+type InstancesById<'a> = HashMap<&'a str, &'a Instance>;
+
+fn instances_by_id(snapshot: &Snapshot) -> InstancesById<'_> {
     snapshot.instances.iter().map(|i| (i.id.as_str(), i)).collect()
 }
 
-fn termination_action(by_id: &HashMap<&str, &Instance>, t: &Termination, outcome: Outcome) -> Action {
+fn termination_action(by_id: &InstancesById<'_>, t: &Termination, outcome: Outcome) -> Action {
     Action::Terminate {
         instance: t.instance.clone(),
         resource: by_id.get(t.instance.as_str()).map(|i| i.resource.clone()).unwrap_or_default(),

@@ -81,16 +81,9 @@ fn boot_id() -> io::Result<String> {
 /// `KEY=VALUE`, if one runs. Its children inherit the variable but lead no
 /// group, so the result is the process flockd started.
 pub fn find_group_leader_with_env(key: &str, value: &str) -> io::Result<Option<i32>> {
-    let needle = format!("{key}={value}");
-    for entry in fs::read_dir("/proc")? {
-        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        // Unreadable (another user's) or gone meanwhile: not ours.
-        let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if !environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
+    for pid in pids()? {
+        let pid = pid?;
+        if !has_env(pid, key, value) {
             continue;
         }
         if let Ok(Some(stat)) = read_stat(pid)
@@ -107,22 +100,32 @@ pub fn find_group_leader_with_env(key: &str, value: &str) -> io::Result<Option<i
 /// environment: what a leader started lives on after it (the variable is
 /// inherited), and a stranger's group that reused the number does not have it.
 pub fn group_member_with_env(pgid: i32, key: &str, value: &str) -> io::Result<bool> {
-    let needle = format!("{key}={value}");
-    for entry in fs::read_dir("/proc")? {
-        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(Some(stat)) = read_stat(pid) else { continue };
-        if stat.process_group != pgid || matches!(stat.state, 'Z' | 'X') {
-            continue;
-        }
-        if let Ok(environ) = fs::read(format!("/proc/{pid}/environ"))
-            && environ.split(|b| *b == 0).any(|var| var == needle.as_bytes())
+    for pid in pids()? {
+        let pid = pid?;
+        if let Ok(Some(stat)) = read_stat(pid)
+            && stat.process_group == pgid
+            && !matches!(stat.state, 'Z' | 'X')
+            && has_env(pid, key, value)
         {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Every pid in /proc (a process may be gone by the time it is looked at).
+fn pids() -> io::Result<impl Iterator<Item = io::Result<i32>>> {
+    Ok(fs::read_dir("/proc")?.filter_map(|entry| match entry {
+        Ok(entry) => entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()).map(Ok),
+        Err(e) => Some(Err(e)),
+    }))
+}
+
+/// Whether `KEY=VALUE` is in the process's environment. Unreadable (another
+/// user's) or gone meanwhile: not ours.
+fn has_env(pid: i32, key: &str, value: &str) -> bool {
+    let needle = format!("{key}={value}");
+    fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
 }
 
 /// Sends `signal` to every process in group `pgid`. Ok(false) if the group
@@ -142,10 +145,8 @@ pub fn group_running(pgid: i32) -> io::Result<bool> {
     if !signal_group(pgid, None)? {
         return Ok(false);
     }
-    for entry in fs::read_dir("/proc")? {
-        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
+    for pid in pids()? {
+        let pid = pid?;
         if let Ok(Some(stat)) = read_stat(pid)
             && stat.process_group == pgid
             && !matches!(stat.state, 'Z' | 'X')
