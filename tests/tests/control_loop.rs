@@ -11,8 +11,8 @@ use std::time::Duration;
 use flockd_core::sim::{Agents, Outage, OutageError, SimProviderSettings, SimQueue, SimResourceSettings, SimWorld};
 use flockd_core::{
     Action, Clock, CloudProvider, Controller, ControllerConfig, Decider, HardLimits, JournalQuery, ManualClock, Market,
-    MemoryStore, Millis, Outcome, QueueObservation, QueueSource, QueueSpec, ResourceSpec, Seams, SourceError,
-    StateStore, TickRecord, Worker, naming,
+    MemoryStore, Millis, Outcome, ProviderError, QueueObservation, QueueSource, QueueSpec, ResourceSpec, Seams,
+    SourceError, StateStore, TickRecord, Worker, naming,
 };
 use flockd_wasm::{CallLimits, PolicyEngine, PolicyRuntime, PolicySpec};
 
@@ -623,4 +623,126 @@ async fn guardrails_hold_against_a_greedy_chain() {
     assert!(h.queue.tasks()[0].first_started.is_some());
     assert_eq!(h.killed_by_termination(), 0);
     assert!(records.iter().any(|r| r.clamps.iter().any(|c| c.contains("running a task"))));
+}
+
+/// A cloud whose listing lags behind its launches while `hang` is set: the
+/// machine is made, its answer never comes (the caller dies or gives up
+/// first) and it stays unlisted until `reveal`.
+struct LostAnswers {
+    inner: Arc<dyn CloudProvider>,
+    hang: AtomicBool,
+    unlisted: std::sync::Mutex<Vec<String>>,
+}
+
+impl LostAnswers {
+    fn new(inner: Arc<dyn CloudProvider>) -> Arc<Self> {
+        Arc::new(LostAnswers { inner, hang: AtomicBool::new(true), unlisted: Default::default() })
+    }
+
+    fn answer_again(&self) {
+        self.hang.store(false, Ordering::Relaxed);
+    }
+
+    fn reveal(&self) {
+        self.unlisted.lock().unwrap().clear();
+    }
+}
+
+#[async_trait::async_trait]
+impl CloudProvider for LostAnswers {
+    async fn launch(&self, request: &flockd_core::LaunchRequest) -> Result<flockd_core::CloudInstance, ProviderError> {
+        let made = self.inner.launch(request).await?;
+        if !self.hang.load(Ordering::Relaxed) {
+            return Ok(made);
+        }
+        self.unlisted.lock().unwrap().push(made.id);
+        std::future::pending().await
+    }
+
+    async fn list(&self, cluster: &str) -> Result<Vec<flockd_core::CloudInstance>, ProviderError> {
+        let unlisted = self.unlisted.lock().unwrap().clone();
+        Ok(self.inner.list(cluster).await?.into_iter().filter(|i| !unlisted.contains(&i.id)).collect())
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), ProviderError> {
+        self.inner.terminate(instance_id).await
+    }
+}
+
+/// Guard: a launch whose answer never came counts against the caps until
+/// the cloud lists a machine with its key (controller `act` saves
+/// `launching` before calling the cloud, `build_snapshot` counts it). Here
+/// flockd is killed while the cloud makes its machines, and the listing
+/// lags, so the restarted flockd's first look shows none of them.
+#[tokio::test]
+async fn launches_cut_off_by_a_crash_count_against_the_caps_after_the_restart() {
+    let mut h = Harness::new(&[("q", &["a"])], vec![res("a", 2)]);
+    let cloud = LostAnswers::new(h.providers["sim"].clone());
+    h.providers.insert("sim".into(), cloud.clone());
+    let store = Arc::new(MemoryStore::default());
+    h.enqueue("q", 0.0, 600.0, 3);
+
+    let first = h.controller(store.clone());
+    h.at(0.0);
+    // Killed mid-launch: the tick never ends, so its own save never happens.
+    assert!(tokio::time::timeout(Duration::from_millis(300), first.tick()).await.is_err());
+    drop(first);
+    let made = h.launches("a");
+    assert!(made >= 1, "the first flockd launched nothing");
+
+    let unanswered = store.load().unwrap().launching;
+    assert_eq!(unanswered.len(), made as usize, "{unanswered:?}");
+
+    // The restarted flockd asks again under the same keys, and the cloud
+    // hands back the machines it made.
+    cloud.answer_again();
+    let second = h.controller(store.clone());
+    let record = h.tick_at(&second, 10.0).await;
+    assert_eq!(h.launches("a"), 2, "past a's max of 2 (first flockd made {made}): {:#?}", record.actions);
+    let asked_again: Vec<&str> = record
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Launch { key, outcome: Outcome::Done, .. } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked_again, unanswered.keys().map(String::as_str).collect::<Vec<_>>());
+    assert!(second.host_state().await.launching.is_empty());
+
+    cloud.reveal();
+    h.run(&second, 20.0, 100.0).await;
+    assert_eq!(h.launches("a"), 2);
+}
+
+/// Guard: the same when flockd lives on and gives up waiting (the action
+/// timeout): the launch that timed out stays counted.
+#[tokio::test]
+async fn a_launch_that_timed_out_counts_against_the_caps_until_listed() {
+    let mut h = Harness::new(&[("q", &["a", "b"])], vec![res("a", 1), res("b", 5)]);
+    let cloud = LostAnswers::new(h.providers["sim"].clone());
+    h.providers.insert("sim".into(), cloud.clone());
+    h.config.action_timeout = Duration::from_millis(50);
+    h.config.limits.max_instances = 1;
+    // Asks for everything every tick, whatever failed before; b first, so
+    // that b's room is judged with a's unanswered launch counted.
+    h.decider = Arc::new(|s: &flockd_core::Snapshot| flockd_core::Plan {
+        launches: if s.now == T0 { &["a"][..] } else { &["b", "a"][..] }
+            .iter()
+            .map(|r| flockd_core::Launch { resource: r.to_string(), count: 5, reason: "greedy".into() })
+            .collect(),
+        terminations: vec![],
+    });
+    let controller = h.controller(Arc::new(MemoryStore::default()));
+
+    let record = h.tick_at(&controller, 0.0).await;
+    assert!(record.actions.iter().all(|a| matches!(a, Action::Launch { outcome: Outcome::Failed(_), .. })));
+    assert_eq!(h.launches("a"), 1);
+    // The cloud is slow to list the machine: until it does, a's launch is
+    // asked again under its key, never as a new one, and it fills the
+    // global max, so b gets nothing.
+    cloud.answer_again();
+    let records = h.run(&controller, 10.0, 50.0).await;
+    assert_eq!((h.launches("a"), h.launches("b")), (1, 0), "past the max of 1: {:#?}", records[0].actions);
+    assert!(records.iter().all(|r| r.clamps.iter().any(|c| c.contains("max-instances"))), "{:?}", records[0].clamps);
 }

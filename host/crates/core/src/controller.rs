@@ -5,7 +5,7 @@
 //! restart or a lost response can never leave a machine untracked. What
 //! the cloud cannot tell (idle timers, failure history) is in the store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,13 +16,13 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::decider::Decider;
-use crate::guardrails::{self, HardLimits};
+use crate::guardrails::{self, HardLimits, Unlisted};
 use crate::journal::{Action, Outcome, QueueLine, TickRecord};
 use crate::model::*;
 use crate::naming;
 use crate::provider::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError};
 use crate::queue_source::{QueueObservation, QueueSource, Worker};
-use crate::store::{HostState, RecentLaunch, StateStore};
+use crate::store::{HostState, LaunchIntent, RecentLaunch, StateStore};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueSpec {
@@ -141,9 +141,10 @@ struct Observed {
 /// The snapshot and what the host keeps to itself.
 struct Built {
     snapshot: Snapshot,
-    /// This cluster's machines whose resource is no longer configured: left
-    /// alone, but counted against the global max.
-    unmanaged: u32,
+    /// Machines that count against the caps but are not in the snapshot:
+    /// those of a resource no longer configured (left alone) and launches
+    /// whose answer never came.
+    unlisted: Unlisted,
     /// Machines that powered off: the host deletes them.
     stopped: Vec<String>,
 }
@@ -264,9 +265,9 @@ impl Controller {
             }
             Ok(observed) => Some(self.build_snapshot(state, observed, now, &mut record).await),
         };
-        let (snapshot, unmanaged, stopped) = match built {
-            Some(b) => (Some(b.snapshot), b.unmanaged, b.stopped),
-            None => (None, 0, Vec::new()),
+        let (snapshot, unlisted, stopped) = match built {
+            Some(b) => (Some(b.snapshot), b.unlisted, b.stopped),
+            None => (None, Unlisted::default(), Vec::new()),
         };
         let snapshot_arc = snapshot.map(Arc::new);
         if let Some(snapshot) = &snapshot_arc {
@@ -291,7 +292,7 @@ impl Controller {
             // go (limits are re-checked against the same counts), but nothing
             // is terminated on an old picture.
             let fresh = self.still_fresh(now);
-            let clamped = guardrails::clamp(&decision.plan, snapshot, &self.config.limits, unmanaged, fresh);
+            let clamped = guardrails::clamp(&decision.plan, snapshot, &self.config.limits, &unlisted, fresh);
             for c in &clamped.clamps {
                 tracing::info!("guardrail: {c}");
             }
@@ -389,6 +390,14 @@ impl Controller {
         // list yet.
         let mut cloud: BTreeMap<String, CloudInstance> = BTreeMap::new();
         let mut unmanaged: BTreeSet<String> = BTreeSet::new();
+        let grace = self.config.launch_visibility_grace.as_millis() as u64;
+        let listed_keys: HashSet<&str> = observed.instances.iter().filter_map(|i| i.launch_key.as_deref()).collect();
+        state.launching.retain(|key, l| !listed_keys.contains(key.as_str()) && now.saturating_sub(l.at) < grace);
+        let mut launching: BTreeMap<String, u32> = BTreeMap::new();
+        for (key, l) in &state.launching {
+            tracing::info!(resource = %l.resource, "launch {key} got no answer and is not listed yet: counted as launching");
+            *launching.entry(l.resource.clone()).or_default() += 1;
+        }
         for i in observed.instances {
             if !configured.contains(i.resource.as_str()) {
                 tracing::warn!(
@@ -401,7 +410,6 @@ impl Controller {
             }
             cloud.insert(i.id.clone(), i);
         }
-        let grace = self.config.launch_visibility_grace.as_millis() as u64;
         state.recent_launches.retain(|id, l| !cloud.contains_key(id) && now.saturating_sub(l.at) < grace);
         for (id, l) in &state.recent_launches {
             cloud.insert(
@@ -559,7 +567,7 @@ impl Controller {
                 cost_per_hour: cost,
             },
         };
-        Built { snapshot, unmanaged: unmanaged.len() as u32, stopped }
+        Built { snapshot, unlisted: Unlisted { unmanaged: unmanaged.len() as u32, launching }, stopped }
     }
 
     /// Whether an observation made at `observed` is still recent enough to
@@ -594,13 +602,30 @@ impl Controller {
         record: &mut TickRecord,
     ) {
         let cluster_hash = hex::encode(&Sha256::digest(self.config.cluster.as_bytes())[..4]);
+        // Launches whose answer never came go first, under their own keys
+        // (the guardrails counted them already): the cloud hands back the
+        // machine if it made it, and makes it if not.
+        let mut unanswered: HashMap<&str, Vec<(Millis, String)>> = HashMap::new();
+        for (key, intent) in &state.launching {
+            unanswered.entry(intent.resource.as_str()).or_default().push((intent.at, key.clone()));
+        }
+        for keys in unanswered.values_mut() {
+            keys.sort_unstable_by(|a, b| b.cmp(a));
+        }
         let mut requests = Vec::new();
         for launch in &plan.launches {
             for _ in 0..launch.count {
-                // The tick's time too: a crash after launching but before the
-                // tick's save replays the same tick number, and a reused key
-                // would hand back the earlier launch's machine (EC2 ClientToken).
-                let key = format!("flockd-{cluster_hash}-{now}-{}-{}", state.tick, requests.len());
+                let key = match unanswered.get_mut(launch.resource.as_str()).and_then(Vec::pop) {
+                    Some((_, key)) => {
+                        tracing::info!(resource = %launch.resource, "asking again for launch {key}, whose answer never came");
+                        key
+                    }
+                    // The tick's time too: a crash after launching but before
+                    // the tick's save replays the same tick number, and a
+                    // reused key would hand back the earlier launch's machine
+                    // (EC2 ClientToken).
+                    None => format!("flockd-{cluster_hash}-{now}-{}-{}", state.tick, requests.len()),
+                };
                 requests.push((launch, key));
             }
         }
@@ -622,6 +647,34 @@ impl Controller {
             return;
         }
 
+        // Written down before the cloud hears of them: if flockd dies before
+        // the answers come, the next start still counts these machines.
+        let mut new_keys = Vec::new();
+        for (launch, key) in &requests {
+            if !state.launching.contains_key(key) {
+                state.launching.insert(key.clone(), LaunchIntent { resource: launch.resource.clone(), at: now });
+                new_keys.push(key.clone());
+            }
+        }
+        if !new_keys.is_empty()
+            && let Err(e) = self.seams.store.save(state)
+        {
+            tracing::error!("could not save the launches before making them, so none is made: {e:#}");
+            for key in &new_keys {
+                state.launching.remove(key);
+            }
+            for (launch, key) in requests.drain(..) {
+                record.actions.push(Action::Launch {
+                    resource: launch.resource.clone(),
+                    key,
+                    reason: launch.reason.clone(),
+                    outcome: Outcome::Failed(format!("not launched: saving it first failed: {e:#}")),
+                    instance: None,
+                });
+            }
+        }
+
+        let timeout = self.config.action_timeout;
         let results: Vec<_> = futures::stream::iter(requests.into_iter().map(|(launch, key)| async move {
             let spec = self.resource_spec(&launch.resource).expect("guardrails dropped unknown resources");
             let provider = &self.seams.providers[&spec.provider];
@@ -631,13 +684,23 @@ impl Controller {
                 queues: self.config.queues_of(&launch.resource),
                 idempotency_key: key.clone(),
             };
-            let on_timeout = "; if the machine was created, it is tagged and the next listing adopts it";
-            (launch, key, self.within_action_timeout(provider.launch(&request), on_timeout).await)
+            (launch, key, tokio::time::timeout(timeout, provider.launch(&request)).await.ok())
         }))
         .buffer_unordered(self.config.launch_concurrency.max(1))
         .collect()
         .await;
-        for (launch, key, result) in results {
+        for (launch, key, answer) in results {
+            let result = match answer {
+                Some(result) => {
+                    state.launching.remove(&key);
+                    result
+                }
+                // The machine may exist: it stays counted (state.launching)
+                // until a listing shows its key or the grace passes.
+                None => Err(ProviderError::Other(format!(
+                    "no answer within {timeout:?}; counted as launching until the cloud lists a machine with this key"
+                ))),
+            };
             let (outcome, instance) = match result {
                 Ok(instance) => {
                     tracing::info!(resource = %launch.resource, instance = %instance.id, "launched: {}", launch.reason);

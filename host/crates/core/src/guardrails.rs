@@ -1,7 +1,7 @@
 //! Hard limits the host enforces on whatever the policy chain asked for. A
 //! plugin can ask for anything; it can never get past these.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{InstanceState, Launch, Plan, Snapshot, Termination};
 
@@ -19,35 +19,54 @@ pub struct Clamped {
     pub clamps: Vec<String>,
 }
 
+/// Machines of this cluster that bill, or may, but are not in the snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Unlisted {
+    /// Their resource is no longer configured: they still count against the
+    /// global max, or renaming a resource would double the fleet.
+    pub unmanaged: u32,
+    /// Resource → launches whose answer never came (a crash or a timeout
+    /// cut the call): the machines may exist, so they count against every
+    /// cap until the cloud lists them. A launch of that resource the plan
+    /// asks for is that launch again, under its own key (the cloud hands
+    /// back the machine if it made it), so it needs no room of its own.
+    pub launching: BTreeMap<String, u32>,
+}
+
 /// Clamps `plan` to the limits. Every non-terminated instance counts,
-/// stopping ones included: they bill until they are gone. `unmanaged` is
-/// machines of this cluster the snapshot leaves out (their resource is no
-/// longer configured): they still count against the global max, or
-/// renaming a resource would double the fleet. When `allow_terminations` is
-/// false (the observation failed or is stale) no termination passes.
+/// stopping ones included: they bill until they are gone; so do the
+/// `unlisted`. When `allow_terminations` is false (the observation failed or
+/// is stale) no termination passes.
 pub fn clamp(
     plan: &Plan,
     snapshot: &Snapshot,
     limits: &HardLimits,
-    unmanaged: u32,
+    unlisted: &Unlisted,
     allow_terminations: bool,
 ) -> Clamped {
     let mut clamps = Vec::new();
     let mut alive: HashMap<&str, u32> = HashMap::new();
     let prices: HashMap<&str, f64> = snapshot.resources.iter().map(|r| (r.name.as_str(), r.price_per_hour)).collect();
     let mut cost = 0.0;
-    for i in &snapshot.instances {
-        *alive.entry(i.resource.as_str()).or_default() += 1;
-        cost += prices.get(i.resource.as_str()).copied().unwrap_or(0.0);
+    let instances = snapshot.instances.iter().map(|i| (i.resource.as_str(), 1));
+    for (resource, n) in instances.chain(unlisted.launching.iter().map(|(r, n)| (r.as_str(), *n))) {
+        *alive.entry(resource).or_default() += n;
+        cost += prices.get(resource).copied().unwrap_or(0.0) * f64::from(n);
     }
-    let mut total: u32 = alive.values().sum::<u32>() + unmanaged;
+    let mut total: u32 = alive.values().sum::<u32>() + unlisted.unmanaged;
 
+    let mut retries: HashMap<&str, u32> = unlisted.launching.iter().map(|(r, n)| (r.as_str(), *n)).collect();
     let mut launches = Vec::new();
     for launch in &plan.launches {
         let Some(resource) = snapshot.resource(&launch.resource) else {
             clamps.push(format!("dropped launch of {} × unknown resource {:?}", launch.count, launch.resource));
             continue;
         };
+        let retry = retries.get_mut(resource.name.as_str()).map_or(0, |left| {
+            let retry = launch.count.min(*left);
+            *left -= retry;
+            retry
+        });
         let have = alive.entry(resource.name.as_str()).or_default();
         let by_resource = resource.max_instances.saturating_sub(*have);
         let by_global = limits.max_instances.saturating_sub(total);
@@ -56,7 +75,8 @@ pub fn clamp(
         } else {
             u32::MAX
         };
-        let allowed = launch.count.min(by_resource).min(by_global).min(by_cost);
+        let new = (launch.count - retry).min(by_resource).min(by_global).min(by_cost);
+        let allowed = retry + new;
         if allowed < launch.count {
             let (what, room) = [
                 (format!("{}'s max-instances {}", resource.name, resource.max_instances), by_resource),
@@ -72,9 +92,9 @@ pub fn clamp(
             ));
         }
         if allowed > 0 {
-            *have += allowed;
-            total += allowed;
-            cost += resource.price_per_hour * f64::from(allowed);
+            *have += new;
+            total += new;
+            cost += resource.price_per_hour * f64::from(new);
             launches.push(Launch { count: allowed, ..launch.clone() });
         }
     }
@@ -142,7 +162,7 @@ mod tests {
         let limits = HardLimits { max_instances: 4, max_cost_per_hour: 7.0 };
         let plan =
             Plan { launches: vec![launch("a", 1_000_000), launch("b", 5), launch("zzz", 3)], terminations: vec![] };
-        let out = clamp(&plan, &snapshot(), &limits, 0, true);
+        let out = clamp(&plan, &snapshot(), &limits, &Unlisted::default(), true);
         // a: 1 alive, max 2 → 1 more (cost 2/h). b: global room 2, cost room (7-2)/3 = 1.
         assert_eq!(out.plan.launches, vec![launch("a", 1), launch("b", 1)]);
         assert_eq!(out.clamps.len(), 3, "{:?}", out.clamps);
@@ -154,8 +174,33 @@ mod tests {
         let limits = HardLimits { max_instances: 4, max_cost_per_hour: 100.0 };
         let plan = Plan { launches: vec![launch("b", 5)], terminations: vec![] };
         // 1 managed + 2 unmanaged alive: room for 1.
-        let out = clamp(&plan, &snapshot(), &limits, 2, true);
+        let unlisted = Unlisted { unmanaged: 2, ..Default::default() };
+        let out = clamp(&plan, &snapshot(), &limits, &unlisted, true);
         assert_eq!(out.plan.launches, vec![launch("b", 1)], "{:?}", out.clamps);
+    }
+
+    #[test]
+    fn launches_whose_answer_never_came_count_against_every_cap() {
+        let none = Unlisted::default();
+        let launching = |r: &str, n| Unlisted { launching: BTreeMap::from([(r.to_string(), n)]), ..Default::default() };
+        let wide = HardLimits { max_instances: 100, max_cost_per_hour: 100.0 };
+        let plan = Plan { launches: vec![launch("a", 5)], terminations: vec![] };
+        // a: max 2, 1 listed, 1 launching → the launching one asked again,
+        // nothing new.
+        assert_eq!(clamp(&plan, &snapshot(), &wide, &none, true).plan.launches, vec![launch("a", 1)]);
+        assert_eq!(clamp(&plan, &snapshot(), &wide, &launching("a", 1), true).plan.launches, vec![launch("a", 1)]);
+        // Launching a counts against b's room too: global 1 listed + 2
+        // launching a, max 4 → room 1 for b.
+        let plan = Plan { launches: vec![launch("b", 5)], terminations: vec![] };
+        let global = HardLimits { max_instances: 4, max_cost_per_hour: 100.0 };
+        assert_eq!(clamp(&plan, &snapshot(), &global, &launching("a", 2), true).plan.launches, vec![launch("b", 1)]);
+        // Cost: 1/h listed + 2 × 3/h launching b, cap 10/h → the two asked
+        // again and room for 1 more.
+        let cost = HardLimits { max_instances: 100, max_cost_per_hour: 10.0 };
+        assert_eq!(clamp(&plan, &snapshot(), &cost, &launching("b", 2), true).plan.launches, vec![launch("b", 3)]);
+        // Asked again only as often as the plan launches that resource.
+        let one = Plan { launches: vec![launch("b", 1)], terminations: vec![] };
+        assert_eq!(clamp(&one, &snapshot(), &cost, &launching("b", 2), true).plan.launches, vec![launch("b", 1)]);
     }
 
     #[test]
@@ -163,10 +208,11 @@ mod tests {
         let limits = HardLimits { max_instances: 10, max_cost_per_hour: 100.0 };
         let t = Termination { instance: "i-1".into(), cause: TerminationCause::Idle, reason: "idle".into() };
         let plan = Plan { launches: vec![], terminations: vec![t.clone()] };
-        assert!(clamp(&plan, &snapshot(), &limits, 0, true).plan.terminations.is_empty());
+        let none = Unlisted::default();
+        assert!(clamp(&plan, &snapshot(), &limits, &none, true).plan.terminations.is_empty());
         let mut idle = snapshot();
         idle.instances[0].busy = false;
-        assert_eq!(clamp(&plan, &idle, &limits, 0, true).plan.terminations, vec![t]);
-        assert!(clamp(&plan, &idle, &limits, 0, false).plan.terminations.is_empty());
+        assert_eq!(clamp(&plan, &idle, &limits, &none, true).plan.terminations, vec![t]);
+        assert!(clamp(&plan, &idle, &limits, &none, false).plan.terminations.is_empty());
     }
 }

@@ -37,6 +37,18 @@ pub struct HostState {
     /// reading its launch time and killing it at once.
     #[serde(default)]
     pub worker_lost_since: BTreeMap<String, Millis>,
+    /// Launch key → a launch asked of the cloud whose answer has not come.
+    /// Saved before the call, so a crash or a lost answer still counts the
+    /// machine that may exist against the caps until the cloud lists a
+    /// machine with that key or the launch-visibility grace passes.
+    #[serde(default)]
+    pub launching: BTreeMap<String, LaunchIntent>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LaunchIntent {
+    pub resource: String,
+    pub at: Millis,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
