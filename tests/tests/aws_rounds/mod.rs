@@ -114,15 +114,20 @@ pub async fn run(cluster: &str, rounds: usize, seed: u64) {
     }
     let mut flockd = Flockd::start(&config, dir.path().join("flockd-settle.log"));
     flockd.wait_until_running().await;
-    let left = moto.instances(cluster).await;
-    inherited += left.iter().filter(|i| i.live()).count();
-    for instance in left.iter().filter(|i| i.live()) {
+    // Each machine's agent comes up idle, including one that appears only
+    // now: a killed flockd's RunInstances may still have been being made.
+    let mut agents = BTreeSet::new();
+    let settle = wait_for_all_terminated(cluster, Duration::from_secs(45), |instance| {
+        if !agents.insert(instance.id.clone()) {
+            return;
+        }
+        inherited += 1;
         let resource = instance.tag("flockd-resource").unwrap();
         let worker = format!("flockd:{cluster}:{resource}:{}", instance.id);
         clearml.register(&worker, &[GPU]);
         clearml.handle.call("workers.status_report", json!({"worker": worker, "task": ""})).unwrap();
-    }
-    let settle = wait_for_all_terminated(cluster, Duration::from_secs(45)).await;
+    })
+    .await;
     if let Err(live) = settle {
         panic!("flockd left machines running after settling: {live:?}\nlog:\n{}", flockd.log_text());
     }
@@ -179,17 +184,23 @@ fn pending_tasks(clearml: &Clearml) -> Vec<String> {
 }
 
 /// Ok once no instance of `cluster` is live; Err(live ids) at the deadline.
-async fn wait_for_all_terminated(cluster: &str, within: Duration) -> Result<(), Vec<String>> {
+/// `on_live` sees every live instance on every look.
+async fn wait_for_all_terminated(
+    cluster: &str,
+    within: Duration,
+    mut on_live: impl FnMut(&MotoInstance),
+) -> Result<(), Vec<String>> {
     let deadline = Instant::now() + within;
     loop {
-        let live: Vec<String> =
-            moto().await.instances(cluster).await.into_iter().filter(MotoInstance::live).map(|i| i.id).collect();
+        let live: Vec<MotoInstance> =
+            moto().await.instances(cluster).await.into_iter().filter(MotoInstance::live).collect();
         if live.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(live);
+            return Err(live.into_iter().map(|i| i.id).collect());
         }
+        live.iter().for_each(&mut on_live);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
