@@ -576,17 +576,9 @@ impl Controller {
         Duration::from_millis(self.seams.clock.now().saturating_sub(observed)) <= self.config.max_observation_age
     }
 
-    /// `call` under the action timeout: past it, given up as a failure that
-    /// says `on_timeout`.
-    async fn within_action_timeout<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, ProviderError>>,
-        on_timeout: &str,
-    ) -> Result<T, ProviderError> {
-        let timeout = self.config.action_timeout;
-        tokio::time::timeout(timeout, call)
-            .await
-            .unwrap_or_else(|_| Err(ProviderError::Other(format!("no answer within {timeout:?}{on_timeout}"))))
+    /// `call` under the action timeout: None if no answer came in time.
+    async fn within_action_timeout<T>(&self, call: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(self.config.action_timeout, call).await.ok()
     }
 
     fn resource_spec(&self, name: &str) -> Option<&ResourceSpec> {
@@ -674,7 +666,6 @@ impl Controller {
             }
         }
 
-        let timeout = self.config.action_timeout;
         let results: Vec<_> = futures::stream::iter(requests.into_iter().map(|(launch, key)| async move {
             let spec = self.resource_spec(&launch.resource).expect("guardrails dropped unknown resources");
             let provider = &self.seams.providers[&spec.provider];
@@ -684,7 +675,7 @@ impl Controller {
                 queues: self.config.queues_of(&launch.resource),
                 idempotency_key: key.clone(),
             };
-            (launch, key, tokio::time::timeout(timeout, provider.launch(&request)).await.ok())
+            (launch, key, self.within_action_timeout(provider.launch(&request)).await)
         }))
         .buffer_unordered(self.config.launch_concurrency.max(1))
         .collect()
@@ -698,7 +689,8 @@ impl Controller {
                 // The machine may exist: it stays counted (state.launching)
                 // until a listing shows its key or the grace passes.
                 None => Err(ProviderError::Other(format!(
-                    "no answer within {timeout:?}; counted as launching until the cloud lists a machine with this key"
+                    "no answer within {:?}; counted as launching until the cloud lists a machine with this key",
+                    self.config.action_timeout
                 ))),
             };
             let (outcome, instance) = match result {
@@ -770,7 +762,9 @@ impl Controller {
             return Outcome::Failed(format!("resource {:?} is not configured", instance.resource));
         };
         let call = self.seams.providers[&spec.provider].terminate(&instance.id);
-        match self.within_action_timeout(call, "").await {
+        let answer = self.within_action_timeout(call).await;
+        let timeout = self.config.action_timeout;
+        match answer.unwrap_or_else(|| Err(ProviderError::Other(format!("no answer within {timeout:?}")))) {
             Ok(()) => {
                 tracing::info!(instance = %instance.id, resource = %instance.resource, "terminated: {}", t.reason);
                 state.terminating.insert(instance.id.clone(), now);
