@@ -446,6 +446,27 @@ impl Config {
                 ));
             }
         }
+        // A launch cut by the action timeout counts as launching for the
+        // grace from when it was given up; a grace shorter than the call
+        // itself may take says the cloud lists a machine faster than it
+        // answers for it, which no cloud promises.
+        let defaults =
+            ControllerConfig::new("", vec![], vec![], HardLimits { max_instances: 1, max_cost_per_hour: 1.0 });
+        let grace = c.launch_visibility_grace_secs.unwrap_or(defaults.launch_visibility_grace.as_secs_f64());
+        let action_timeout = c.action_timeout_secs.unwrap_or(defaults.action_timeout.as_secs_f64());
+        if grace < action_timeout {
+            let key = if c.launch_visibility_grace_secs.is_some() {
+                "launch-visibility-grace-secs"
+            } else {
+                "action-timeout-secs"
+            };
+            return Err(invalid(
+                &["controller", key],
+                format!(
+                    "controller.launch-visibility-grace-secs ({grace}) is shorter than controller.action-timeout-secs ({action_timeout}): a launch whose answer never came would stop counting against the caps while the cloud may still be making its machine; raise the grace to at least the action timeout"
+                ),
+            ));
+        }
         if c.launch_concurrency == Some(0) {
             return Err(invalid(
                 &["controller", "launch-concurrency"],

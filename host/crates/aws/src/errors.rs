@@ -6,6 +6,7 @@
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use flockd_core::ProviderError;
+use flockd_core::text::printable_owned;
 
 /// A failed EC2 call: its class, and the EC2 code when EC2 gave one.
 #[derive(Debug)]
@@ -23,19 +24,23 @@ where
     let Some(code_str) = code.as_deref() else {
         // No EC2 error body: the request never got an answer (DNS, connect,
         // timeout) or the answer was not EC2's.
-        let detail = format!("{operation}: {}", DisplayErrorContext(&err));
+        let detail = printable_owned(format!("{operation}: {}", DisplayErrorContext(&err)));
         let error = match status {
             Some(429) => ProviderError::Throttled(detail),
             Some(401 | 403) => ProviderError::Auth(detail),
+            // No answer, a cut connection or a server error: EC2 may have
+            // carried the call out.
+            None | Some(500..=599) => ProviderError::OutcomeUnknown(detail),
             _ => ProviderError::Other(detail),
         };
         return Ec2Failure { code: None, error };
     };
     let message = err.message().unwrap_or("");
-    let detail = match status {
+    // EC2's code and message are outside text: they must not forge a log line.
+    let detail = printable_owned(match status {
         Some(status) => format!("{operation}: {code_str} (HTTP {status}): {message}"),
         None => format!("{operation}: {code_str}: {message}"),
-    };
+    });
     Ec2Failure { error: class_of(code_str, status)(detail), code }
 }
 
@@ -75,6 +80,7 @@ fn class_of(code: &str, status: Option<u16>) -> fn(String) -> ProviderError {
         _ => match status {
             Some(429) => ProviderError::Throttled,
             Some(401 | 403) => ProviderError::Auth,
+            Some(500..=599) => ProviderError::OutcomeUnknown,
             _ => ProviderError::Other,
         },
     }
@@ -103,7 +109,8 @@ mod tests {
         assert_eq!(class("InvalidAMIID.NotFound", 400), ProviderError::InvalidRequest(String::new()));
         assert_eq!(class("InvalidParameterValue", 400), ProviderError::InvalidRequest(String::new()));
         assert_eq!(class("InvalidInstanceID.NotFound", 400), ProviderError::NotFound(String::new()));
-        assert_eq!(class("InternalError", 500), ProviderError::Other(String::new()));
+        assert_eq!(class("InternalError", 500), ProviderError::OutcomeUnknown(String::new()));
+        assert_eq!(class("Whatever", 400), ProviderError::Other(String::new()));
         assert_eq!(class("Whatever", 403), ProviderError::Auth(String::new()));
     }
 }

@@ -39,3 +39,38 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// Unix time read off tokio's clock: `start` at the moment of creation, then
+/// moving with `tokio::time::Instant`. Under `tokio::time::pause()` the whole
+/// host (timeouts, sleeps and the times it records) runs on one virtual
+/// timeline, so a test of a 300 s timeout takes microseconds.
+#[derive(Debug)]
+pub struct TokioClock {
+    start: Millis,
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn new(start: Millis) -> Self {
+        TokioClock { start, origin: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Millis {
+        self.start + self.origin.elapsed().as_millis() as Millis
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_clock_moves_with_paused_time() {
+        let clock = TokioClock::new(1_000);
+        assert_eq!(clock.now(), 1_000);
+        tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+        assert_eq!(clock.now(), 301_000);
+    }
+}

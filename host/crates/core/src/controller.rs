@@ -5,24 +5,24 @@
 //! restart or a lost response can never leave a machine untracked. What
 //! the cloud cannot tell (idle timers, failure history) is in the store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::decider::Decider;
 use crate::guardrails::{self, HardLimits, Unlisted};
 use crate::journal::{Action, Outcome, QueueLine, TickRecord};
+use crate::ledger::{Ledger, Observation};
 use crate::model::*;
 use crate::naming;
-use crate::provider::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError};
-use crate::queue_source::{QueueObservation, QueueSource, Worker};
-use crate::store::{HostState, LaunchIntent, RecentLaunch, StateStore};
+use crate::provider::{CloudProvider, CloudState, LaunchRequest, ProviderError};
+use crate::queue_source::{QueueSource, SourceError, Worker};
+use crate::store::{HostState, StateStore};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueSpec {
@@ -87,7 +87,9 @@ impl ControllerConfig {
             // and the breaker closes early, doubling the churn.
             failure_retention: Duration::from_secs(6 * 3600),
             launch_concurrency: 8,
-            launch_visibility_grace: Duration::from_secs(180),
+            // Above the action timeout: `flockd check` refuses a grace shorter
+            // than the longest a launch call may take.
+            launch_visibility_grace: Duration::from_secs(360),
             termination_retry: Duration::from_secs(300),
             max_observation_age: Duration::from_secs(30),
             action_timeout: Duration::from_secs(300),
@@ -96,7 +98,7 @@ impl ControllerConfig {
     }
 
     /// Every queue a resource serves: those that list it.
-    fn queues_of(&self, resource: &str) -> Vec<String> {
+    pub(crate) fn queues_of(&self, resource: &str) -> Vec<String> {
         self.queues.iter().filter(|q| q.resources.iter().any(|r| r == resource)).map(|q| q.name.clone()).collect()
     }
 }
@@ -117,6 +119,7 @@ pub struct Controller {
     state: tokio::sync::Mutex<HostState>,
     last: Mutex<Option<(Arc<Snapshot>, Arc<TickRecord>)>>,
     ready: AtomicBool,
+    blindness: Mutex<Blindness>,
     ticks: tokio::sync::broadcast::Sender<TickReport>,
 }
 
@@ -126,27 +129,61 @@ pub struct TickReport {
     /// What the policies saw; None when observation failed.
     pub snapshot: Option<Arc<Snapshot>>,
     pub record: Arc<TickRecord>,
+    /// Set while observations keep failing.
+    pub blind: Option<Blind>,
+}
+
+/// The host cannot see: every observation since `since` failed, so it has
+/// decided nothing since — and idle machines bill on. Said loudly (status,
+/// `flockd_blind_seconds`, the dashboard, the log) because from outside it
+/// looks like calm.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blind {
+    /// When the first failed observation of this spell began (unix ms).
+    pub since: Millis,
+    /// The last observation's error.
+    pub error: String,
+    /// Failed ticks in a row.
+    pub ticks: u64,
+}
+
+impl Blind {
+    pub fn seconds(&self, now: Millis) -> f64 {
+        now.saturating_sub(self.since) as f64 / 1000.0
+    }
+}
+
+/// The first "still blind" warning, one minute into the spell.
+fn first_blind_warning(since: Millis) -> Millis {
+    since + 60_000
+}
+
+/// The next one: the time blind so far again, at most an hour later.
+fn next_blind_warning(since: Millis, last: Millis) -> Millis {
+    last + last.saturating_sub(since).clamp(60_000, 3_600_000)
+}
+
+#[derive(Default)]
+struct Blindness {
+    spell: Option<Blind>,
+    next_warning: Millis,
 }
 
 /// Tick reports buffered per subscriber; one that falls further behind
 /// misses the oldest (and is told so by the channel).
 const TICK_REPORTS_BUFFERED: usize = 64;
 
-/// What the observation produced, before policies see it.
-struct Observed {
-    queues: QueueObservation,
-    instances: Vec<CloudInstance>,
-}
-
-/// The snapshot and what the host keeps to itself.
-struct Built {
-    snapshot: Snapshot,
-    /// Machines that count against the caps but are not in the snapshot:
-    /// those of a resource no longer configured (left alone) and launches
-    /// whose answer never came.
-    unlisted: Unlisted,
-    /// Machines that powered off: the host deletes them.
-    stopped: Vec<String>,
+/// Why a tick could not observe: it then decides nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("queue source: {0}")]
+    QueueSource(#[source] SourceError),
+    #[error("queue source: no answer within {0:?}")]
+    QueueSourceTimeout(Duration),
+    #[error("provider {provider}: listing instances failed: {error}")]
+    Listing { provider: String, error: ProviderError },
+    #[error("provider {provider}: no answer within {after:?}")]
+    ListingTimeout { provider: String, after: Duration },
 }
 
 impl Controller {
@@ -176,6 +213,7 @@ impl Controller {
             state: tokio::sync::Mutex::new(state),
             last: Mutex::new(None),
             ready: AtomicBool::new(false),
+            blindness: Mutex::new(Blindness::default()),
             ticks: tokio::sync::broadcast::channel(TICK_REPORTS_BUFFERED).0,
         })
     }
@@ -196,6 +234,11 @@ impl Controller {
     /// The last tick's snapshot (if it observed) and record.
     pub fn last(&self) -> Option<(Arc<Snapshot>, Arc<TickRecord>)> {
         self.last.lock().unwrap().clone()
+    }
+
+    /// Set while every observation fails (since when, and why).
+    pub fn blind(&self) -> Option<Blind> {
+        self.blindness.lock().unwrap().spell.clone()
     }
 
     /// Every tick's report from now on, in order.
@@ -257,16 +300,25 @@ impl Controller {
             unregistered: Vec::new(),
             micros: 0,
         };
-        let built = match self.observe().await {
+        let ledger = Ledger::new(&self.config);
+        let reconciled = match self.observe().await {
             Err(e) => {
+                // Its text is the queue server's or a cloud's: made printable.
+                let e = crate::text::printable_owned(e.to_string());
                 tracing::warn!("observation failed, deciding nothing this tick: {e}");
+                self.went_blind(now, &e);
                 record.observation_error = Some(e);
                 None
             }
-            Ok(observed) => Some(self.build_snapshot(state, observed, now, &mut record).await),
+            Ok(observed) => {
+                self.sees_again(now);
+                let reconciled = ledger.reconcile(state, observed, now);
+                self.unregister_zombies(&reconciled.zombie_workers, &mut record).await;
+                Some(reconciled)
+            }
         };
-        let (snapshot, unlisted, stopped) = match built {
-            Some(b) => (Some(b.snapshot), b.unlisted, b.stopped),
+        let (snapshot, unlisted, stopped) = match reconciled {
+            Some(r) => (Some(r.snapshot), r.unlisted, r.stopped),
             None => (None, Unlisted::default(), Vec::new()),
         };
         let snapshot_arc = snapshot.map(Arc::new);
@@ -337,7 +389,8 @@ impl Controller {
             "tick done"
         );
         let record = Arc::new(record);
-        let _ = self.ticks.send(TickReport { snapshot: snapshot_arc.clone(), record: record.clone() });
+        let _ =
+            self.ticks.send(TickReport { snapshot: snapshot_arc.clone(), record: record.clone(), blind: self.blind() });
         let mut last = self.last.lock().unwrap();
         *last = match (snapshot_arc, last.take()) {
             (Some(s), _) => Some((s, record.clone())),
@@ -347,24 +400,58 @@ impl Controller {
         record
     }
 
+    /// An observation failed at `now`: the spell starts or goes on, with a
+    /// warning at growing intervals (1, 2, 4 … minutes in, then hourly).
+    fn went_blind(&self, now: Millis, error: &str) {
+        let mut b = self.blindness.lock().unwrap();
+        let since = b.spell.as_ref().map_or(now, |s| s.since);
+        let ticks = b.spell.as_ref().map_or(0, |s| s.ticks) + 1;
+        if b.spell.is_none() {
+            b.next_warning = first_blind_warning(since);
+        }
+        b.spell = Some(Blind { since, error: error.to_string(), ticks });
+        if now >= b.next_warning {
+            let fleet = self.last.lock().unwrap().as_ref().map(|(s, _)| (s.instances.len(), s.budget.cost_per_hour));
+            let (machines, cost) = fleet.unwrap_or_default();
+            tracing::warn!(
+                blind_secs = now.saturating_sub(since) / 1000,
+                "blind for {}: every observation for {ticks} ticks failed, so nothing is launched or terminated while {machines} machine(s) bill on ({cost:.2}/h at the last look); last error: {error}",
+                crate::model::human_duration(now.saturating_sub(since)),
+            );
+            while b.next_warning <= now {
+                b.next_warning = next_blind_warning(since, b.next_warning);
+            }
+        }
+    }
+
+    fn sees_again(&self, now: Millis) {
+        if let Some(spell) = self.blindness.lock().unwrap().spell.take() {
+            tracing::info!(
+                "observing again after {} blind ({} failed ticks)",
+                crate::model::human_duration(now.saturating_sub(spell.since)),
+                spell.ticks
+            );
+        }
+    }
+
     /// Queue source and every provider in parallel, each under the timeout.
     /// Any failure fails the whole observation: half a picture is how busy
     /// machines get killed and fleets over-launched.
-    async fn observe(&self) -> Result<Observed, String> {
+    async fn observe(&self) -> Result<Observation, ObserveError> {
         let timeout = self.config.observe_timeout;
         let names: Vec<String> = self.config.queues.iter().map(|q| q.name.clone()).collect();
         let queues = async {
             match tokio::time::timeout(timeout, self.seams.source.observe(&names)).await {
                 Ok(Ok(o)) => Ok(o),
-                Ok(Err(e)) => Err(format!("queue source: {e}")),
-                Err(_) => Err(format!("queue source: no answer within {timeout:?}")),
+                Ok(Err(e)) => Err(ObserveError::QueueSource(e)),
+                Err(_) => Err(ObserveError::QueueSourceTimeout(timeout)),
             }
         };
         let lists = futures::future::join_all(self.seams.providers.iter().map(|(name, p)| async move {
             match tokio::time::timeout(timeout, p.list(&self.config.cluster)).await {
                 Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(format!("provider {name}: listing instances failed: {e}")),
-                Err(_) => Err(format!("provider {name}: no answer within {timeout:?}")),
+                Ok(Err(error)) => Err(ObserveError::Listing { provider: name.clone(), error }),
+                Err(_) => Err(ObserveError::ListingTimeout { provider: name.clone(), after: timeout }),
             }
         }));
         let (queues, lists) = tokio::join!(queues, lists);
@@ -373,201 +460,23 @@ impl Controller {
         for l in lists {
             instances.extend(l?.into_iter().filter(|i| i.state != CloudState::Terminated));
         }
-        Ok(Observed { queues, instances })
+        Ok(Observation { queues, instances })
     }
 
-    async fn build_snapshot(
-        &self,
-        state: &mut HostState,
-        observed: Observed,
-        now: Millis,
-        record: &mut TickRecord,
-    ) -> Built {
-        let cluster = &self.config.cluster;
-        let configured: BTreeSet<&str> = self.config.resources.iter().map(|r| r.name.as_str()).collect();
-
-        // Instances: what the cloud lists, plus our own launches it does not
-        // list yet.
-        let mut cloud: BTreeMap<String, CloudInstance> = BTreeMap::new();
-        let mut unmanaged: BTreeSet<String> = BTreeSet::new();
-        let grace = self.config.launch_visibility_grace.as_millis() as u64;
-        let listed_keys: HashSet<&str> = observed.instances.iter().filter_map(|i| i.launch_key.as_deref()).collect();
-        state.launching.retain(|key, l| !listed_keys.contains(key.as_str()) && now.saturating_sub(l.at) < grace);
-        let mut launching: BTreeMap<String, u32> = BTreeMap::new();
-        for (key, l) in &state.launching {
-            tracing::info!(resource = %l.resource, "launch {key} got no answer and is not listed yet: counted as launching");
-            *launching.entry(l.resource.clone()).or_default() += 1;
-        }
-        for i in observed.instances {
-            if !configured.contains(i.resource.as_str()) {
-                tracing::warn!(
-                    instance = %i.id,
-                    "instance carries this cluster's tag but resource {:?} is no longer configured: flockd leaves it alone (it still counts against max-instances); restore the resource or terminate it by hand",
-                    i.resource
-                );
-                unmanaged.insert(i.id);
-                continue;
-            }
-            cloud.insert(i.id.clone(), i);
-        }
-        state.recent_launches.retain(|id, l| !cloud.contains_key(id) && now.saturating_sub(l.at) < grace);
-        for (id, l) in &state.recent_launches {
-            cloud.insert(
-                id.clone(),
-                CloudInstance {
-                    id: id.clone(),
-                    resource: l.resource.clone(),
-                    state: CloudState::Pending,
-                    launched_at: l.at,
-                    launch_key: Some(l.key.clone()),
-                },
-            );
-        }
-        let retry = self.config.termination_retry.as_millis() as u64;
-        state.terminating.retain(|id, at| cloud.contains_key(id) && now.saturating_sub(*at) < retry);
-
-        // Workers: ours by id, the rest are external capacity.
-        let mut ours: HashMap<String, &Worker> = HashMap::new();
-        let mut external_idle: HashMap<&str, u32> = HashMap::new();
-        for w in &observed.queues.workers {
-            match naming::parse_worker_id(cluster, &w.id) {
-                Some((_, instance)) => {
-                    ours.insert(instance.to_string(), w);
-                }
-                None if w.task.is_none() => {
-                    for q in &w.queues {
-                        *external_idle.entry(q.as_str()).or_default() += 1;
-                    }
-                }
-                None => {}
-            }
-        }
-
-        // Zombie workers: registered under our cluster, machine gone. They
-        // are not capacity, and we tell the queue source to forget them. (A
-        // machine left alone because its resource is gone from the config is
-        // not gone: its worker stays.)
-        let mut gone: Vec<(&String, &&Worker)> =
-            ours.iter().filter(|(i, _)| !cloud.contains_key(*i) && !unmanaged.contains(*i)).collect();
-        gone.sort_by_key(|(instance, _)| *instance);
-        for (_, w) in gone {
+    /// Carries out what reconciling asked for: workers whose machine is gone
+    /// are unregistered so they stop counting as capacity.
+    async fn unregister_zombies(&self, zombies: &[String], record: &mut TickRecord) {
+        for worker in zombies {
             if !self.config.dry_run {
-                match self.seams.source.unregister_worker(&w.id).await {
-                    Ok(()) => tracing::info!(worker = %w.id, "unregistered worker whose machine is gone"),
+                match self.seams.source.unregister_worker(worker).await {
+                    Ok(()) => tracing::info!(worker = %worker, "unregistered worker whose machine is gone"),
                     Err(e) => {
-                        tracing::warn!(worker = %w.id, "could not unregister worker whose machine is gone: {e}")
+                        tracing::warn!(worker = %worker, "could not unregister worker whose machine is gone: {e}")
                     }
                 }
             }
-            record.unregistered.push(w.id.clone());
+            record.unregistered.push(worker.clone());
         }
-
-        // Per-instance lookups go through maps: at 10,000 instances a linear
-        // search per instance is most of the tick.
-        let prices: HashMap<&str, f64> =
-            self.config.resources.iter().map(|r| (r.name.as_str(), r.price_per_hour)).collect();
-        let mut instances = Vec::with_capacity(cloud.len());
-        let mut stopped = Vec::new();
-        let mut cost = 0.0;
-        for (id, c) in &cloud {
-            let worker = ours.get(id);
-            let mut launched_at = c.launched_at;
-            if c.state == CloudState::Stopped && !state.terminating.contains_key(id) {
-                stopped.push(id.clone());
-            }
-            let state_now = if matches!(c.state, CloudState::Stopping | CloudState::Stopped)
-                || state.terminating.contains_key(id)
-            {
-                InstanceState::Stopping
-            } else if worker.is_some() {
-                state.worker_lost_since.remove(id);
-                InstanceState::Running
-            } else if state.registered.contains(id) {
-                // Its worker was here and is gone: booting again, timed from
-                // when it went missing, not from the launch.
-                let since = *state.worker_lost_since.entry(id.clone()).or_insert_with(|| {
-                    tracing::warn!(instance = %id, "its worker is no longer registered; counted as booting again");
-                    now
-                });
-                launched_at = since;
-                InstanceState::Booting
-            } else {
-                InstanceState::Booting
-            };
-            if worker.is_some() && !state.registered.contains(id) {
-                state.registered.insert(id.clone());
-                state.last_boot_ok.insert(c.resource.clone(), now);
-            }
-            let busy = worker.is_some_and(|w| w.task.is_some());
-            let idle_since = match worker {
-                Some(w) if w.task.is_none() => match state.idle_since.get(id) {
-                    Some(since) => Some(*since),
-                    None => {
-                        state.idle_since.insert(id.clone(), now);
-                        Some(now)
-                    }
-                },
-                _ => {
-                    state.idle_since.remove(id);
-                    None
-                }
-            };
-            cost += prices.get(c.resource.as_str()).copied().unwrap_or(0.0);
-            instances.push(Instance {
-                id: id.clone(),
-                resource: c.resource.clone(),
-                state: state_now,
-                launched_at,
-                worker: worker.map(|w| w.id.clone()),
-                busy,
-                idle_since,
-            });
-        }
-        state.idle_since.retain(|id, _| cloud.contains_key(id));
-        state.registered.retain(|id| cloud.contains_key(id));
-        state.worker_lost_since.retain(|id, _| cloud.contains_key(id));
-        let retention = self.config.failure_retention.as_millis() as u64;
-        state.failures.retain(|f| now.saturating_sub(f.at) < retention);
-
-        let depth: HashMap<&str, _> = observed.queues.queues.iter().map(|q| (q.name.as_str(), q)).collect();
-        let queues = self
-            .config
-            .queues
-            .iter()
-            .map(|q| Queue {
-                name: q.name.clone(),
-                pending: depth.get(q.name.as_str()).map_or(0, |d| d.pending),
-                oldest_wait_ms: depth.get(q.name.as_str()).map_or(0, |d| d.oldest_wait_ms),
-                resources: q.resources.clone(),
-                external_idle_workers: external_idle.get(q.name.as_str()).copied().unwrap_or(0),
-            })
-            .collect();
-        let resources = self
-            .config
-            .resources
-            .iter()
-            .map(|r| Resource {
-                name: r.name.clone(),
-                queues: self.config.queues_of(&r.name),
-                max_instances: r.max_instances,
-                price_per_hour: r.price_per_hour,
-                market: r.market,
-                last_boot_ok: state.last_boot_ok.get(&r.name).copied(),
-            })
-            .collect();
-        let snapshot = Snapshot {
-            now,
-            queues,
-            resources,
-            instances,
-            failures: state.failures.clone(),
-            budget: Budget {
-                max_instances: self.config.limits.max_instances,
-                max_cost_per_hour: self.config.limits.max_cost_per_hour,
-                cost_per_hour: cost,
-            },
-        };
-        Built { snapshot, unlisted: Unlisted { unmanaged: unmanaged.len() as u32, launching }, stopped }
     }
 
     /// Whether an observation made at `observed` is still recent enough to
@@ -593,41 +502,18 @@ impl Controller {
         now: Millis,
         record: &mut TickRecord,
     ) {
-        let cluster_hash = hex::encode(&Sha256::digest(self.config.cluster.as_bytes())[..4]);
-        // Launches whose answer never came go first, under their own keys
-        // (the guardrails counted them already): the cloud hands back the
-        // machine if it made it, and makes it if not.
-        let mut unanswered: HashMap<&str, Vec<(Millis, String)>> = HashMap::new();
-        for (key, intent) in &state.launching {
-            unanswered.entry(intent.resource.as_str()).or_default().push((intent.at, key.clone()));
-        }
-        for keys in unanswered.values_mut() {
-            keys.sort_unstable_by(|a, b| b.cmp(a));
-        }
-        let mut requests = Vec::new();
-        for launch in &plan.launches {
-            for _ in 0..launch.count {
-                let key = match unanswered.get_mut(launch.resource.as_str()).and_then(Vec::pop) {
-                    Some((_, key)) => {
-                        tracing::info!(resource = %launch.resource, "asking again for launch {key}, whose answer never came");
-                        key
-                    }
-                    // The tick's time too: a crash after launching but before
-                    // the tick's save replays the same tick number, and a
-                    // reused key would hand back the earlier launch's machine
-                    // (EC2 ClientToken).
-                    None => format!("flockd-{cluster_hash}-{now}-{}-{}", state.tick, requests.len()),
-                };
-                requests.push((launch, key));
-            }
+        let ledger = Ledger::new(&self.config);
+        let mut slots = ledger.launch_slots(state, plan, now);
+        for slot in slots.iter().filter(|s| s.resend) {
+            tracing::info!(resource = %slot.resource, "asking again for launch {}, whose answer never came", slot.key);
         }
         if self.config.dry_run {
-            for (launch, key) in requests {
-                tracing::info!(resource = %launch.resource, "dry run, would launch: {}", launch.reason);
+            for slot in slots {
+                tracing::info!(resource = %slot.resource, "dry run, would launch: {}", slot.reason);
                 record.actions.push(Action::Launch {
-                    resource: launch.resource.clone(),
-                    key,
-                    reason: launch.reason.clone(),
+                    resource: slot.resource,
+                    key: slot.key,
+                    reason: slot.reason,
                     outcome: Outcome::Skipped,
                     instance: None,
                 });
@@ -641,82 +527,59 @@ impl Controller {
 
         // Written down before the cloud hears of them: if flockd dies before
         // the answers come, the next start still counts these machines.
-        let mut new_keys = Vec::new();
-        for (launch, key) in &requests {
-            if !state.launching.contains_key(key) {
-                state.launching.insert(key.clone(), LaunchIntent { resource: launch.resource.clone(), at: now });
-                new_keys.push(key.clone());
-            }
-        }
+        let new_keys = ledger.intend(state, &slots, now);
         if !new_keys.is_empty()
             && let Err(e) = self.seams.store.save(state)
         {
             tracing::error!("could not save the launches before making them, so none is made: {e:#}");
-            for key in &new_keys {
-                state.launching.remove(key);
-            }
-            for (launch, key) in requests.drain(..) {
+            ledger.withdraw(state, &new_keys);
+            for slot in slots.drain(..) {
                 record.actions.push(Action::Launch {
-                    resource: launch.resource.clone(),
-                    key,
-                    reason: launch.reason.clone(),
+                    resource: slot.resource,
+                    key: slot.key,
+                    reason: slot.reason,
                     outcome: Outcome::Failed(format!("not launched: saving it first failed: {e:#}")),
                     instance: None,
                 });
             }
         }
 
-        let results: Vec<_> = futures::stream::iter(requests.into_iter().map(|(launch, key)| async move {
-            let spec = self.resource_spec(&launch.resource).expect("guardrails dropped unknown resources");
+        let timeout = self.config.action_timeout;
+        let results: Vec<_> = futures::stream::iter(slots.into_iter().map(|slot| async move {
+            let spec = self.resource_spec(&slot.resource).expect("guardrails dropped unknown resources");
             let provider = &self.seams.providers[&spec.provider];
             let request = LaunchRequest {
                 cluster: self.config.cluster.clone(),
-                resource: launch.resource.clone(),
-                queues: self.config.queues_of(&launch.resource),
-                idempotency_key: key.clone(),
+                resource: slot.resource.clone(),
+                queues: self.config.queues_of(&slot.resource),
+                idempotency_key: slot.key.clone(),
             };
-            (launch, key, self.within_action_timeout(provider.launch(&request)).await)
+            let answer = self.within_action_timeout(provider.launch(&request)).await.unwrap_or_else(|| {
+                Err(ProviderError::Timeout(format!(
+                    "no answer within {timeout:?}; counted as launching until the cloud lists a machine with this key"
+                )))
+            });
+            (slot, answer, self.seams.clock.now())
         }))
         .buffer_unordered(self.config.launch_concurrency.max(1))
         .collect()
         .await;
-        for (launch, key, answer) in results {
-            let result = match answer {
-                Some(result) => {
-                    state.launching.remove(&key);
-                    result
-                }
-                // The machine may exist: it stays counted (state.launching)
-                // until a listing shows its key or the grace passes.
-                None => Err(ProviderError::Other(format!(
-                    "no answer within {:?}; counted as launching until the cloud lists a machine with this key",
-                    self.config.action_timeout
-                ))),
-            };
-            let (outcome, instance) = match result {
+        for (slot, answer, at) in results {
+            ledger.launch_answered(state, &slot, &answer, at);
+            let (outcome, instance) = match answer {
                 Ok(instance) => {
-                    tracing::info!(resource = %launch.resource, instance = %instance.id, "launched: {}", launch.reason);
-                    state.recent_launches.insert(
-                        instance.id.clone(),
-                        RecentLaunch { resource: launch.resource.clone(), at: now, key: key.clone() },
-                    );
+                    tracing::info!(resource = %slot.resource, instance = %instance.id, "launched: {}", slot.reason);
                     (Outcome::Done, Some(instance.id))
                 }
                 Err(e) => {
-                    tracing::warn!(resource = %launch.resource, "launch failed: {e}");
-                    state.failures.push(Failure {
-                        resource: launch.resource.clone(),
-                        kind: e.failure_kind(),
-                        at: now,
-                        message: e.to_string(),
-                    });
+                    tracing::warn!(resource = %slot.resource, "launch failed: {e}");
                     (Outcome::Failed(e.to_string()), None)
                 }
             };
             record.actions.push(Action::Launch {
-                resource: launch.resource.clone(),
-                key,
-                reason: launch.reason.clone(),
+                resource: slot.resource,
+                key: slot.key,
+                reason: slot.reason,
                 outcome,
                 instance,
             });
@@ -725,28 +588,38 @@ impl Controller {
         if plan.terminations.is_empty() {
             return;
         }
-        // The last look: a worker may have taken a task since we observed.
-        let fresh = match tokio::time::timeout(self.config.observe_timeout, self.seams.source.workers()).await {
-            Ok(Ok(workers)) => Ok(workers),
-            Ok(Err(e)) => Err(format!("could not re-check workers before terminating: {e}")),
-            Err(_) => Err("could not re-check workers before terminating: no answer in time".to_string()),
-        };
+        // The last look, machine by machine: terminations run one after
+        // another and each may take minutes, so a worker idle at the start
+        // of the batch may have taken a task by the time its turn comes.
         for t in &plan.terminations {
             let instance = *by_id.get(t.instance.as_str()).expect("guardrails dropped unknown instances");
-            let outcome = match &fresh {
-                Err(e) => Outcome::Refused(e.clone()),
-                Ok(workers) => {
-                    let worker_id = naming::worker_id(&self.config.cluster, &instance.resource, &instance.id);
-                    match workers.iter().find(|w| w.id == worker_id).and_then(|w| w.task.as_ref()) {
-                        Some(task) => Outcome::Refused(format!("its worker took task {task} after the decision")),
-                        None => self.terminate(state, instance, t, now, &worker_id).await,
-                    }
+            let worker_id = naming::worker_id(&self.config.cluster, &instance.resource, &instance.id);
+            let outcome = match self.worker_right_now(&worker_id).await {
+                Err(e) => Outcome::Refused(e),
+                Ok(Some(Worker { task: Some(task), .. })) => {
+                    Outcome::Refused(format!("its worker took task {task} after the decision"))
                 }
+                // A worker that was there when we decided and is gone now is
+                // not known to be idle (it may be re-registering mid-task).
+                Ok(None) if instance.worker.is_some() => Outcome::Refused(format!(
+                    "its worker {worker_id} is no longer registered, so it is not known to be idle"
+                )),
+                Ok(_) => self.terminate(state, instance, t, now, &worker_id).await,
             };
             if let Outcome::Refused(why) = &outcome {
                 tracing::info!(instance = %t.instance, "not terminated: {why}");
             }
             record.actions.push(termination_action(by_id, t, outcome));
+        }
+    }
+
+    /// The worker as the queue source lists it now, for the last look
+    /// before a termination.
+    async fn worker_right_now(&self, worker_id: &str) -> Result<Option<Worker>, String> {
+        match tokio::time::timeout(self.config.observe_timeout, self.seams.source.workers()).await {
+            Ok(Ok(workers)) => Ok(workers.into_iter().find(|w| w.id == worker_id)),
+            Ok(Err(e)) => Err(format!("could not re-check its worker before terminating: {e}")),
+            Err(_) => Err("could not re-check its worker before terminating: no answer in time".to_string()),
         }
     }
 
@@ -764,28 +637,10 @@ impl Controller {
         let call = self.seams.providers[&spec.provider].terminate(&instance.id);
         let answer = self.within_action_timeout(call).await;
         let timeout = self.config.action_timeout;
-        match answer.unwrap_or_else(|| Err(ProviderError::Other(format!("no answer within {timeout:?}")))) {
+        match answer.unwrap_or_else(|| Err(ProviderError::Timeout(format!("no answer within {timeout:?}")))) {
             Ok(()) => {
                 tracing::info!(instance = %instance.id, resource = %instance.resource, "terminated: {}", t.reason);
-                state.terminating.insert(instance.id.clone(), now);
-                state.idle_since.remove(&instance.id);
-                state.recent_launches.remove(&instance.id);
-                if t.cause == TerminationCause::BootTimeout {
-                    // A machine that booted once and then lost its worker says
-                    // nothing about the image: it must not feed spin-up-timeout's
-                    // boot breaker.
-                    let (kind, what) = if state.registered.contains(&instance.id) {
-                        (FailureKind::Other, "lost its worker and it never came back")
-                    } else {
-                        (FailureKind::BootTimeout, "never registered its worker")
-                    };
-                    state.failures.push(Failure {
-                        resource: instance.resource.clone(),
-                        kind,
-                        at: now,
-                        message: format!("{} {what}", instance.id),
-                    });
-                }
+                Ledger::new(&self.config).terminated(state, instance, t.cause, now);
                 if instance.worker.is_some() {
                     // Without this, the dead worker counts as free capacity
                     // until the queue source times it out (prior-art #4).
@@ -827,8 +682,7 @@ impl Controller {
                 let worker_id = naming::worker_id(&self.config.cluster, &instance.resource, &instance.id);
                 let outcome = self.terminate(state, instance, &t, now, &worker_id).await;
                 if matches!(outcome, Outcome::Failed(_)) {
-                    // Asked again after termination-retry, not every tick.
-                    state.terminating.insert(id.clone(), now);
+                    Ledger::new(&self.config).deletion_failed(state, id, now);
                 }
                 outcome
             };
@@ -854,3 +708,7 @@ fn termination_action(by_id: &InstancesById<'_>, t: &Termination, outcome: Outco
         outcome,
     }
 }
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;

@@ -107,7 +107,7 @@ pub fn clamp(
     let mut terminations: Vec<Termination> = Vec::new();
     for t in &plan.terminations {
         let Some(instance) = instances.get(t.instance.as_str()) else {
-            clamps.push(format!("dropped termination of unknown instance {}", t.instance));
+            clamps.push(format!("dropped termination of unknown instance {:?}", t.instance));
             continue;
         };
         if !allow_terminations {

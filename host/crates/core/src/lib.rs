@@ -7,14 +7,18 @@ pub mod controller;
 pub mod decider;
 pub mod guardrails;
 pub mod journal;
+pub mod ledger;
 pub mod model;
 pub mod naming;
 pub mod provider;
 pub mod queue_source;
 pub mod sim;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod text;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use controller::{Controller, ControllerConfig, QueueSpec, ResourceSpec, Seams};
 pub use decider::{Decider, Decision, PolicyRun};
 pub use guardrails::HardLimits;

@@ -9,6 +9,17 @@ use sha2::{Digest, Sha256};
 /// Unix time in milliseconds.
 pub type Millis = u64;
 
+/// A duration for people: `45s`, `12m05s`, `2h09m`, `3d04h`.
+pub fn human_duration(ms: Millis) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Market {

@@ -61,6 +61,14 @@ pub enum ProviderError {
     InvalidRequest(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// No answer came within the action timeout: the call may have been
+    /// carried out.
+    #[error("no answer in time: {0}")]
+    Timeout(String),
+    /// An answer that does not say whether the call was carried out (a
+    /// 5xx, a connection reset mid-request).
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     #[error("{0}")]
     Other(String),
 }
@@ -78,7 +86,30 @@ impl ProviderError {
 
     /// Worth trying again soon with the same request.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ProviderError::Throttled(_) | ProviderError::Other(_))
+        matches!(
+            self,
+            ProviderError::Throttled(_)
+                | ProviderError::Timeout(_)
+                | ProviderError::OutcomeUnknown(_)
+                | ProviderError::Other(_)
+        )
+    }
+
+    /// Whether the call may have been carried out despite the error. Only a
+    /// definite refusal (capacity, quota, throttling, credentials, a bad
+    /// request, nothing to act on) says it was not; anything else, an
+    /// unclassified error included, must be treated as "maybe": a launch
+    /// that maybe happened keeps counting until the cloud lists it.
+    pub fn may_have_taken_effect(&self) -> bool {
+        match self {
+            ProviderError::Capacity(_)
+            | ProviderError::Quota(_)
+            | ProviderError::Throttled(_)
+            | ProviderError::Auth(_)
+            | ProviderError::InvalidRequest(_)
+            | ProviderError::NotFound(_) => false,
+            ProviderError::Timeout(_) | ProviderError::OutcomeUnknown(_) | ProviderError::Other(_) => true,
+        }
     }
 }
 

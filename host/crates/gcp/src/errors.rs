@@ -5,6 +5,7 @@
 //! and the HTTP status second.
 
 use flockd_core::ProviderError;
+use flockd_core::text::printable_owned;
 use google_cloud_compute_v1::model::Operation;
 use google_cloud_gax::error::Error as GaxError;
 
@@ -33,6 +34,8 @@ pub fn classify(operation: &str, err: &GaxError) -> ProviderError {
             reasons.join(",")
         )
     };
+    // GCE's message is outside text: it must not forge a log line.
+    let detail = printable_owned(detail);
     if err.is_authentication() {
         return ProviderError::Auth(detail);
     }
@@ -52,7 +55,7 @@ pub fn operation_failure(operation: &str, op: &Operation) -> Option<ProviderErro
     }
     let message = message.join("; ");
     let status = op.http_error_status_code.and_then(|s| u16::try_from(s).ok());
-    let detail = format!("{operation}: {}: {message}", codes.join(","));
+    let detail = printable_owned(format!("{operation}: {}: {message}", codes.join(",")));
     Some(class_of(status, &codes, &message)(detail))
 }
 
@@ -82,6 +85,8 @@ fn class_of(status: Option<u16>, codes: &[String], message: &str) -> fn(String) 
         _ if has(&["RESOURCE_NOT_FOUND", "INVALID_FIELD_VALUE", "BAD_REQUEST", "invalid", "badRequest"]) => {
             ProviderError::InvalidRequest
         }
+        // A server error says nothing of whether the call was carried out.
+        Some(500..=599) => ProviderError::OutcomeUnknown,
         _ => ProviderError::Other,
     }
 }
@@ -110,6 +115,6 @@ mod tests {
         assert_eq!(class(Some(400), "invalid"), ProviderError::InvalidRequest(String::new()));
         assert_eq!(class(None, "RESOURCE_NOT_FOUND"), ProviderError::InvalidRequest(String::new()));
         assert_eq!(class(Some(404), "notFound"), ProviderError::NotFound(String::new()));
-        assert_eq!(class(Some(500), "backendError"), ProviderError::Other(String::new()));
+        assert_eq!(class(Some(500), "backendError"), ProviderError::OutcomeUnknown(String::new()));
     }
 }

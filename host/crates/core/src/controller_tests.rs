@@ -1,0 +1,271 @@
+//! The controller against in-memory fakes on tokio's paused clock: every
+//! timeout and slow cloud call below is virtual time. Each test names the
+//! guard it protects and was seen failing with that guard taken out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::clock::TokioClock;
+use crate::model::{Launch, Plan, Snapshot, Termination, TerminationCause};
+use crate::store::MemoryStore;
+use crate::testing::{FakeCloud, FakeQueues, LaunchAnswer};
+
+const T0: Millis = 1_767_225_600_000;
+const CLUSTER: &str = "c";
+
+struct Fixture {
+    clock: Arc<TokioClock>,
+    cloud: Arc<FakeCloud>,
+    queues: Arc<FakeQueues>,
+    store: Arc<MemoryStore>,
+    config: ControllerConfig,
+}
+
+impl Fixture {
+    /// One queue `q` served by resource `a` (max `max`) on a fake cloud.
+    fn new(max: u32) -> Self {
+        let clock = Arc::new(TokioClock::new(T0));
+        let config = ControllerConfig::new(
+            CLUSTER,
+            vec![QueueSpec { name: "q".into(), resources: vec!["a".into()] }],
+            vec![ResourceSpec {
+                name: "a".into(),
+                provider: "fake".into(),
+                max_instances: max,
+                price_per_hour: 1.0,
+                market: Market::OnDemand,
+            }],
+            HardLimits { max_instances: 100, max_cost_per_hour: 1000.0 },
+        );
+        Fixture {
+            cloud: Arc::new(FakeCloud::new(clock.clone())),
+            clock,
+            queues: Arc::new(FakeQueues::new()),
+            store: Arc::new(MemoryStore::default()),
+            config,
+        }
+    }
+
+    fn controller(&self, decider: impl Fn(&Snapshot) -> Plan + Send + Sync + 'static) -> Controller {
+        let seams = Seams {
+            source: self.queues.clone(),
+            providers: BTreeMap::from([("fake".to_string(), self.cloud.clone() as Arc<dyn CloudProvider>)]),
+            decider: Arc::new(decider),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+        };
+        Controller::new(self.config.clone(), seams).unwrap()
+    }
+
+    /// `n` running machines of `a`, each with an idle registered worker.
+    async fn idle_fleet(&self, n: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        for k in 0..n {
+            let request = LaunchRequest {
+                cluster: CLUSTER.into(),
+                resource: "a".into(),
+                queues: vec!["q".into()],
+                idempotency_key: format!("setup-{k}"),
+            };
+            let i = self.cloud.launch(&request).await.unwrap();
+            self.queues.register(&naming::worker_id(CLUSTER, "a", &i.id), &["q"], None);
+            ids.push(i.id);
+        }
+        ids
+    }
+}
+
+fn worker_of(id: &str) -> String {
+    naming::worker_id(CLUSTER, "a", id)
+}
+
+/// Terminates every idle machine, in id order.
+fn terminate_all_idle(s: &Snapshot) -> Plan {
+    let mut idle: Vec<&str> = s.instances.iter().filter(|i| i.idle_since.is_some()).map(|i| i.id.as_str()).collect();
+    idle.sort();
+    Plan {
+        launches: vec![],
+        terminations: idle
+            .into_iter()
+            .map(|id| Termination { instance: id.into(), cause: TerminationCause::Idle, reason: "idle".into() })
+            .collect(),
+    }
+}
+
+/// Launches one machine of `a` every tick; the guardrails decide how many go.
+fn one_more_a(_: &Snapshot) -> Plan {
+    Plan { launches: vec![Launch { resource: "a".into(), count: 1, reason: "greedy".into() }], terminations: vec![] }
+}
+
+fn outcomes(record: &TickRecord) -> BTreeMap<String, Outcome> {
+    record
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Terminate { instance, outcome, .. } => Some((instance.clone(), outcome.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Guard: each machine's worker is re-read right before its own terminate
+/// call (controller `act`). Ten idle machines are terminated one after
+/// another, each call taking 5 s; the fifth machine's worker takes a task
+/// after the first call — it must be spared, the other nine go.
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_takes_a_task_during_a_slow_termination_batch_is_spared() {
+    let f = Fixture::new(20);
+    let ids = f.idle_fleet(10).await;
+    let controller = f.controller(terminate_all_idle);
+    // First tick sees them idle; they have been idle long enough for the
+    // closure (it terminates any idle machine).
+    f.cloud.set_terminate_delay(Duration::from_secs(5));
+    let fifth = ids[4].clone();
+    let queues = f.queues.clone();
+    f.cloud.after_terminate(move |_| queues.set_task(&worker_of(&fifth), Some("task-late")));
+
+    let record = controller.tick().await;
+    let outcomes = outcomes(&record);
+    assert_eq!(outcomes.len(), 10, "{record:#?}");
+    assert!(
+        matches!(&outcomes[&ids[4]], Outcome::Refused(why) if why.contains("task-late")),
+        "the fifth machine's worker took a task mid-batch and was killed: {:?}",
+        outcomes[&ids[4]]
+    );
+    let terminated = f.cloud.terminated();
+    assert_eq!(terminated.len(), 9, "{terminated:?}");
+    assert!(!terminated.contains(&ids[4]));
+}
+
+/// Guard: a worker that is gone from the fresh list right before its
+/// machine's termination is not "idle" (it may have restarted into a task
+/// under a new registration): the termination is refused.
+#[tokio::test(start_paused = true)]
+async fn a_machine_whose_worker_vanished_since_the_decision_is_not_terminated() {
+    let f = Fixture::new(5);
+    let ids = f.idle_fleet(2).await;
+    let controller = f.controller(terminate_all_idle);
+    f.cloud.set_terminate_delay(Duration::from_secs(5));
+    let second = ids[1].clone();
+    let queues = f.queues.clone();
+    f.cloud.after_terminate(move |_| queues.drop_worker(&worker_of(&second)));
+
+    let record = controller.tick().await;
+    let outcomes = outcomes(&record);
+    assert_eq!(outcomes[&ids[0]], Outcome::Done);
+    assert!(matches!(&outcomes[&ids[1]], Outcome::Refused(_)), "{:?}", outcomes[&ids[1]]);
+    assert_eq!(f.cloud.terminated(), vec![ids[0].clone()]);
+}
+
+/// Guard: a launch cut by the action timeout keeps counting for the whole
+/// grace *after* the timeout (its intent is stamped when the answer should
+/// have come, not at the tick's start). The grace is set to the shortest
+/// `flockd check` allows, the action timeout itself. The cloud made the
+/// machine and lists it only much later.
+#[tokio::test(start_paused = true)]
+async fn a_launch_cut_by_the_action_timeout_is_not_forgotten_while_the_cloud_hides_it() {
+    let mut f = Fixture::new(1);
+    f.config.launch_visibility_grace = f.config.action_timeout;
+    f.cloud.script([LaunchAnswer::MadeThenHangs]);
+    f.cloud.hide_new_machines(true);
+    let controller = f.controller(one_more_a);
+
+    let first = controller.tick().await;
+    assert!(matches!(&first.actions[..], [Action::Launch { outcome: Outcome::Failed(_), .. }]), "{:#?}", first.actions);
+    // The tick waited out the action timeout (300 s of virtual time).
+    assert!(f.clock.now() - T0 >= 300_000);
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_secs(10)).await;
+        controller.tick().await;
+    }
+    assert_eq!(f.cloud.made(), 1, "a second machine past a's max of 1: {:?}", f.cloud.alive());
+    f.cloud.reveal();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    controller.tick().await;
+    assert_eq!(f.cloud.made(), 1);
+}
+
+/// Guard: a launch answered with an error that does not say whether the
+/// machine was made (a 5xx after the cloud acted) keeps its intent; only
+/// definite refusals drop it. The cloud hides the machine for several ticks.
+#[tokio::test(start_paused = true)]
+async fn a_launch_answered_with_an_unknown_outcome_keeps_counting() {
+    let f = Fixture::new(1);
+    f.cloud.script([LaunchAnswer::MadeThenFails(ProviderError::Other("HTTP 503 Service Unavailable".into()))]);
+    f.cloud.hide_new_machines(true);
+    let controller = f.controller(one_more_a);
+
+    controller.tick().await;
+    for _ in 0..6 {
+        tokio::time::advance(Duration::from_secs(10)).await;
+        controller.tick().await;
+    }
+    assert_eq!(f.cloud.made(), 1, "a second machine past a's max of 1: {:?}", f.cloud.alive());
+    f.cloud.reveal();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    controller.tick().await;
+    assert_eq!(f.cloud.made(), 1);
+    assert!(controller.host_state().await.launching.is_empty());
+}
+
+/// And a definite refusal drops it: nothing was made, so nothing counts,
+/// and the next tick may launch again.
+#[tokio::test(start_paused = true)]
+async fn a_definitely_refused_launch_does_not_hold_a_slot() {
+    let f = Fixture::new(1);
+    f.cloud.script([LaunchAnswer::Refuses(ProviderError::Capacity("none left".into()))]);
+    let controller = f.controller(one_more_a);
+
+    controller.tick().await;
+    assert!(controller.host_state().await.launching.is_empty());
+    tokio::time::advance(Duration::from_secs(10)).await;
+    controller.tick().await;
+    assert_eq!(f.cloud.made(), 1);
+}
+
+/// Guard: while observation keeps failing the host decides nothing, and it
+/// says for how long (controller `blind`), in every tick report and to
+/// anyone who asks, until an observation succeeds again.
+#[tokio::test(start_paused = true)]
+async fn how_long_the_host_has_been_blind_is_known_until_it_sees_again() {
+    let f = Fixture::new(2);
+    f.idle_fleet(1).await;
+    let controller = f.controller(terminate_all_idle);
+    let mut reports = controller.subscribe();
+    f.queues.go_down("connection refused");
+
+    let first_failure = f.clock.now();
+    controller.tick().await;
+    for _ in 0..30 {
+        tokio::time::advance(Duration::from_secs(10)).await;
+        controller.tick().await;
+    }
+    let blind = controller.blind().expect("blind after 31 failed observations");
+    assert_eq!(blind.since, first_failure);
+    assert!(blind.error.contains("connection refused"), "{blind:?}");
+    assert_eq!(blind.seconds(f.clock.now()), 300.0);
+    let mut last = None;
+    while let Ok(r) = reports.try_recv() {
+        last = Some(r);
+    }
+    assert_eq!(last.unwrap().blind.map(|b| b.since), Some(first_failure));
+    assert!(f.cloud.terminated().is_empty(), "decided while blind");
+
+    f.queues.up();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    controller.tick().await;
+    assert_eq!(controller.blind(), None);
+}
+
+/// The "still blind" warning comes at growing intervals, not every tick.
+#[test]
+fn blind_warnings_come_after_one_two_four_minutes_then_hourly_at_most() {
+    let mut at = Vec::new();
+    let mut next = first_blind_warning(0);
+    for _ in 0..9 {
+        at.push(next / 60_000);
+        next = next_blind_warning(0, next);
+    }
+    assert_eq!(at, vec![1, 2, 4, 8, 16, 32, 64, 124, 184]);
+}

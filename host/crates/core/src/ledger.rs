@@ -1,0 +1,513 @@
+//! The ledger: what the host knows beyond the cloud's listing, and the rules
+//! that keep it. Everything here is synchronous and pure over
+//! [`HostState`] — no network call, no clock read, no store write — so each
+//! rule is unit-tested beside it. The controller observes, asks the ledger,
+//! carries out the side effects it names (workers to unregister, machines to
+//! delete) and reports each answer back.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use sha2::{Digest, Sha256};
+
+use crate::controller::ControllerConfig;
+use crate::guardrails::Unlisted;
+use crate::model::*;
+use crate::naming;
+use crate::provider::{CloudInstance, CloudState, ProviderError};
+use crate::queue_source::{QueueObservation, Worker};
+use crate::store::{HostState, LaunchIntent, RecentLaunch};
+
+/// One complete look at the world: queues and workers, and every listed
+/// machine of this cluster (terminated ones already left out).
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    pub queues: QueueObservation,
+    pub instances: Vec<CloudInstance>,
+}
+
+/// An observation reconciled with the ledger: the snapshot the policies see
+/// and what the host keeps to itself.
+#[derive(Clone, Debug)]
+pub struct Reconciled {
+    pub snapshot: Snapshot,
+    /// Machines that count against the caps but are not in the snapshot.
+    pub unlisted: Unlisted,
+    /// Machines that powered off: the host deletes them.
+    pub stopped: Vec<String>,
+    /// Workers registered under this cluster whose machine is gone: they
+    /// are not capacity, and the queue source is told to forget them
+    /// (prior-art #4). Sorted.
+    pub zombie_workers: Vec<String>,
+}
+
+/// One machine the plan asks for, with the key it is launched under.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaunchSlot {
+    pub resource: String,
+    pub reason: String,
+    pub key: String,
+    /// A launch whose answer never came, asked for again under its key.
+    pub resend: bool,
+}
+
+/// The rules, bound to one config.
+pub struct Ledger<'c> {
+    config: &'c ControllerConfig,
+}
+
+impl<'c> Ledger<'c> {
+    pub fn new(config: &'c ControllerConfig) -> Self {
+        Ledger { config }
+    }
+
+    fn grace(&self) -> Millis {
+        self.config.launch_visibility_grace.as_millis() as Millis
+    }
+
+    /// Folds an observation into the state (adopting listed machines,
+    /// expiring what the cloud now shows or the grace has passed, timing
+    /// idleness and lost workers) and builds the snapshot.
+    pub fn reconcile(&self, state: &mut HostState, observed: Observation, now: Millis) -> Reconciled {
+        let config = self.config;
+        let cluster = &config.cluster;
+        let configured: BTreeSet<&str> = config.resources.iter().map(|r| r.name.as_str()).collect();
+
+        // Instances: what the cloud lists, plus our own launches it does not
+        // list yet.
+        let mut cloud: BTreeMap<String, CloudInstance> = BTreeMap::new();
+        let mut unmanaged: BTreeSet<String> = BTreeSet::new();
+        let grace = self.grace();
+        let listed_keys: HashSet<&str> = observed.instances.iter().filter_map(|i| i.launch_key.as_deref()).collect();
+        state.launching.retain(|key, l| !listed_keys.contains(key.as_str()) && now.saturating_sub(l.at) < grace);
+        let mut launching: BTreeMap<String, u32> = BTreeMap::new();
+        for (key, l) in &state.launching {
+            tracing::info!(resource = %l.resource, "launch {key} got no answer and is not listed yet: counted as launching");
+            *launching.entry(l.resource.clone()).or_default() += 1;
+        }
+        for i in observed.instances {
+            if !configured.contains(i.resource.as_str()) {
+                tracing::warn!(
+                    instance = %i.id,
+                    "instance carries this cluster's tag but resource {:?} is no longer configured: flockd leaves it alone (it still counts against max-instances); restore the resource or terminate it by hand",
+                    i.resource
+                );
+                unmanaged.insert(i.id);
+                continue;
+            }
+            cloud.insert(i.id.clone(), i);
+        }
+        state.recent_launches.retain(|id, l| !cloud.contains_key(id) && now.saturating_sub(l.at) < grace);
+        for (id, l) in &state.recent_launches {
+            cloud.insert(
+                id.clone(),
+                CloudInstance {
+                    id: id.clone(),
+                    resource: l.resource.clone(),
+                    state: CloudState::Pending,
+                    launched_at: l.at,
+                    launch_key: Some(l.key.clone()),
+                },
+            );
+        }
+        let retry = config.termination_retry.as_millis() as Millis;
+        state.terminating.retain(|id, at| cloud.contains_key(id) && now.saturating_sub(*at) < retry);
+
+        // Workers: ours by id, the rest are external capacity.
+        let mut ours: HashMap<String, &Worker> = HashMap::new();
+        let mut external_idle: HashMap<&str, u32> = HashMap::new();
+        for w in &observed.queues.workers {
+            match naming::parse_worker_id(cluster, &w.id) {
+                Some((_, instance)) => {
+                    ours.insert(instance.to_string(), w);
+                }
+                None if w.task.is_none() => {
+                    for q in &w.queues {
+                        *external_idle.entry(q.as_str()).or_default() += 1;
+                    }
+                }
+                None => {}
+            }
+        }
+
+        // Zombie workers: registered under our cluster, machine gone. (A
+        // machine left alone because its resource is gone from the config is
+        // not gone: its worker stays.)
+        let mut zombie_workers: Vec<String> = ours
+            .iter()
+            .filter(|(i, _)| !cloud.contains_key(*i) && !unmanaged.contains(*i))
+            .map(|(_, w)| w.id.clone())
+            .collect();
+        zombie_workers.sort();
+
+        // Per-instance lookups go through maps: at 10,000 instances a linear
+        // search per instance is most of the tick.
+        let prices: HashMap<&str, f64> = config.resources.iter().map(|r| (r.name.as_str(), r.price_per_hour)).collect();
+        let mut instances = Vec::with_capacity(cloud.len());
+        let mut stopped = Vec::new();
+        let mut cost = 0.0;
+        for (id, c) in &cloud {
+            let worker = ours.get(id);
+            let mut launched_at = c.launched_at;
+            if c.state == CloudState::Stopped && !state.terminating.contains_key(id) {
+                stopped.push(id.clone());
+            }
+            let state_now = if matches!(c.state, CloudState::Stopping | CloudState::Stopped)
+                || state.terminating.contains_key(id)
+            {
+                InstanceState::Stopping
+            } else if worker.is_some() {
+                state.worker_lost_since.remove(id);
+                InstanceState::Running
+            } else if state.registered.contains(id) {
+                // Its worker was here and is gone: booting again, timed from
+                // when it went missing, not from the launch.
+                let since = *state.worker_lost_since.entry(id.clone()).or_insert_with(|| {
+                    tracing::warn!(instance = %id, "its worker is no longer registered; counted as booting again");
+                    now
+                });
+                launched_at = since;
+                InstanceState::Booting
+            } else {
+                InstanceState::Booting
+            };
+            if worker.is_some() && !state.registered.contains(id) {
+                state.registered.insert(id.clone());
+                state.last_boot_ok.insert(c.resource.clone(), now);
+            }
+            let busy = worker.is_some_and(|w| w.task.is_some());
+            let idle_since = match worker {
+                Some(w) if w.task.is_none() => Some(*state.idle_since.entry(id.clone()).or_insert(now)),
+                _ => {
+                    state.idle_since.remove(id);
+                    None
+                }
+            };
+            cost += prices.get(c.resource.as_str()).copied().unwrap_or(0.0);
+            instances.push(Instance {
+                id: id.clone(),
+                resource: c.resource.clone(),
+                state: state_now,
+                launched_at,
+                worker: worker.map(|w| w.id.clone()),
+                busy,
+                idle_since,
+            });
+        }
+        state.idle_since.retain(|id, _| cloud.contains_key(id));
+        state.registered.retain(|id| cloud.contains_key(id));
+        state.worker_lost_since.retain(|id, _| cloud.contains_key(id));
+        let retention = config.failure_retention.as_millis() as Millis;
+        state.failures.retain(|f| now.saturating_sub(f.at) < retention);
+
+        let depth: HashMap<&str, _> = observed.queues.queues.iter().map(|q| (q.name.as_str(), q)).collect();
+        let queues = config
+            .queues
+            .iter()
+            .map(|q| Queue {
+                name: q.name.clone(),
+                pending: depth.get(q.name.as_str()).map_or(0, |d| d.pending),
+                oldest_wait_ms: depth.get(q.name.as_str()).map_or(0, |d| d.oldest_wait_ms),
+                resources: q.resources.clone(),
+                external_idle_workers: external_idle.get(q.name.as_str()).copied().unwrap_or(0),
+            })
+            .collect();
+        let resources = config
+            .resources
+            .iter()
+            .map(|r| Resource {
+                name: r.name.clone(),
+                queues: config.queues_of(&r.name),
+                max_instances: r.max_instances,
+                price_per_hour: r.price_per_hour,
+                market: r.market,
+                last_boot_ok: state.last_boot_ok.get(&r.name).copied(),
+            })
+            .collect();
+        let snapshot = Snapshot {
+            now,
+            queues,
+            resources,
+            instances,
+            failures: state.failures.clone(),
+            budget: Budget {
+                max_instances: config.limits.max_instances,
+                max_cost_per_hour: config.limits.max_cost_per_hour,
+                cost_per_hour: cost,
+            },
+        };
+        Reconciled {
+            snapshot,
+            unlisted: Unlisted { unmanaged: unmanaged.len() as u32, launching },
+            stopped,
+            zombie_workers,
+        }
+    }
+
+    /// One slot per machine the plan launches. Launches whose answer never
+    /// came go first, under their own keys (the guardrails counted them
+    /// already): the cloud hands back the machine if it made it, and makes
+    /// it if not. The rest get new keys.
+    pub fn launch_slots(&self, state: &HostState, plan: &Plan, now: Millis) -> Vec<LaunchSlot> {
+        let cluster_hash = hex::encode(&Sha256::digest(self.config.cluster.as_bytes())[..4]);
+        let mut unanswered: HashMap<&str, Vec<(Millis, &str)>> = HashMap::new();
+        for (key, intent) in &state.launching {
+            unanswered.entry(intent.resource.as_str()).or_default().push((intent.at, key.as_str()));
+        }
+        for keys in unanswered.values_mut() {
+            // Oldest last, so pop() takes it first.
+            keys.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        let mut slots = Vec::new();
+        for launch in &plan.launches {
+            for _ in 0..launch.count {
+                let (key, resend) = match unanswered.get_mut(launch.resource.as_str()).and_then(Vec::pop) {
+                    Some((_, key)) => (key.to_string(), true),
+                    // The tick's time too: a crash after launching but before
+                    // the tick's save replays the same tick number, and a
+                    // reused key would hand back the earlier launch's machine
+                    // (EC2 ClientToken).
+                    None => (format!("flockd-{cluster_hash}-{now}-{}-{}", state.tick, slots.len()), false),
+                };
+                slots.push(LaunchSlot {
+                    resource: launch.resource.clone(),
+                    reason: launch.reason.clone(),
+                    key,
+                    resend,
+                });
+            }
+        }
+        slots
+    }
+
+    /// Writes the intent of each new launch down; the caller saves the state
+    /// before any cloud call. Returns the keys that were new.
+    pub fn intend(&self, state: &mut HostState, slots: &[LaunchSlot], now: Millis) -> Vec<String> {
+        let mut new_keys = Vec::new();
+        for slot in slots {
+            if !state.launching.contains_key(&slot.key) {
+                state.launching.insert(slot.key.clone(), LaunchIntent { resource: slot.resource.clone(), at: now });
+                new_keys.push(slot.key.clone());
+            }
+        }
+        new_keys
+    }
+
+    /// Takes back intents that were never sent (saving them failed).
+    pub fn withdraw(&self, state: &mut HostState, keys: &[String]) {
+        for key in keys {
+            state.launching.remove(key);
+        }
+    }
+
+    /// The cloud answered a launch at `at` (or the action timeout did, as
+    /// [`ProviderError::Timeout`]). A machine that may exist keeps counting
+    /// for the visibility grace from `at`, the moment its answer came or
+    /// should have: stamped with the tick's start instead, a launch cut by
+    /// a timeout longer than the grace was forgotten at the next tick.
+    pub fn launch_answered(
+        &self,
+        state: &mut HostState,
+        slot: &LaunchSlot,
+        answer: &Result<CloudInstance, ProviderError>,
+        at: Millis,
+    ) {
+        match answer {
+            Ok(instance) => {
+                state.launching.remove(&slot.key);
+                state.recent_launches.insert(
+                    instance.id.clone(),
+                    RecentLaunch { resource: slot.resource.clone(), at, key: slot.key.clone() },
+                );
+            }
+            Err(e) => {
+                if e.may_have_taken_effect() {
+                    // A 5xx, a reset or a timeout: the machine may be there.
+                    // It stays counted, and the next launch of its resource
+                    // re-sends this key, which makes the cloud hand it back.
+                    state.launching.insert(slot.key.clone(), LaunchIntent { resource: slot.resource.clone(), at });
+                } else {
+                    state.launching.remove(&slot.key);
+                }
+                state.failures.push(Failure {
+                    resource: slot.resource.clone(),
+                    kind: e.failure_kind(),
+                    at,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+
+    /// The cloud carried out a termination at `now`.
+    pub fn terminated(&self, state: &mut HostState, instance: &Instance, cause: TerminationCause, now: Millis) {
+        state.terminating.insert(instance.id.clone(), now);
+        state.idle_since.remove(&instance.id);
+        state.recent_launches.remove(&instance.id);
+        if cause == TerminationCause::BootTimeout {
+            // A machine that booted once and then lost its worker says
+            // nothing about the image: it must not feed spin-up-timeout's
+            // boot breaker.
+            let (kind, what) = if state.registered.contains(&instance.id) {
+                (FailureKind::Other, "lost its worker and it never came back")
+            } else {
+                (FailureKind::BootTimeout, "never registered its worker")
+            };
+            state.failures.push(Failure {
+                resource: instance.resource.clone(),
+                kind,
+                at: now,
+                message: format!("{} {what}", instance.id),
+            });
+        }
+    }
+
+    /// Deleting a powered-off machine failed: ask again after
+    /// termination-retry, not every tick.
+    pub fn deletion_failed(&self, state: &mut HostState, instance: &str, now: Millis) {
+        state.terminating.insert(instance.to_string(), now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::{QueueSpec, ResourceSpec};
+    use crate::guardrails::HardLimits;
+
+    const CLUSTER: &str = "c";
+
+    fn config() -> ControllerConfig {
+        ControllerConfig::new(
+            CLUSTER,
+            vec![QueueSpec { name: "q".into(), resources: vec!["a".into()] }],
+            vec![ResourceSpec {
+                name: "a".into(),
+                provider: "p".into(),
+                max_instances: 5,
+                price_per_hour: 2.0,
+                market: Market::OnDemand,
+            }],
+            HardLimits { max_instances: 10, max_cost_per_hour: 100.0 },
+        )
+    }
+
+    fn machine(id: &str, resource: &str, key: Option<&str>) -> CloudInstance {
+        CloudInstance {
+            id: id.into(),
+            resource: resource.into(),
+            state: CloudState::Running,
+            launched_at: 0,
+            launch_key: key.map(str::to_string),
+        }
+    }
+
+    fn worker(instance: &str, task: Option<&str>) -> Worker {
+        Worker {
+            id: naming::worker_id(CLUSTER, "a", instance),
+            queues: vec!["q".into()],
+            task: task.map(str::to_string),
+            registered_at: None,
+        }
+    }
+
+    fn look(instances: Vec<CloudInstance>, workers: Vec<Worker>) -> Observation {
+        Observation { queues: QueueObservation { queues: vec![], workers }, instances }
+    }
+
+    fn slot(key: &str) -> LaunchSlot {
+        LaunchSlot { resource: "a".into(), reason: "r".into(), key: key.into(), resend: false }
+    }
+
+    #[test]
+    fn an_intent_counts_until_a_listing_shows_its_key() {
+        let config = config();
+        let ledger = Ledger::new(&config);
+        let mut state = HostState::default();
+        ledger.intend(&mut state, &[slot("k1")], 1_000);
+        let r = ledger.reconcile(&mut state, look(vec![], vec![]), 2_000);
+        assert_eq!(r.unlisted.launching.get("a"), Some(&1));
+        let r = ledger.reconcile(&mut state, look(vec![machine("i-1", "a", Some("k1"))], vec![]), 3_000);
+        assert!(r.unlisted.launching.is_empty());
+        assert!(state.launching.is_empty());
+        assert_eq!(r.snapshot.instances.len(), 1);
+    }
+
+    #[test]
+    fn only_definite_refusals_drop_an_intent_and_the_rest_are_restamped_at_the_answer() {
+        let config = config();
+        let ledger = Ledger::new(&config);
+        let mut state = HostState::default();
+        let slots = [slot("refused"), slot("unknown"), slot("timeout"), slot("made")];
+        ledger.intend(&mut state, &slots, 1_000);
+        ledger.launch_answered(&mut state, &slots[0], &Err(ProviderError::Quota("q".into())), 5_000);
+        ledger.launch_answered(&mut state, &slots[1], &Err(ProviderError::OutcomeUnknown("503".into())), 6_000);
+        ledger.launch_answered(&mut state, &slots[2], &Err(ProviderError::Timeout("t".into())), 7_000);
+        ledger.launch_answered(&mut state, &slots[3], &Ok(machine("i-9", "a", Some("made"))), 8_000);
+        let kept: Vec<(&str, Millis)> = state.launching.iter().map(|(k, i)| (k.as_str(), i.at)).collect();
+        assert_eq!(kept, vec![("timeout", 7_000), ("unknown", 6_000)]);
+        assert_eq!(state.recent_launches["i-9"].at, 8_000);
+        assert_eq!(state.failures.len(), 3);
+    }
+
+    #[test]
+    fn unanswered_launches_are_sent_again_oldest_first_before_new_keys() {
+        let config = config();
+        let ledger = Ledger::new(&config);
+        let mut state = HostState::default();
+        ledger.intend(&mut state, &[slot("new")], 2_000);
+        ledger.intend(&mut state, &[slot("old")], 1_000);
+        let plan = Plan {
+            launches: vec![Launch { resource: "a".into(), count: 3, reason: "r".into() }],
+            terminations: vec![],
+        };
+        let slots = ledger.launch_slots(&state, &plan, 9_000);
+        let keys: Vec<(&str, bool)> = slots.iter().map(|s| (s.key.as_str(), s.resend)).collect();
+        assert_eq!(&keys[..2], &[("old", true), ("new", true)]);
+        assert!(!keys[2].1 && keys[2].0.contains("-9000-"), "{keys:?}");
+    }
+
+    #[test]
+    fn idle_timers_start_at_the_first_idle_look_and_reset_when_busy() {
+        let config = config();
+        let ledger = Ledger::new(&config);
+        let mut state = HostState::default();
+        let m = || vec![machine("i-1", "a", None)];
+        let r = ledger.reconcile(&mut state, look(m(), vec![worker("i-1", None)]), 1_000);
+        assert_eq!(r.snapshot.instances[0].idle_since, Some(1_000));
+        let r = ledger.reconcile(&mut state, look(m(), vec![worker("i-1", None)]), 2_000);
+        assert_eq!(r.snapshot.instances[0].idle_since, Some(1_000));
+        let r = ledger.reconcile(&mut state, look(m(), vec![worker("i-1", Some("t"))]), 3_000);
+        assert!(r.snapshot.instances[0].busy && r.snapshot.instances[0].idle_since.is_none());
+        let r = ledger.reconcile(&mut state, look(m(), vec![worker("i-1", None)]), 4_000);
+        assert_eq!(r.snapshot.instances[0].idle_since, Some(4_000));
+    }
+
+    #[test]
+    fn workers_of_gone_machines_are_zombies_but_not_those_of_unconfigured_resources() {
+        let config = config();
+        let ledger = Ledger::new(&config);
+        let mut state = HostState::default();
+        let old = Worker { id: naming::worker_id(CLUSTER, "old", "i-2"), ..worker("i-2", None) };
+        let r = ledger.reconcile(
+            &mut state,
+            look(vec![machine("i-2", "old", None)], vec![worker("i-gone", None), old]),
+            1_000,
+        );
+        assert_eq!(r.zombie_workers, vec![naming::worker_id(CLUSTER, "a", "i-gone")]);
+        assert_eq!(r.unlisted.unmanaged, 1);
+        assert!(r.snapshot.instances.is_empty());
+    }
+
+    #[test]
+    fn a_registered_worker_that_goes_missing_counts_as_booting_from_that_moment() {
+        let config = config();
+        let ledger = Ledger::new(&config);
+        let mut state = HostState::default();
+        let m = || vec![machine("i-1", "a", None)];
+        ledger.reconcile(&mut state, look(m(), vec![worker("i-1", None)]), 1_000);
+        let r = ledger.reconcile(&mut state, look(m(), vec![]), 5_000);
+        let i = &r.snapshot.instances[0];
+        assert_eq!((i.state, i.launched_at), (InstanceState::Booting, 5_000));
+        assert_eq!(state.last_boot_ok.get("a"), Some(&1_000));
+    }
+}

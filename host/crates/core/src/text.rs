@@ -1,0 +1,51 @@
+//! Text that comes from outside (a policy's reasons and log lines, a cloud's
+//! error messages, names a queue server reports) ends up in the text log,
+//! the journal and the dashboard's log tail. A newline or an escape sequence
+//! in it would forge a log line or repaint a terminal, so every edge where
+//! such text enters passes it through [`printable`].
+
+use std::borrow::Cow;
+
+/// `text` with every control character (newlines, carriage returns, tabs,
+/// escape sequences, other C0/C1 codes) written as a visible escape, so it
+/// stays on one line and shows what was sent. Text without any is returned
+/// as it is, without a copy.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`printable`], owning.
+pub fn printable_owned(text: String) -> String {
+    match printable(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(escaped) => escaped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_become_visible_escapes_and_the_rest_stays() {
+        assert!(matches!(printable("plain text, ünïcode ✓"), Cow::Borrowed(_)));
+        assert_eq!(
+            printable("ok\n2026-12-02T00:00:00Z  INFO flockd: forged\r\x1b[2K\u{85}"),
+            "ok\\n2026-12-02T00:00:00Z  INFO flockd: forged\\r\\u{1b}[2K\\u{85}"
+        );
+        assert!(!printable_owned("a\nb\tc".into()).chars().any(char::is_control));
+    }
+}
