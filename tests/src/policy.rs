@@ -18,6 +18,7 @@ pub mod fixture {
     pub const OTHER_WORLD: &str = env!("FIXTURE_OTHER_WORLD");
     pub const GOOD_V1: &str = env!("FIXTURE_GOOD_V1");
     pub const GOOD_V2: &str = env!("FIXTURE_GOOD_V2");
+    pub const FORGED_TEXT: &str = env!("FIXTURE_FORGED_TEXT");
 }
 
 pub fn read(path: &str) -> Vec<u8> {

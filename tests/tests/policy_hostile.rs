@@ -179,3 +179,27 @@ fn a_hostile_policy_cannot_hurt_the_next_decision() {
         assert_eq!(decision.plan.total_launches(), u32::from(!snapshot.resources.is_empty()));
     }
 }
+
+/// Guard: text a policy sends (reasons, log lines, decline messages) is
+/// made printable where it enters the host (`flockd_wasm` `bounded_text`),
+/// so a newline and a fake log prefix cannot forge a line in the text log,
+/// the journal or the dashboard's log tail, and no escape sequence reaches
+/// a terminal.
+#[test]
+fn text_from_a_policy_cannot_forge_a_log_line() {
+    let engine = engine();
+    let runtime =
+        PolicyRuntime::new(engine.clone(), load_chain(&engine, &[file_spec("forged", fixture::FORGED_TEXT)]).unwrap());
+    let one_line = |what: &str, text: &str| {
+        assert!(!text.chars().any(char::is_control), "{what} carries a control character: {text:?}");
+        assert!(text.contains("\\n2026-12-02T00:00:00.000000Z  INFO flockd:"), "{what} lost what was sent: {text:?}");
+    };
+
+    let decision = runtime.decide(&Arc::new(small_snapshot()));
+    assert_eq!(decision.runs[0].error, None);
+    one_line("the reason", &decision.plan.launches[0].reason);
+    one_line("the log line", &decision.runs[0].logs[0]);
+
+    let declined = runtime.decide(&Arc::new(Snapshot::default()));
+    one_line("the decline message", declined.runs[0].error.as_deref().expect("declines without queues"));
+}

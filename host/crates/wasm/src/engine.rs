@@ -441,9 +441,11 @@ impl bindings::flockd::policy::host::Host for CallState {
     }
 }
 
-/// `text` cut to at most `max` bytes (on a character boundary), marked with
-/// an ellipsis when cut.
-pub(crate) fn bounded_text(mut text: String, max: usize) -> String {
+/// `text` from a policy, made printable (a newline or an escape sequence
+/// must not forge a log line: `flockd_core::text`), cut to at most `max`
+/// bytes (on a character boundary) and marked with an ellipsis when cut.
+pub(crate) fn bounded_text(text: String, max: usize) -> String {
+    let mut text = flockd_core::text::printable_owned(text);
     if text.len() > max {
         let mut cut = max;
         while !text.is_char_boundary(cut) {

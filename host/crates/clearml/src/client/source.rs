@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
+use flockd_core::text::printable;
 use flockd_core::{QueueObservation, QueueSource, QueueState, SourceError, Worker};
 
 use super::{ClearmlClient, ClearmlError, QueueInfo, WorkerInfo};
@@ -70,11 +71,14 @@ fn queue_state(queue: &QueueInfo, now_ms: i64) -> QueueState {
     }
 }
 
+/// Ids and names are outside text (anyone with a key can register a worker
+/// under any name): made printable here, so none forges a log line.
 fn to_worker(worker: &WorkerInfo) -> Worker {
+    let text = |s: &str| printable(s).into_owned();
     Worker {
-        id: worker.id.clone(),
-        queues: worker.queues.iter().map(|q| q.name.clone().unwrap_or_else(|| q.id.clone())).collect(),
-        task: worker.task.as_ref().filter(|t| !t.id.is_empty()).map(|t| t.id.clone()),
+        id: text(&worker.id),
+        queues: worker.queues.iter().map(|q| text(q.name.as_deref().unwrap_or(&q.id))).collect(),
+        task: worker.task.as_ref().filter(|t| !t.id.is_empty()).map(|t| text(&t.id)),
         registered_at: worker.register_time.as_deref().and_then(parse_time).map(|ms| ms.max(0) as u64),
     }
 }
