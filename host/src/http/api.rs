@@ -38,6 +38,8 @@ pub struct Status {
     pub cluster: String,
     pub dry_run: bool,
     pub ready: bool,
+    /// Set while every observation fails: nothing is decided meanwhile.
+    pub blind: Option<BlindStatus>,
     /// When the snapshot below was observed (unix ms).
     pub as_of: Option<Millis>,
     pub last_tick: Option<LastTick>,
@@ -49,6 +51,15 @@ pub struct Status {
     pub policies: Vec<PolicyStatus>,
     /// Hot-reload events, newest first.
     pub reloads: Vec<ReloadStatus>,
+}
+
+#[derive(Serialize)]
+pub struct BlindStatus {
+    /// When the first failed observation of this spell began (unix ms).
+    pub since: Millis,
+    pub seconds: f64,
+    pub failed_ticks: u64,
+    pub error: String,
 }
 
 #[derive(Serialize)]
@@ -238,6 +249,7 @@ pub fn status(shared: &Shared) -> Status {
         })
         .collect();
 
+    let last_at = record.as_ref().map(|r| r.at);
     let last_tick = record.map(|r| {
         let outcomes = |f: fn(&Outcome) -> bool| {
             r.actions
@@ -267,6 +279,12 @@ pub fn status(shared: &Shared) -> Status {
         cluster: config.cluster.clone(),
         dry_run: config.dry_run,
         ready: shared.controller.is_ready(),
+        blind: shared.controller.blind().map(|b| BlindStatus {
+            seconds: b.seconds(last_at.unwrap_or(b.since)),
+            since: b.since,
+            failed_ticks: b.ticks,
+            error: b.error,
+        }),
         as_of: snapshot.as_ref().map(|s| s.now),
         last_tick,
         limits: Limits {

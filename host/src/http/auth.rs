@@ -1,5 +1,6 @@
-//! The bearer token. With one configured, every route but `/healthz` needs
-//! `Authorization: Bearer <token>`. Browsers cannot add that header to a
+//! The bearer token. With one configured, every route but the probes
+//! (`/healthz`, `/readyz`) needs `Authorization: Bearer <token>`; without
+//! one, only requests addressed to a loopback name are answered. Browsers cannot add that header to a
 //! page load, so HTTP Basic with the token as password is accepted too: the
 //! browser asks once and sends it with every request of the dashboard.
 
@@ -44,9 +45,23 @@ impl Token {
     }
 }
 
-pub async fn require_token(State(token): State<Option<Token>>, request: Request, next: Next) -> Response {
+/// The probes say only "alive" and "ready": a kubelet or a load balancer
+/// has no token, so they stay open.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+/// Every request passes here. With a token it must carry it. Without one the
+/// server listens on loopback only, and a request must also be *addressed*
+/// to a loopback name: a web page whose name an attacker rebinds to
+/// 127.0.0.1 reaches this port from the victim's browser, but its requests
+/// carry the attacker's name as Host (DNS rebinding).
+pub async fn guard(State(token): State<Option<Token>>, request: Request, next: Next) -> Response {
+    if is_probe(request.uri().path()) {
+        return next.run(request).await;
+    }
     match &token {
-        Some(token) if request.uri().path() != "/healthz" && !token.admits(request.headers()) => {
+        Some(token) if !token.admits(request.headers()) => {
             let mut response =
                 (StatusCode::UNAUTHORIZED, "a token is required: send `Authorization: Bearer <token>`\n")
                     .into_response();
@@ -58,8 +73,38 @@ pub async fn require_token(State(token): State<Option<Token>>, request: Request,
             );
             response
         }
-        _ => next.run(request).await,
+        Some(_) => next.run(request).await,
+        None => {
+            // HTTP/1.1 names the host in the Host header, HTTP/2 in the URI.
+            let host = request
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| request.uri().authority().map(|a| a.as_str()));
+            if host.is_some_and(is_loopback_host) {
+                return next.run(request).await;
+            }
+            let message = format!(
+                "this flockd has no [http] token, so it answers only requests addressed to localhost, 127.0.0.1 or [::1] (this one was for {:?}): another name may be a web page rebound to this machine. Open the dashboard as http://127.0.0.1:<port>/, or set [http] token = \"env:FLOCKD_HTTP_TOKEN\" to serve other names\n",
+                host.unwrap_or("no host")
+            );
+            (StatusCode::FORBIDDEN, message).into_response()
+        }
     }
+}
+
+/// `localhost`, a 127.0.0.0/8 address or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((v6, rest)) if rest.is_empty() || rest.starts_with(':') => {
+                return v6.parse::<std::net::Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
+            }
+            _ => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -70,6 +115,26 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
         h
+    }
+
+    #[test]
+    fn loopback_host_names_with_and_without_ports() {
+        for ok in ["localhost", "LOCALHOST:9090", "127.0.0.1", "127.0.0.1:9090", "127.1.2.3:1", "[::1]", "[::1]:9090"] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "rebound.example",
+            "rebound.example:9090",
+            "localhost.evil.test",
+            "127.0.0.1.nip.io",
+            "[::2]:1",
+            "[::1",
+            "",
+            "10.0.0.1:9090",
+            "0.0.0.0",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
     }
 
     #[test]

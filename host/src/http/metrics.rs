@@ -30,6 +30,7 @@ pub struct Metrics {
     ticks: IntCounterVec,
     last_tick: Gauge,
     ready: IntGauge,
+    blind_seconds: Gauge,
     clamps: IntCounter,
     policy_duration: HistogramVec,
     policy_calls: IntCounterVec,
@@ -172,6 +173,13 @@ impl Metrics {
                 Gauge::new("flockd_last_tick_timestamp_seconds", "When the last tick observed (unix seconds)")?,
             )?,
             ready: reg(r, IntGauge::new("flockd_ready", "1 once a tick has observed successfully")?)?,
+            blind_seconds: reg(
+                r,
+                Gauge::new(
+                    "flockd_blind_seconds",
+                    "How long every observation has failed (nothing decided while machines bill on); 0 when seeing",
+                )?,
+            )?,
             clamps: reg(
                 r,
                 IntCounter::new("flockd_guardrail_clamps_total", "Plan changes made by the host's hard limits")?,
@@ -230,6 +238,7 @@ impl Metrics {
         let result = if record.observation_error.is_some() { "observation_failed" } else { "ok" };
         self.ticks.with_label_values(&[result]).inc();
         self.clamps.inc_by(record.clamps.len() as u64);
+        self.blind_seconds.set(report.blind.as_ref().map_or(0.0, |b| b.seconds(record.at)));
         for action in &record.actions {
             match action {
                 Action::Launch { resource, outcome, .. } => {
@@ -312,5 +321,47 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding of gathered metrics never fails");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use flockd_core::TickRecord;
+    use flockd_core::controller::Blind;
+
+    use super::*;
+
+    fn failed_tick(at: u64, blind: Option<Blind>) -> TickReport {
+        let record = TickRecord {
+            tick: 1,
+            at,
+            snapshot_digest: None,
+            observation_error: Some("queue source: down".into()),
+            queues: vec![],
+            plan: Default::default(),
+            policies: vec![],
+            clamps: vec![],
+            actions: vec![],
+            dry_run: false,
+            unregistered: vec![],
+            micros: 1,
+        };
+        TickReport { snapshot: None, record: Arc::new(record), blind }
+    }
+
+    fn blind_seconds(m: &Metrics) -> String {
+        m.render().lines().find(|l| l.starts_with("flockd_blind_seconds ")).unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn blind_seconds_follow_the_spell_and_fall_to_zero_when_it_ends() {
+        let m = Metrics::new().unwrap();
+        let blind = Blind { since: 1_000_000, error: "down".into(), ticks: 30 };
+        m.observe(&failed_tick(1_300_000, Some(blind)));
+        assert_eq!(blind_seconds(&m), "flockd_blind_seconds 300");
+        m.observe(&failed_tick(1_310_000, None));
+        assert_eq!(blind_seconds(&m), "flockd_blind_seconds 0");
     }
 }

@@ -164,7 +164,7 @@ fn router(shared: Arc<Shared>, token: Option<auth::Token>) -> Router {
         .route("/api/v1/logs", get(api::logs))
         .merge(dashboard::routes())
         .with_state(shared)
-        .layer(axum::middleware::from_fn_with_state(token, auth::require_token))
+        .layer(axum::middleware::from_fn_with_state(token, auth::guard))
 }
 
 /// Feeds metrics and the charts from every tick report.

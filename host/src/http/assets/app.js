@@ -58,6 +58,7 @@ function renderHeader(status) {
   replace("badges",
     el("span", { class: "badge " + (status.ready ? "ok" : "warn") }, status.ready ? "ready" : "not ready"),
     status.dry_run ? el("span", { class: "badge warn" }, "dry run") : null);
+  renderBlind(status);
   const t = status.last_tick;
   if (!t) return;
   const text = t.outcome === "ok"
@@ -65,6 +66,25 @@ function renderHeader(status) {
     : `tick ${t.tick} at ${clock(t.at)}: observation failed, nothing decided: ${t.observation_error}`;
   const node = replace("tick", text);
   node.className = t.outcome === "ok" ? "muted" : "error";
+}
+
+function duration(secs) {
+  const s = Math.floor(secs);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h${String(Math.floor(s % 3600 / 60)).padStart(2, "0")}m`;
+  return `${Math.floor(s / 86400)}d${String(Math.floor(s % 86400 / 3600)).padStart(2, "0")}h`;
+}
+
+// While every observation fails nothing is decided, and idle machines bill
+// on: that must not look like calm.
+function renderBlind(status) {
+  const node = document.getElementById("blind");
+  const b = status.blind;
+  node.hidden = !b;
+  if (!b) return;
+  node.textContent = `Blind for ${duration(b.seconds)} (${b.failed_ticks} failed ticks): nothing is launched or terminated ` +
+    `while ${status.fleet.length} machine(s) keep billing. Last error: ${b.error}`;
 }
 
 function renderSummary(status) {
