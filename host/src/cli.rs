@@ -54,6 +54,9 @@ pub enum Command {
         /// Where the ClearML-compatible API listens.
         #[arg(long, default_value = "127.0.0.1:8008")]
         clearml_listen: std::net::SocketAddr,
+        /// Where the dashboard and the status API listen, instead of the config's [http] listen (port 0: any free port).
+        #[arg(long)]
+        http_listen: Option<std::net::SocketAddr>,
         /// Enqueue a sample workload, show the fleet scale up and down, print a summary and exit.
         #[arg(long)]
         demo: bool,
@@ -100,11 +103,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, dry_run } => runtime()?.block_on(crate::run::run(&config, dry_run)),
         Command::Check { config } => Ok(crate::check::command(&config)),
-        Command::Dev { config, clearml_listen, demo, task_secs } => {
+        Command::Dev { config, clearml_listen, http_listen, demo, task_secs } => {
             // A demo must not fail because a dev server already holds 8008.
             let clearml_listen =
                 if demo && clearml_listen.port() == 8008 { ([127, 0, 0, 1], 0).into() } else { clearml_listen };
-            runtime()?.block_on(crate::dev::dev(crate::dev::DevOptions { config, clearml_listen, demo, task_secs }))
+            runtime()?.block_on(crate::dev::dev(crate::dev::DevOptions {
+                config,
+                clearml_listen,
+                http_listen,
+                demo,
+                task_secs,
+            }))
         }
         Command::DevServer { listen, access_key, secret_key, persist } => {
             runtime()?.block_on(crate::dev::dev_server(listen, access_key, secret_key, persist))

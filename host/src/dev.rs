@@ -1,7 +1,6 @@
 //! `flockd dev-server` and `flockd dev`: everything on one machine, no cloud
 //! account needed.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use flockd_clearml::secret::{Secret, SecretRef};
 use flockd_clearml::server::{ClearmlServer, ServerConfig};
-use flockd_core::sim::{Agents, PulledTask, SimProviderSettings, SimResourceSettings, SimWorld};
-use flockd_core::{CloudProvider, InstanceState, QueueSource, SystemClock};
+use flockd_core::sim::{Agents, PulledTask, SimWorld};
+use flockd_core::{InstanceState, QueueSource, SystemClock};
 use serde_json::json;
 
 use crate::config::ProviderKind;
@@ -50,6 +49,8 @@ pub struct DevOptions {
     pub config: Option<PathBuf>,
     /// Where the ClearML-compatible server listens (port 0: any free port).
     pub clearml_listen: SocketAddr,
+    /// Where the dashboard listens instead of the config's `[http] listen`.
+    pub http_listen: Option<SocketAddr>,
     /// Enqueue a sample workload, show it scale up and down, then exit.
     pub demo: bool,
     /// How long a task runs on a simulated machine.
@@ -100,17 +101,21 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
         Arc::new(SystemClock),
         Arc::new(ServerAgents { server: handle.clone(), task_ms: (options.task_secs * 1000.0) as u64 }),
     );
-    let mut simulated = crate::providers::Providers::new();
-    for (name, entry) in config.providers.iter().filter(|(_, p)| p.kind == ProviderKind::Simulated) {
-        let settings: SimProviderSettings = crate::providers::section(name, entry)?;
-        let resources: BTreeMap<String, SimResourceSettings> =
-            crate::providers::resource_settings(&config, name, ProviderKind::Simulated)?.into_iter().collect();
-        let cloud = world.cloud(name, &settings, &resources).map_err(|e| anyhow::anyhow!(e))?;
-        simulated.insert(name.clone(), Arc::new(cloud) as Arc<dyn CloudProvider>);
+    // `dev` serves fake tasks from its own server: a real cloud must never
+    // see them. Every provider is simulated, whatever its kind (its
+    // resources' `.simulated` tables tune the machines), as in `simulate`.
+    let providers = crate::simulate::simulated_providers(&config, &world, true)?;
+    for (name, entry) in config.providers.iter().filter(|(_, p)| p.kind != ProviderKind::Simulated) {
+        println!(
+            "flockd dev: provider {name} (kind {}) is simulated here: nothing is launched in a real cloud (`flockd run` uses it for real)",
+            entry.kind
+        );
     }
     let stepper = world.spawn_stepper(Duration::from_millis(100));
-    let scripts = crate::agent::startup_scripts(&config)?;
-    let providers = crate::providers::build(&config, &scripts, simulated).await?;
+    if let Some(listen) = options.http_listen {
+        config.http.listen = listen.to_string();
+        config.http.enabled = true;
+    }
 
     println!("flockd dev: ClearML-compatible API on {} (access key {DEV_ACCESS_KEY:?})", server.url());
     let code = if options.demo {
@@ -121,7 +126,10 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
             server.url()
         );
         let shutdown = shutdown.expect("installed when not a demo");
-        crate::run::serve(config, source, providers, shutdown).await?
+        crate::run::serve(config, source, providers, shutdown, |addr| {
+            println!("flockd dev: dashboard on http://{addr}/");
+        })
+        .await?
     };
     stepper.abort();
     server.shutdown().await?;

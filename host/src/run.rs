@@ -91,7 +91,7 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let source: Arc<dyn QueueSource> = Arc::new(client);
     let scripts = crate::agent::startup_scripts(&config)?;
     let providers = crate::providers::build(&config, &scripts, Default::default()).await?;
-    serve(config, source, providers, shutdown).await
+    serve(config, source, providers, shutdown, |addr| tracing::info!("dashboard and API on http://{addr}/")).await
 }
 
 /// A started flockd: controller and policies, not yet ticking.
@@ -136,13 +136,17 @@ pub async fn serve(
     source: Arc<dyn QueueSource>,
     providers: crate::providers::Providers,
     shutdown: impl std::future::Future<Output = ()>,
+    listening: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<ExitCode> {
     let started = start_blocking(&config, source, providers).await?;
     if config.dry_run {
         tracing::warn!("dry run: plans are recorded in the journal, nothing is launched or terminated");
     }
     let http = if config.http.enabled {
-        Some(crate::http::HttpServer::start(&config.http, started.controller.clone(), started.policies.clone()).await?)
+        let http =
+            crate::http::HttpServer::start(&config.http, started.controller.clone(), started.policies.clone()).await?;
+        listening(http.addr());
+        Some(http)
     } else {
         None
     };
