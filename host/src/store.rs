@@ -11,7 +11,19 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const STATE_KEY: &str = "host";
+const SCHEMA_KEY: &str = "schema-version";
+
+/// The layout this code writes and reads.
+/// 1: release 0.1, no `meta` table: host state as one JSON value, the
+///    journal as JSON values keyed by tick.
+/// 2: the same tables and a `meta` table; host state gained `own_keys`,
+///    `own_keys_complete` and `last_prices`, all defaulted when read from 1
+///    (a store from 1 adopts the keys of its first listing).
+/// An upgrade is done in place when the store is opened; a store written by
+/// a newer flockd is refused rather than half-read.
+pub const SCHEMA_VERSION: u64 = 2;
 
 pub struct RedbStore {
     db: Database,
@@ -23,14 +35,49 @@ impl RedbStore {
     pub fn open(dir: &Path, keep: u64) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create state dir {}: {e}", dir.display()))?;
         let path = dir.join("flockd.redb");
-        let db = Database::create(&path).map_err(|e| {
-            anyhow::anyhow!("cannot open {}: {e} (is another flockd running with the same state-dir?)", path.display())
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
+                "cannot open {}: it is already open (another flockd with the same state-dir is running; give each its own)",
+                path.display()
+            ),
+            other => anyhow::anyhow!(
+                "cannot open {}: {other} (the file is damaged or not a flockd store: move it away to start afresh)",
+                path.display()
+            ),
         })?;
         let tx = db.begin_write()?;
         tx.open_table(STATE)?;
         tx.open_table(JOURNAL)?;
+        let found = {
+            let mut meta = tx.open_table(META)?;
+            // No version: written by release 0.1, which had no meta table.
+            let found = meta.get(SCHEMA_KEY)?.map_or(1, |v| v.value());
+            anyhow::ensure!(
+                found <= SCHEMA_VERSION,
+                "{} was written by a newer flockd (store schema {found}; this flockd reads up to {SCHEMA_VERSION}): run that version, or move the file away to start afresh (machines are adopted from the cloud again, but unanswered launches and failure history are lost)",
+                path.display()
+            );
+            meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+            found
+        };
         tx.commit()?;
+        if found < SCHEMA_VERSION {
+            tracing::info!(path = %path.display(), "store upgraded in place from schema {found} to {SCHEMA_VERSION}");
+        }
         Ok(RedbStore { db, keep: keep.max(1) })
+    }
+
+    pub fn schema_version(&self) -> anyhow::Result<u64> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(META)?.get(SCHEMA_KEY)?.map_or(1, |v| v.value()))
+    }
+
+    #[cfg(test)]
+    fn set_schema_version(&self, version: u64) -> anyhow::Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?.insert(SCHEMA_KEY, version)?;
+        tx.commit()?;
+        Ok(())
     }
 }
 
@@ -73,8 +120,15 @@ impl StateStore for RedbStore {
         let limit = if query.limit == 0 { usize::MAX } else { query.limit };
         let mut out = Vec::new();
         for entry in table.iter()?.rev() {
-            let (_, v) = entry?;
-            let record: TickRecord = serde_json::from_slice(v.value())?;
+            let (tick, v) = entry?;
+            // One record that no longer decodes must not hide the rest.
+            let record: TickRecord = match serde_json::from_slice(v.value()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(tick = tick.value(), "skipping a journal record that does not decode: {e}");
+                    continue;
+                }
+            };
             if query.instance.as_deref().is_none_or(|i| record.mentions(i)) {
                 out.push(record);
                 if out.len() >= limit {
@@ -110,6 +164,8 @@ mod tests {
                 outcome: Outcome::Done,
             }],
             dry_run: false,
+            required_failed: vec![],
+            foreign_machines: vec![],
             unregistered: vec![],
             micros: 1,
         }
@@ -135,5 +191,61 @@ mod tests {
         assert_eq!(all.iter().map(|r| r.tick).collect::<Vec<_>>(), vec![5, 4, 3], "newest first, pruned to 3");
         let odd = store.journal(&JournalQuery { limit: 10, instance: Some("i-odd".into()) }).unwrap();
         assert_eq!(odd.iter().map(|r| r.tick).collect::<Vec<_>>(), vec![5, 3]);
+    }
+
+    /// A store written by release 0.1 (`tests/fixtures/stores/v0.1/flockd.redb`,
+    /// made with that release's code) opens, keeps every unanswered launch,
+    /// failure and idle timer, and is marked as the current schema.
+    #[test]
+    fn a_store_written_by_release_0_1_is_upgraded_in_place_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/stores/v0.1/flockd.redb");
+        std::fs::copy(fixture, dir.path().join("flockd.redb")).unwrap();
+        let store = RedbStore::open(dir.path(), 100).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let state = store.load().unwrap();
+        assert_eq!(state.tick, 41);
+        assert_eq!(state.launching.len(), 2, "unanswered launches lost on upgrade: {state:?}");
+        assert!(state.launching.values().all(|i| i.resource == "gpu-spot"));
+        assert_eq!(state.failures.len(), 1);
+        assert_eq!(state.idle_since.get("i-0aaa"), Some(&1_767_225_000_000));
+        assert_eq!(state.recent_launches.len(), 1);
+        assert_eq!(state.worker_lost_since.len(), 1);
+        // New records start empty and are filled by the first listing.
+        assert!(!state.own_keys_complete && state.own_keys.is_empty());
+    }
+
+    #[test]
+    fn a_store_from_a_newer_flockd_is_refused_and_an_open_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RedbStore::open(dir.path(), 10).unwrap();
+            let err = match RedbStore::open(dir.path(), 10) {
+                Ok(_) => panic!("a store open twice"),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(err.contains("already open") && err.contains("another flockd"), "{err}");
+            store.set_schema_version(SCHEMA_VERSION + 1).unwrap();
+        }
+        let err = match RedbStore::open(dir.path(), 10) {
+            Ok(_) => panic!("a newer schema must be refused"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("newer flockd"), "{err}");
+    }
+
+    #[test]
+    fn an_undecodable_journal_record_is_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), 10).unwrap();
+        store.append(&record(1, "i-a")).unwrap();
+        {
+            let tx = store.db.begin_write().unwrap();
+            tx.open_table(JOURNAL).unwrap().insert(2, b"{not a record".as_slice()).unwrap();
+            tx.commit().unwrap();
+        }
+        store.append(&record(3, "i-a")).unwrap();
+        let all = store.journal(&JournalQuery { limit: 0, instance: None }).unwrap();
+        assert_eq!(all.iter().map(|r| r.tick).collect::<Vec<_>>(), vec![3, 1]);
     }
 }

@@ -40,6 +40,9 @@ pub struct Status {
     pub ready: bool,
     /// Set while every observation fails: nothing is decided meanwhile.
     pub blind: Option<BlindStatus>,
+    /// Machines the last observation listed with launch keys this flockd
+    /// never wrote: another writer shares the cluster, and launches stop.
+    pub foreign_machines: Vec<String>,
     /// When the snapshot below was observed (unix ms).
     pub as_of: Option<Millis>,
     pub last_tick: Option<LastTick>,
@@ -124,6 +127,8 @@ pub struct InstanceStatus {
 #[derive(Serialize)]
 pub struct PolicyStatus {
     pub name: String,
+    /// Its failure withholds the tick's launches.
+    pub required: bool,
     pub origin: String,
     /// Content digest of the running version.
     pub version: String,
@@ -222,6 +227,7 @@ pub fn status(shared: &Shared) -> Status {
         .map(|p| {
             let c = counters.get(&p.name).cloned().unwrap_or_default();
             PolicyStatus {
+                required: config.required_policies.contains(&p.name),
                 name: p.name.clone(),
                 origin: p.origin.to_string(),
                 version: p.digest.clone(),
@@ -250,6 +256,7 @@ pub fn status(shared: &Shared) -> Status {
         .collect();
 
     let last_at = record.as_ref().map(|r| r.at);
+    let foreign_machines = record.as_ref().map(|r| r.foreign_machines.clone()).unwrap_or_default();
     let last_tick = record.map(|r| {
         let outcomes = |f: fn(&Outcome) -> bool| {
             r.actions
@@ -285,6 +292,7 @@ pub fn status(shared: &Shared) -> Status {
             failed_ticks: b.ticks,
             error: b.error,
         }),
+        foreign_machines,
         as_of: snapshot.as_ref().map(|s| s.now),
         last_tick,
         limits: Limits {

@@ -31,10 +31,12 @@ pub struct Metrics {
     last_tick: Gauge,
     ready: IntGauge,
     blind_seconds: Gauge,
+    foreign_machines: IntGauge,
     clamps: IntCounter,
     policy_duration: HistogramVec,
     policy_calls: IntCounterVec,
     policy_errors: IntCounterVec,
+    required_failures: IntCounterVec,
     policy_reloads: IntCounterVec,
     seen: Mutex<Seen>,
 }
@@ -180,6 +182,13 @@ impl Metrics {
                     "How long every observation has failed (nothing decided while machines bill on); 0 when seeing",
                 )?,
             )?,
+            foreign_machines: reg(
+                r,
+                IntGauge::new(
+                    "flockd_foreign_machines",
+                    "Listed machines whose launch key this flockd never wrote (another writer on the cluster): launches stop while any is listed",
+                )?,
+            )?,
             clamps: reg(
                 r,
                 IntCounter::new("flockd_guardrail_clamps_total", "Plan changes made by the host's hard limits")?,
@@ -200,6 +209,16 @@ impl Metrics {
                 r,
                 IntCounterVec::new(
                     Opts::new("flockd_policy_errors_total", "Policy calls that failed (trap, timeout, invalid plan)"),
+                    &["policy"],
+                )?,
+            )?,
+            required_failures: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flockd_required_policy_failures_total",
+                        "Ticks whose launches were withheld because this required policy failed",
+                    ),
                     &["policy"],
                 )?,
             )?,
@@ -239,6 +258,9 @@ impl Metrics {
         self.ticks.with_label_values(&[result]).inc();
         self.clamps.inc_by(record.clamps.len() as u64);
         self.blind_seconds.set(report.blind.as_ref().map_or(0.0, |b| b.seconds(record.at)));
+        if report.snapshot.is_some() {
+            self.foreign_machines.set(record.foreign_machines.len() as i64);
+        }
         for action in &record.actions {
             match action {
                 Action::Launch { resource, outcome, .. } => {
@@ -250,6 +272,9 @@ impl Metrics {
                         .inc();
                 }
             }
+        }
+        for policy in &record.required_failed {
+            self.required_failures.with_label_values(&[policy.as_str()]).inc();
         }
         for run in &record.policies {
             let policy = run.policy.as_str();
@@ -345,6 +370,8 @@ mod tests {
             clamps: vec![],
             actions: vec![],
             dry_run: false,
+            required_failed: vec![],
+            foreign_machines: vec![],
             unregistered: vec![],
             micros: 1,
         };

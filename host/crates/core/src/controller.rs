@@ -5,7 +5,7 @@
 //! restart or a lost response can never leave a machine untracked. What
 //! the cloud cannot tell (idle timers, failure history) is in the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,6 +69,9 @@ pub struct ControllerConfig {
     /// given up (a launched machine is tagged, so the listing adopts it) and
     /// the tick goes on. Without it one hung cloud call stalls every queue.
     pub action_timeout: Duration,
+    /// Policies whose failure withholds a tick's launches (`required = true`):
+    /// a spend guard that errors must not let the plan through unchecked.
+    pub required_policies: BTreeSet<String>,
     /// Record plans, act on nothing.
     pub dry_run: bool,
 }
@@ -93,6 +96,7 @@ impl ControllerConfig {
             termination_retry: Duration::from_secs(300),
             max_observation_age: Duration::from_secs(30),
             action_timeout: Duration::from_secs(300),
+            required_policies: BTreeSet::new(),
             dry_run: false,
         }
     }
@@ -297,6 +301,8 @@ impl Controller {
             clamps: Vec::new(),
             actions: Vec::new(),
             dry_run: self.config.dry_run,
+            required_failed: Vec::new(),
+            foreign_machines: Vec::new(),
             unregistered: Vec::new(),
             micros: 0,
         };
@@ -318,7 +324,10 @@ impl Controller {
             }
         };
         let (snapshot, unlisted, stopped) = match reconciled {
-            Some(r) => (Some(r.snapshot), r.unlisted, r.stopped),
+            Some(r) => {
+                record.foreign_machines = r.foreign;
+                (Some(r.snapshot), r.unlisted, r.stopped)
+            }
             None => (None, Unlisted::default(), Vec::new()),
         };
         let snapshot_arc = snapshot.map(Arc::new);
@@ -338,17 +347,45 @@ impl Controller {
                 }
             };
             record.plan = decision.plan.clone();
+            let mut plan = decision.plan;
+            // A required policy that failed did not pass this plan: it may
+            // still save money (terminations) but must not spend any.
+            for run in decision.runs.iter().filter(|r| self.config.required_policies.contains(&r.policy)) {
+                let Some(error) = &run.error else { continue };
+                record.required_failed.push(run.policy.clone());
+                if !plan.launches.is_empty() {
+                    let withheld = plan.total_launches();
+                    tracing::warn!(policy = %run.policy, "required policy failed: {withheld} launch(es) withheld this tick: {error}");
+                    record.clamps.push(format!(
+                        "withheld {withheld} launch(es): required policy {} failed: {error}",
+                        run.policy
+                    ));
+                    plan.launches.clear();
+                }
+            }
             record.policies = decision.runs;
+            if !record.foreign_machines.is_empty() && !plan.launches.is_empty() {
+                let withheld = plan.total_launches();
+                let message = format!(
+                    "withheld {withheld} launch(es): {} listed machine(s) of cluster {:?} carry launch keys this flockd never wrote ({}): another flockd with the same cluster and another store is launching into this fleet, and both would apply the full caps. Stop the other one; launches resume once its machines are gone (the idle rules retire them, or terminate them by hand)",
+                    record.foreign_machines.len(),
+                    self.config.cluster,
+                    record.foreign_machines.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                );
+                tracing::error!("{message}");
+                record.clamps.push(message);
+                plan.launches.clear();
+            }
 
             // A slow decision makes the observation stale: launches may still
             // go (limits are re-checked against the same counts), but nothing
             // is terminated on an old picture.
             let fresh = self.still_fresh(now);
-            let clamped = guardrails::clamp(&decision.plan, snapshot, &self.config.limits, &unlisted, fresh);
+            let clamped = guardrails::clamp(&plan, snapshot, &self.config.limits, &unlisted, fresh);
             for c in &clamped.clamps {
                 tracing::info!("guardrail: {c}");
             }
-            record.clamps = clamped.clamps;
+            record.clamps.extend(clamped.clamps);
             let by_id = instances_by_id(snapshot);
             self.act(state, &by_id, &clamped.plan, now, &mut record).await;
             // Launches may have taken a while: on an old picture, leave the

@@ -269,3 +269,133 @@ fn blind_warnings_come_after_one_two_four_minutes_then_hourly_at_most() {
     }
     assert_eq!(at, vec![1, 2, 4, 8, 16, 32, 64, 124, 184]);
 }
+
+/// A chain whose `budget` run failed this tick, with the plan the rest of
+/// the chain made: one launch and one termination.
+struct BudgetFails;
+
+impl Decider for BudgetFails {
+    fn decide(&self, snapshot: &Arc<Snapshot>) -> crate::decider::Decision {
+        let mut plan = one_more_a(snapshot);
+        plan.terminations = terminate_all_idle(snapshot).terminations;
+        let run = |policy: &str, error: Option<&str>| crate::decider::PolicyRun {
+            policy: policy.into(),
+            version: "v".into(),
+            micros: 1,
+            error: error.map(str::to_string),
+            logs: vec![],
+        };
+        crate::decider::Decision {
+            plan,
+            runs: vec![run("scale-up", None), run("budget", Some("timed out after 50 ms"))],
+        }
+    }
+}
+
+/// Guard: when a policy marked `required` fails, its input plan must not
+/// pass on as if it had agreed: that tick launches nothing (terminations
+/// still go, they only save money), and the record says why.
+#[tokio::test(start_paused = true)]
+async fn a_failed_required_policy_withholds_the_ticks_launches_but_not_its_terminations() {
+    let mut f = Fixture::new(5);
+    f.config.required_policies = ["budget".to_string()].into();
+    let ids = f.idle_fleet(1).await;
+    let seams = Seams {
+        source: f.queues.clone(),
+        providers: BTreeMap::from([("fake".to_string(), f.cloud.clone() as Arc<dyn CloudProvider>)]),
+        decider: Arc::new(BudgetFails),
+        store: f.store.clone(),
+        clock: f.clock.clone(),
+    };
+    let controller = Controller::new(f.config.clone(), seams).unwrap();
+
+    let record = controller.tick().await;
+    assert_eq!(f.cloud.made(), 1, "launched although the required budget policy failed: {record:#?}");
+    assert_eq!(f.cloud.terminated(), ids, "terminations go on");
+    assert_eq!(record.required_failed, vec!["budget".to_string()]);
+    assert!(record.clamps.iter().any(|c| c.contains("required policy budget failed")), "{:?}", record.clamps);
+
+    // The same failure in a policy that is not required passes the plan on.
+    f.config.required_policies.clear();
+    let seams = Seams {
+        source: f.queues.clone(),
+        providers: BTreeMap::from([("fake".to_string(), f.cloud.clone() as Arc<dyn CloudProvider>)]),
+        decider: Arc::new(BudgetFails),
+        store: f.store.clone(),
+        clock: f.clock.clone(),
+    };
+    let controller = Controller::new(f.config.clone(), seams).unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    controller.tick().await;
+    assert_eq!(f.cloud.made(), 2);
+}
+
+/// Guard: two flockd processes with the same cluster but separate stores (a
+/// second copy started by mistake) would each apply the full caps. A listed
+/// machine carrying a launch key this store never wrote means another
+/// writer: launches stop until it is gone, and the record says why.
+#[tokio::test(start_paused = true)]
+async fn a_machine_launched_by_another_writer_stops_launches() {
+    let f = Fixture::new(5);
+    let first = f.controller(one_more_a);
+    first.tick().await;
+    assert_eq!(f.cloud.made(), 1);
+
+    // A second flockd on the same fleet with its own store adopts what it
+    // finds at its first look, then launches on its own.
+    let second = Controller::new(
+        f.config.clone(),
+        Seams {
+            source: f.queues.clone(),
+            providers: BTreeMap::from([("fake".to_string(), f.cloud.clone() as Arc<dyn CloudProvider>)]),
+            decider: Arc::new(one_more_a),
+            store: Arc::new(MemoryStore::default()),
+            clock: f.clock.clone(),
+        },
+    )
+    .unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    second.tick().await;
+    assert_eq!(f.cloud.made(), 2);
+
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let record = first.tick().await;
+    assert_eq!(f.cloud.made(), 2, "the first flockd launched beside another writer: {record:#?}");
+    assert_eq!(record.foreign_machines.len(), 1, "{record:#?}");
+    assert!(record.clamps.iter().any(|c| c.contains("another flockd")), "{:?}", record.clamps);
+
+    // Once the other writer's machine is gone, launching resumes.
+    for id in &record.foreign_machines {
+        f.cloud.terminate(id).await.unwrap();
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let record = first.tick().await;
+    assert!(record.foreign_machines.is_empty());
+    assert_eq!(f.cloud.made(), 3);
+}
+
+/// Guard: a machine of a resource dropped from the config still bills at
+/// the price it had, so renaming a resource cannot double the spend past
+/// the cost cap (the ledger keeps each resource's last known price).
+#[tokio::test(start_paused = true)]
+async fn renaming_a_resource_does_not_open_room_under_the_cost_cap() {
+    let mut f = Fixture::new(5);
+    f.config.resources[0].price_per_hour = 10.0;
+    f.config.limits.max_cost_per_hour = 15.0;
+    let before = f.controller(one_more_a);
+    before.tick().await;
+    assert_eq!(f.cloud.made(), 1);
+    drop(before);
+
+    // Same store, resource `a` renamed `b` at the same price.
+    f.config.resources[0].name = "b".into();
+    f.config.queues[0].resources = vec!["b".into()];
+    let after = f.controller(|_: &Snapshot| Plan {
+        launches: vec![Launch { resource: "b".into(), count: 1, reason: "greedy".into() }],
+        terminations: vec![],
+    });
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let record = after.tick().await;
+    assert_eq!(f.cloud.made(), 1, "a second machine took the spend to 20/h against a cap of 15/h: {record:#?}");
+    assert!(record.clamps.iter().any(|c| c.contains("cost cap")), "{:?}", record.clamps);
+}

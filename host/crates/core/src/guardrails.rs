@@ -25,6 +25,8 @@ pub struct Unlisted {
     /// Their resource is no longer configured: they still count against the
     /// global max, or renaming a resource would double the fleet.
     pub unmanaged: u32,
+    /// What those bill per hour, at their resources' last known prices.
+    pub unmanaged_cost_per_hour: f64,
     /// Resource → launches whose answer never came (a crash or a timeout
     /// cut the call): the machines may exist, so they count against every
     /// cap until the cloud lists them. A launch of that resource the plan
@@ -54,6 +56,7 @@ pub fn clamp(
         cost += prices.get(resource).copied().unwrap_or(0.0) * f64::from(n);
     }
     let mut total: u32 = alive.values().sum::<u32>() + unlisted.unmanaged;
+    cost += unlisted.unmanaged_cost_per_hour;
 
     let mut retries: HashMap<&str, u32> = unlisted.launching.iter().map(|(r, n)| (r.as_str(), *n)).collect();
     let mut launches = Vec::new();

@@ -22,6 +22,14 @@ pub struct TickRecord {
     pub clamps: Vec<String>,
     pub actions: Vec<Action>,
     pub dry_run: bool,
+    /// Policies marked `required` that failed this tick: its launches were
+    /// withheld.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_failed: Vec<String>,
+    /// Listed machines whose launch key this store never wrote: another
+    /// writer launches into this fleet, so this tick launched nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign_machines: Vec<String>,
     /// Workers unregistered because their machine is gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unregistered: Vec<String>,

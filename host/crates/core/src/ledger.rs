@@ -38,7 +38,14 @@ pub struct Reconciled {
     /// are not capacity, and the queue source is told to forget them
     /// (prior-art #4). Sorted.
     pub zombie_workers: Vec<String>,
+    /// Listed machines carrying a launch key this store never wrote:
+    /// another flockd with the same cluster launches into this fleet.
+    pub foreign: Vec<String>,
 }
+
+/// How long a key this store wrote is remembered after it was last listed
+/// or intended: a listing that lags this much is no listing.
+const OWN_KEY_MEMORY: Millis = 24 * 3600 * 1000;
 
 /// One machine the plan asks for, with the key it is launched under.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,14 +85,25 @@ impl<'c> Ledger<'c> {
         let mut unmanaged: BTreeSet<String> = BTreeSet::new();
         let grace = self.grace();
         let listed_keys: HashSet<&str> = observed.instances.iter().filter_map(|i| i.launch_key.as_deref()).collect();
+        let foreign = self.foreign_machines(state, &observed.instances, &listed_keys, now);
         state.launching.retain(|key, l| !listed_keys.contains(key.as_str()) && now.saturating_sub(l.at) < grace);
         let mut launching: BTreeMap<String, u32> = BTreeMap::new();
         for (key, l) in &state.launching {
             tracing::info!(resource = %l.resource, "launch {key} got no answer and is not listed yet: counted as launching");
             *launching.entry(l.resource.clone()).or_default() += 1;
         }
+        for r in &config.resources {
+            state.last_prices.insert(r.name.clone(), r.price_per_hour);
+        }
+        // A resource never seen configured (a store older than prices) is
+        // priced as the dearest one configured: the cap errs towards safety.
+        let dearest = config.resources.iter().map(|r| r.price_per_hour).fold(0.0, f64::max);
+        let mut unmanaged_cost = 0.0;
+        let mut unmanaged_resources: BTreeSet<String> = BTreeSet::new();
         for i in observed.instances {
             if !configured.contains(i.resource.as_str()) {
+                unmanaged_cost += state.last_prices.get(&i.resource).copied().unwrap_or(dearest);
+                unmanaged_resources.insert(i.resource.clone());
                 tracing::warn!(
                     instance = %i.id,
                     "instance carries this cluster's tag but resource {:?} is no longer configured: flockd leaves it alone (it still counts against max-instances); restore the resource or terminate it by hand",
@@ -96,6 +114,8 @@ impl<'c> Ledger<'c> {
             }
             cloud.insert(i.id.clone(), i);
         }
+        // Prices of dropped resources are kept while any of their machines is.
+        state.last_prices.retain(|r, _| configured.contains(r.as_str()) || unmanaged_resources.contains(r));
         state.recent_launches.retain(|id, l| !cloud.contains_key(id) && now.saturating_sub(l.at) < grace);
         for (id, l) in &state.recent_launches {
             cloud.insert(
@@ -232,15 +252,54 @@ impl<'c> Ledger<'c> {
             budget: Budget {
                 max_instances: config.limits.max_instances,
                 max_cost_per_hour: config.limits.max_cost_per_hour,
-                cost_per_hour: cost,
+                cost_per_hour: cost + unmanaged_cost,
             },
         };
         Reconciled {
             snapshot,
-            unlisted: Unlisted { unmanaged: unmanaged.len() as u32, launching },
+            unlisted: Unlisted {
+                unmanaged: unmanaged.len() as u32,
+                unmanaged_cost_per_hour: unmanaged_cost,
+                launching,
+            },
             stopped,
             zombie_workers,
+            foreign,
         }
+    }
+
+    /// Keeps `own_keys` (adopting a first listing, refreshing what is listed
+    /// or intended, forgetting what has been gone a day) and names the
+    /// listed machines whose key this store never wrote.
+    fn foreign_machines(
+        &self,
+        state: &mut HostState,
+        listed: &[CloudInstance],
+        listed_keys: &HashSet<&str>,
+        now: Millis,
+    ) -> Vec<String> {
+        if !state.own_keys_complete {
+            state.own_keys.extend(listed_keys.iter().map(|k| (k.to_string(), now)));
+            state.own_keys_complete = true;
+        }
+        let mut foreign: Vec<String> = listed
+            .iter()
+            .filter(|i| {
+                i.launch_key
+                    .as_ref()
+                    .is_some_and(|k| !state.own_keys.contains_key(k) && !state.launching.contains_key(k))
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        foreign.sort();
+        let launching = &state.launching;
+        for (key, seen) in state.own_keys.iter_mut() {
+            if listed_keys.contains(key.as_str()) || launching.contains_key(key) {
+                *seen = now;
+            }
+        }
+        state.own_keys.retain(|_, seen| now.saturating_sub(*seen) < OWN_KEY_MEMORY);
+        foreign
     }
 
     /// One slot per machine the plan launches. Launches whose answer never
@@ -286,6 +345,7 @@ impl<'c> Ledger<'c> {
         for slot in slots {
             if !state.launching.contains_key(&slot.key) {
                 state.launching.insert(slot.key.clone(), LaunchIntent { resource: slot.resource.clone(), at: now });
+                state.own_keys.insert(slot.key.clone(), now);
                 new_keys.push(slot.key.clone());
             }
         }
@@ -296,6 +356,7 @@ impl<'c> Ledger<'c> {
     pub fn withdraw(&self, state: &mut HostState, keys: &[String]) {
         for key in keys {
             state.launching.remove(key);
+            state.own_keys.remove(key);
         }
     }
 
@@ -509,5 +570,26 @@ mod tests {
         let i = &r.snapshot.instances[0];
         assert_eq!((i.state, i.launched_at), (InstanceState::Booting, 5_000));
         assert_eq!(state.last_boot_ok.get("a"), Some(&1_000));
+    }
+
+    #[test]
+    fn keys_this_store_never_wrote_are_foreign_but_a_first_listing_is_adopted() {
+        let config = config();
+        let ledger = Ledger::new(&config);
+        let mut state = HostState::default();
+        let r = ledger.reconcile(&mut state, look(vec![machine("i-1", "a", Some("before"))], vec![]), 1_000);
+        assert!(r.foreign.is_empty(), "a new store adopts what it first sees");
+        ledger.intend(&mut state, &[slot("mine")], 2_000);
+        let listed = vec![
+            machine("i-1", "a", Some("before")),
+            machine("i-2", "a", Some("mine")),
+            machine("i-3", "old", Some("theirs")),
+            machine("i-4", "a", None),
+        ];
+        let r = ledger.reconcile(&mut state, look(listed, vec![]), 3_000);
+        assert_eq!(r.foreign, vec!["i-3".to_string()]);
+        // A key gone from every listing for a day is forgotten.
+        ledger.reconcile(&mut state, look(vec![], vec![]), 3_000 + OWN_KEY_MEMORY);
+        assert!(state.own_keys.is_empty(), "{:?}", state.own_keys);
     }
 }

@@ -43,6 +43,21 @@ pub struct HostState {
     /// machine with that key or the launch-visibility grace passes.
     #[serde(default)]
     pub launching: BTreeMap<String, LaunchIntent>,
+    /// Launch key → when this store wrote it (with its intent, before the
+    /// cloud call). A listed machine carrying any other key was launched by
+    /// another writer on the same cluster. Pruned a day after the key was
+    /// last listed or intended.
+    #[serde(default)]
+    pub own_keys: BTreeMap<String, Millis>,
+    /// Whether `own_keys` is complete. A new store (or one written before
+    /// keys were kept) adopts every key of its first listing.
+    #[serde(default)]
+    pub own_keys_complete: bool,
+    /// Resource → its price per hour when it was last configured. A machine
+    /// of a resource since dropped from the config bills at this price
+    /// against the cost cap (renaming a resource must not open room).
+    #[serde(default)]
+    pub last_prices: BTreeMap<String, f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

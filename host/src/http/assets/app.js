@@ -81,10 +81,14 @@ function duration(secs) {
 function renderBlind(status) {
   const node = document.getElementById("blind");
   const b = status.blind;
-  node.hidden = !b;
-  if (!b) return;
-  node.textContent = `Blind for ${duration(b.seconds)} (${b.failed_ticks} failed ticks): nothing is launched or terminated ` +
-    `while ${status.fleet.length} machine(s) keep billing. Last error: ${b.error}`;
+  const foreign = status.foreign_machines || [];
+  node.hidden = !b && foreign.length === 0;
+  const lines = [];
+  if (b) lines.push(`Blind for ${duration(b.seconds)} (${b.failed_ticks} failed ticks): nothing is launched or terminated ` +
+    `while ${status.fleet.length} machine(s) keep billing. Last error: ${b.error}`);
+  if (foreign.length) lines.push(`Another flockd is launching into this cluster (${foreign.length} machine(s) with launch keys ` +
+    `this one never wrote: ${foreign.slice(0, 5).join(", ")}): launches are stopped until they are gone.`);
+  node.textContent = lines.join(" ");
 }
 
 function renderSummary(status) {
