@@ -79,6 +79,8 @@ pub fn check(path: &Path) -> Report {
     checker.clearml(&config);
     checker.agent(&config);
     checker.http(&config);
+    checker.prices(&config);
+    checker.chain_can_launch(&config);
     for (name, entry) in &config.providers {
         checker.provider(&config, name, entry);
     }
@@ -95,6 +97,17 @@ pub fn command(path: &Path) -> ExitCode {
     if report.has_errors() {
         ExitCode::from(2)
     } else {
+        if let Some(config) = &report.config {
+            let chain: Vec<String> = config
+                .chain()
+                .into_iter()
+                .map(|p| {
+                    let required = p.required.unwrap_or(p.name == "budget");
+                    if required { format!("{} (required)", p.name) } else { p.name }
+                })
+                .collect();
+            println!("policy chain: {}", chain.join(" → "));
+        }
         let warnings = report.diagnostics.len();
         match warnings {
             0 => println!("{}: ok", path.display()),
@@ -133,10 +146,11 @@ impl Checker<'_> {
             Ok(e) => e,
             Err(e) => return self.error(&["policies"], format!("cannot start the policy engine: {e:#}")),
         };
-        for (i, spec) in config.policy_specs().iter().enumerate() {
+        for spec in config.policy_specs().iter() {
             let Err(errors) = flockd_wasm::load_chain(&engine, std::slice::from_ref(spec)) else { continue };
-            let index = i.to_string();
-            let entry = config.policy.get(i);
+            let i = config.policy.iter().position(|p| p.name == spec.name);
+            let index = i.map(|i| i.to_string()).unwrap_or_default();
+            let entry = i.and_then(|i| config.policy.get(i));
             let about_settings = errors.iter().any(|e| e.contains("configure") || e.contains("setting"));
             let key: Vec<&str> = match entry {
                 None => vec!["policies"],
@@ -229,6 +243,36 @@ impl Checker<'_> {
                 &["agent", "extra-clearml-conf"],
                 "[agent] extra-clearml-conf seems to set a secret inline: it goes into every machine's start-up data as written; give it by reference with [agent] git-pass, s3-key/s3-secret, access-key/secret-key instead",
             );
+        }
+    }
+
+    /// A chain of built-ins without scale-up never launches anything: every
+    /// queued task would wait forever while the config looks fine.
+    fn chain_can_launch(&mut self, config: &Config) {
+        let chain = config.chain();
+        let launcher = chain.iter().any(|p| p.name == "scale-up" || flockd_wasm::builtin::component(&p.name).is_none());
+        if !launcher {
+            self.warn(
+                &["policies", "chain"],
+                format!(
+                    "no policy in the chain ({}) can launch a machine: queued tasks would never start; add \"scale-up\" (or a policy of your own that launches) to [policies] chain",
+                    chain.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(" → ")
+                ),
+            );
+        }
+    }
+
+    /// An explicit price of 0 on a real cloud is allowed (credits, a
+    /// reservation paid elsewhere) but takes that resource out of the cost cap.
+    fn prices(&mut self, config: &Config) {
+        for (name, r) in &config.resources {
+            let real_cloud = config.providers.get(&r.provider).is_some_and(|p| p.kind.bills());
+            if real_cloud && r.price_per_hour == Some(0.0) {
+                self.warn(
+                    &["resource", name, "price-per-hour"],
+                    format!("resource {name:?} has price-per-hour = 0 on a real cloud: its machines do not count against limits.max-cost-per-hour; give its hourly price unless it really costs nothing"),
+                );
+            }
         }
     }
 

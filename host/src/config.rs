@@ -107,8 +107,10 @@ pub struct ResourceEntry {
     /// The `[provider.NAME]` that launches it.
     pub provider: String,
     pub max_instances: u32,
+    /// Required on a real cloud (aws, gcp): the cost cap counts every
+    /// machine at its price, so a missing one would make it free.
     #[serde(default)]
-    pub price_per_hour: f64,
+    pub price_per_hour: Option<f64>,
     #[serde(default)]
     pub market: Market,
     /// Provider-specific settings, under the provider's kind:
@@ -124,6 +126,11 @@ pub struct ResourceEntry {
 }
 
 impl ResourceEntry {
+    /// Its price per hour (0 where none is needed: local and simulated).
+    pub fn price(&self) -> f64 {
+        self.price_per_hour.unwrap_or(0.0)
+    }
+
     pub fn settings_for(&self, kind: ProviderKind) -> Option<&toml::Value> {
         match kind {
             ProviderKind::Aws => self.aws.as_ref(),
@@ -141,6 +148,13 @@ pub enum ProviderKind {
     Gcp,
     Local,
     Simulated,
+}
+
+impl ProviderKind {
+    /// A cloud that sends a bill: its resources must say their price.
+    pub fn bills(self) -> bool {
+        matches!(self, ProviderKind::Aws | ProviderKind::Gcp)
+    }
 }
 
 impl std::fmt::Display for ProviderKind {
@@ -184,6 +198,12 @@ pub struct PoliciesSection {
     /// Default `<state-dir>/policy-cache`.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// The policy chain, in order: built-ins and `[[policy]]` names. Absent:
+    /// the built-ins in their default order, every other `[[policy]]` just
+    /// before `budget` — so listing one built-in to change its settings
+    /// never drops the others (scale-up above all).
+    #[serde(default)]
+    pub chain: Option<Vec<String>>,
 }
 
 impl Default for PoliciesSection {
@@ -194,6 +214,7 @@ impl Default for PoliciesSection {
             timeout_ms: defaults::timeout_ms(),
             memory_mib: defaults::memory_mib(),
             cache_dir: None,
+            chain: None,
         }
     }
 }
@@ -212,6 +233,12 @@ pub struct PolicyEntry {
     /// JS) policy; default `policies.timeout-ms`.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// When this policy fails (error, trap, timeout, invalid plan), the tick
+    /// launches nothing instead of passing its input plan on. Default: true
+    /// for the built-in `budget` (a spend guard must not fail open), false
+    /// for the rest.
+    #[serde(default)]
+    pub required: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -382,18 +409,29 @@ impl Config {
                     ),
                 ));
             }
-            if r.price_per_hour < 0.0 || !r.price_per_hour.is_finite() {
+            let real_cloud = self.providers.get(&r.provider).is_some_and(|p| p.kind.bills());
+            if r.price_per_hour.is_none() && real_cloud {
+                return Err(invalid(
+                    &["resource", name],
+                    format!(
+                        "resource {name:?} runs on provider {:?} (a real cloud) but has no price-per-hour: the cost cap (limits.max-cost-per-hour) counts every machine at its price, so without one its machines would be free to it. Add price-per-hour = <its hourly price> to [resource.{name}] (an explicit 0 is allowed, and `flockd check` warns about it)",
+                        r.provider
+                    ),
+                ));
+            }
+            if r.price() < 0.0 || !r.price().is_finite() {
                 return Err(here(
                     "price-per-hour",
                     format!("resource {name:?}: price-per-hour must be a finite number ≥ 0"),
                 ));
             }
-            if r.price_per_hour > self.limits.max_cost_per_hour {
+            if r.price() > self.limits.max_cost_per_hour {
                 return Err(here(
                     "price-per-hour",
                     format!(
                         "resource {name:?}: one instance costs {}/h, more than limits.max-cost-per-hour {}: it could never launch; raise the cap or remove the resource",
-                        r.price_per_hour, self.limits.max_cost_per_hour
+                        r.price(),
+                        self.limits.max_cost_per_hour
                     ),
                 ));
             }
@@ -479,23 +517,48 @@ impl Config {
             if !names.insert(&p.name) {
                 return Err(invalid(
                     &["policy", &i, "name"],
-                    format!("policy {:?} appears twice in the chain: remove one", p.name),
+                    format!("policy {:?} has two [[policy]] entries: merge them into one", p.name),
                 ));
             }
-            let has_builtin = flockd_wasm::builtin::component(&p.name).is_some();
-            if !has_builtin
-                && p.file.is_none()
-                && !self.resolve(&self.policies.dir).join(format!("{}.wasm", p.name)).exists()
+            if let Some(chain) = &self.policies.chain
+                && !chain.contains(&p.name)
             {
                 return Err(invalid(
                     &["policy", &i, "name"],
                     format!(
-                        "policy {:?} is not a built-in ({}) and {} does not exist: set `file` or add the component",
+                        "policy {:?} has a [[policy]] entry but [policies] chain ({}) does not list it: add it to the chain or remove the entry",
                         p.name,
-                        flockd_wasm::builtin::names().collect::<Vec<_>>().join(", "),
-                        self.resolve(&self.policies.dir).join(format!("{}.wasm", p.name)).display()
+                        chain.join(", ")
                     ),
                 ));
+            }
+        }
+        let mut in_chain = std::collections::BTreeSet::new();
+        for entry in self.chain() {
+            if !in_chain.insert(entry.name.clone()) {
+                return Err(invalid(
+                    &["policies", "chain"],
+                    format!("[policies] chain lists {:?} twice: a policy runs once per tick", entry.name),
+                ));
+            }
+            let has_builtin = flockd_wasm::builtin::component(&entry.name).is_some();
+            if !has_builtin
+                && entry.file.is_none()
+                && !self.resolve(&self.policies.dir).join(format!("{}.wasm", entry.name)).exists()
+            {
+                let key = match self.policy.iter().position(|p| p.name == entry.name) {
+                    Some(i) => vec!["policy".to_string(), i.to_string(), "name".to_string()],
+                    None => vec!["policies".to_string(), "chain".to_string()],
+                };
+                return Err(Invalid {
+                    key,
+                    message: format!(
+                        "policy {:?} is not a built-in ({}) and {} does not exist: set `file` on its [[policy]] entry or add the component",
+                        entry.name,
+                        flockd_wasm::builtin::names().collect::<Vec<_>>().join(", "),
+                        self.resolve(&self.policies.dir).join(format!("{}.wasm", entry.name)).display()
+                    ),
+                });
             }
         }
         Ok(())
@@ -520,7 +583,7 @@ impl Config {
                     name: name.clone(),
                     provider: r.provider.clone(),
                     max_instances: r.max_instances,
-                    price_per_hour: r.price_per_hour,
+                    price_per_hour: r.price(),
                     market: r.market,
                 })
                 .collect(),
@@ -535,22 +598,54 @@ impl Config {
         c.max_observation_age = secs(s.max_observation_age_secs, c.max_observation_age);
         c.action_timeout = secs(s.action_timeout_secs, c.action_timeout);
         c.launch_concurrency = s.launch_concurrency.unwrap_or(c.launch_concurrency);
+        c.required_policies = self.required_policies();
         c.dry_run = self.dry_run;
         c
     }
 
-    /// The policy chain: the configured entries, or the built-ins in their
-    /// default order. Each may be replaced by `<policies.dir>/<name>.wasm`.
+    /// The chain in effect, in order: `[policies] chain` if given, else the
+    /// built-ins in their default order with every other `[[policy]]` (in
+    /// file order) just before `budget`. A `[[policy]]` entry for a built-in
+    /// only sets its settings, deadline and `required`.
+    pub fn chain(&self) -> Vec<PolicyEntry> {
+        let names: Vec<String> = match &self.policies.chain {
+            Some(chain) => chain.clone(),
+            None => {
+                let custom: Vec<String> = self
+                    .policy
+                    .iter()
+                    .filter(|p| flockd_wasm::builtin::component(&p.name).is_none())
+                    .map(|p| p.name.clone())
+                    .collect();
+                let mut names: Vec<String> = Vec::new();
+                for builtin in flockd_wasm::builtin::names() {
+                    if builtin == "budget" {
+                        names.extend(custom.iter().cloned());
+                    }
+                    names.push(builtin.to_string());
+                }
+                names
+            }
+        };
+        names
+            .into_iter()
+            .map(|name| {
+                self.policy.iter().find(|p| p.name == name).cloned().unwrap_or(PolicyEntry {
+                    name,
+                    file: None,
+                    settings: None,
+                    timeout_ms: None,
+                    required: None,
+                })
+            })
+            .collect()
+    }
+
+    /// The chain as the policy loader takes it. Each policy may be replaced
+    /// by `<policies.dir>/<name>.wasm`.
     pub fn policy_specs(&self) -> Vec<PolicySpec> {
         let dir = self.resolve(&self.policies.dir);
-        let entries: Vec<PolicyEntry> = if self.policy.is_empty() {
-            flockd_wasm::builtin::names()
-                .map(|n| PolicyEntry { name: n.into(), file: None, settings: None, timeout_ms: None })
-                .collect()
-        } else {
-            self.policy.clone()
-        };
-        entries
+        self.chain()
             .into_iter()
             .map(|e| PolicySpec {
                 builtin: flockd_wasm::builtin::component(&e.name).map(|_| e.name.clone()),
@@ -559,6 +654,11 @@ impl Config {
                 name: e.name,
             })
             .collect()
+    }
+
+    /// Policies whose failure withholds a tick's launches.
+    pub fn required_policies(&self) -> std::collections::BTreeSet<String> {
+        self.chain().into_iter().filter(|p| p.required.unwrap_or(p.name == "budget")).map(|p| p.name).collect()
     }
 
     pub fn call_limits(&self) -> flockd_wasm::CallLimits {
@@ -578,4 +678,69 @@ fn seconds_ok(v: f64, zero_ok: bool) -> bool {
 fn list<'a>(it: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<&str> = it.map(String::as_str).collect();
     if v.is_empty() { "none".into() } else { v.join(", ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+cluster = "c"
+[limits]
+max-instances = 2
+max-cost-per-hour = 1.0
+[provider.sim]
+kind = "simulated"
+[[queue]]
+name = "q"
+resources = ["a"]
+[resource.a]
+provider = "sim"
+max-instances = 2
+"#;
+
+    fn required(extra: &str) -> Vec<String> {
+        let config = Config::parse(&format!("{BASE}{extra}"), Path::new("flockd.toml")).unwrap();
+        config.controller_config().required_policies.into_iter().collect()
+    }
+
+    #[test]
+    fn budget_is_required_unless_said_otherwise_and_any_policy_can_be() {
+        assert_eq!(required(""), ["budget"]);
+        assert_eq!(required("[[policy]]\nname = \"scale-up\"\n"), ["budget"]);
+        assert!(required("[[policy]]\nname = \"budget\"\nrequired = false\n").is_empty());
+        assert_eq!(
+            required("[[policy]]\nname = \"scale-up\"\nrequired = true\n[[policy]]\nname = \"budget\"\n"),
+            ["budget", "scale-up"]
+        );
+    }
+
+    fn chain(extra: &str) -> Result<Vec<String>, String> {
+        Config::parse(&format!("{BASE}{extra}"), Path::new("flockd.toml"))
+            .map(|c| c.chain().into_iter().map(|p| p.name).collect())
+            .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn one_builtin_entry_changes_its_settings_and_keeps_the_rest_of_the_chain() {
+        let defaults = ["scale-up", "spin-up-timeout", "idle", "budget"];
+        assert_eq!(chain("").unwrap(), defaults);
+        let only_idle = "[[policy]]\nname = \"idle\"\nsettings = { max-idle-secs = 120 }\n";
+        assert_eq!(chain(only_idle).unwrap(), defaults);
+        let config = Config::parse(&format!("{BASE}{only_idle}"), Path::new("flockd.toml")).unwrap();
+        let idle = config.policy_specs().into_iter().find(|p| p.name == "idle").unwrap();
+        assert_eq!(idle.settings, serde_json::json!({ "max-idle-secs": 120 }));
+    }
+
+    #[test]
+    fn a_custom_policy_goes_before_budget_unless_the_chain_places_it() {
+        let mine = "[[policy]]\nname = \"mine\"\nfile = \"mine.wasm\"\n";
+        assert_eq!(chain(mine).unwrap(), ["scale-up", "spin-up-timeout", "idle", "mine", "budget"]);
+        let placed = format!("[policies]\nchain = [\"mine\", \"scale-up\"]\n{mine}");
+        assert_eq!(chain(&placed).unwrap(), ["mine", "scale-up"]);
+        let unlisted = format!("[policies]\nchain = [\"scale-up\"]\n{mine}");
+        assert!(chain(&unlisted).unwrap_err().contains("does not list it"));
+        let twice = "[policies]\nchain = [\"idle\", \"idle\"]\n";
+        assert!(chain(twice).unwrap_err().contains("twice"));
+    }
 }

@@ -38,6 +38,10 @@ pub struct SimulateArgs {
     /// Show the controller's and the policies' logs (silenced by default).
     #[arg(long)]
     pub verbose: bool,
+    /// Exit 0 even when some tasks never started (by default that fails the
+    /// run: no policy launched for them, or the caps never left room).
+    #[arg(long)]
+    pub allow_unstarted: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -83,6 +87,21 @@ pub fn command(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> {
         ReportFormat::Table => report.table(),
     };
     print!("{text}");
+    let unstarted = report.total.tasks_never_started;
+    if unstarted > 0 && !args.allow_unstarted {
+        let queues: Vec<String> = report
+            .queues
+            .iter()
+            .filter(|q| q.tasks_never_started > 0)
+            .map(|q| format!("{} ({})", q.name, q.tasks_never_started))
+            .collect();
+        eprintln!(
+            "error: {unstarted} of {} task(s) never started, in {}: no policy in the chain launched for them (`flockd check` prints the chain) or the caps never left room. Waits leave them out, so the figures above look better than the run was. Pass --allow-unstarted to accept this",
+            report.total.tasks,
+            queues.join(", ")
+        );
+        return Ok(std::process::ExitCode::from(1));
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -314,6 +333,7 @@ pub struct QueueReport {
     pub name: String,
     pub tasks: u32,
     pub tasks_finished: u32,
+    pub tasks_never_started: u32,
     pub tasks_interrupted: u32,
     #[serde(flatten)]
     pub waits: Waits,
@@ -358,7 +378,7 @@ impl Report {
                 ResourceReport {
                     name: name.clone(),
                     instance_hours: round3(hours),
-                    cost: round3(hours * r.price_per_hour),
+                    cost: round3(hours * r.price()),
                     launches: s.launches,
                     launch_failures: s.launch_failures,
                     terminations: s.terminations,
@@ -381,6 +401,7 @@ impl Report {
                     name: q.name.clone(),
                     tasks: mine.len() as u32,
                     tasks_finished: mine.iter().filter(|t| t.finished_at.is_some()).count() as u32,
+                    tasks_never_started: mine.iter().filter(|t| t.first_started.is_none()).count() as u32,
                     tasks_interrupted: mine.iter().map(|t| t.interruptions).sum(),
                     waits: waits(mine.iter().filter_map(|t| t.wait_ms())),
                 }
@@ -391,7 +412,7 @@ impl Report {
         let cost: f64 = config
             .resources
             .iter()
-            .map(|(name, r)| stats.get(name).map_or(0.0, |s| s.instance_ms as f64 / 3_600_000.0 * r.price_per_hour))
+            .map(|(name, r)| stats.get(name).map_or(0.0, |s| s.instance_ms as f64 / 3_600_000.0 * r.price()))
             .sum();
         let total = TotalReport {
             instance_hours: round3(hours),
@@ -471,9 +492,9 @@ impl Report {
             t.peak_instances,
             t.tasks_finished,
             t.tasks_interrupted,
-            secs(t.waits.wait_p50_secs),
-            secs(t.waits.wait_p95_secs),
-            secs(t.waits.wait_max_secs)
+            wait_cell(t.waits.wait_p50_secs, 0),
+            wait_cell(t.waits.wait_p95_secs, 0),
+            wait_cell(t.waits.wait_max_secs, t.tasks_never_started)
         );
         let _ = writeln!(
             out,
@@ -488,9 +509,9 @@ impl Report {
                 q.tasks,
                 q.tasks_finished,
                 q.tasks_interrupted,
-                secs(q.waits.wait_p50_secs),
-                secs(q.waits.wait_p95_secs),
-                secs(q.waits.wait_max_secs)
+                wait_cell(q.waits.wait_p50_secs, 0),
+                wait_cell(q.waits.wait_p95_secs, 0),
+                wait_cell(q.waits.wait_max_secs, q.tasks_never_started)
             );
         }
         if t.tasks_never_started > 0 {
@@ -505,6 +526,12 @@ impl Report {
         }
         out
     }
+}
+
+/// A wait column; where tasks never started, the longest wait is theirs
+/// (unbounded), so the cell says how many instead of a time.
+fn wait_cell(s: f64, never_started: u32) -> String {
+    if never_started > 0 { format!("{never_started} never") } else { secs(s) }
 }
 
 fn secs(s: f64) -> String {
