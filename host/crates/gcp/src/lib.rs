@@ -12,6 +12,7 @@ mod errors;
 mod instance;
 mod labels;
 
+use google_cloud_compute_v1::model::instances_scoped_list::warning::Code as InstancesScopedWarningCode;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
@@ -308,6 +309,16 @@ impl CloudProvider for GcpProvider {
                 )));
             }
             for (scope, scoped) in &page.items {
+                // GCE also says a zone did not answer in that zone's own
+                // entry, as a warning and no top-level `unreachables`.
+                if let Some(warning) = &scoped.warning
+                    && warning.code == Some(InstancesScopedWarningCode::Unreachable)
+                {
+                    return Err(ProviderError::Other(format!(
+                        "instances.aggregatedList: {scope} unreachable: {}",
+                        flockd_core::text::printable(warning.message.as_deref().unwrap_or(""))
+                    )));
+                }
                 let Some(zone) = scope.strip_prefix("zones/") else { continue };
                 for instance in &scoped.instances {
                     // Labels are sanitised; the exact cluster is in metadata.

@@ -216,6 +216,30 @@ async fn a_list_with_an_unreachable_zone_is_an_error_not_a_shorter_list() {
     assert_eq!(provider.list(CLUSTER).await.unwrap().len(), 1);
 }
 
+/// Guard: GCE also reports a zone it could not read as a warning in that
+/// zone's own entry, with no top-level `unreachables`: that is a partial
+/// list too, so an error. A "no results" warning is just an empty zone.
+#[tokio::test]
+async fn a_zone_answered_with_an_unreachable_warning_fails_the_list() {
+    let (fake, provider) = setup(1, 500).await;
+    provider.launch(&request(CLUSTER, "cpu", "k-1")).await.unwrap();
+    fake.inject(Fault {
+        call: "aggregatedList",
+        zone: None,
+        kind: FaultKind::ScopeWarning { scope: "zones/test-zone-y", code: "UNREACHABLE" },
+        count: 1,
+    });
+    let err = provider.list(CLUSTER).await.expect_err("a zone that did not answer may hold machines");
+    assert!(err.to_string().contains("test-zone-y"), "{err}");
+    fake.inject(Fault {
+        call: "aggregatedList",
+        zone: None,
+        kind: FaultKind::ScopeWarning { scope: "zones/test-zone-y", code: "NO_RESULTS_ON_PAGE" },
+        count: 1,
+    });
+    assert_eq!(provider.list(CLUSTER).await.unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn a_stockout_moves_the_launch_to_the_next_zone_and_a_retry_finds_it() {
     let (fake, provider) = setup(3, 500).await;

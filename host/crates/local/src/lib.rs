@@ -235,8 +235,16 @@ impl CloudProvider for LocalProvider {
     async fn list(&self, cluster: &str) -> Result<Vec<CloudInstance>, ProviderError> {
         let state = self.state.lock().await;
         let (records, unreadable) = state.all().map_err(|e| state_error(&state, e))?;
-        for path in unreadable {
-            tracing::warn!(path = %path.display(), "ignoring an unreadable local machine record");
+        // A listing is complete or it is an error: a record we cannot read
+        // may stand for a running agent, and skipping it would leave that
+        // machine counted against nothing.
+        if let Some(path) = unreadable.first() {
+            return Err(ProviderError::Other(format!(
+                "local provider: cannot read the machine record {} ({} unreadable in all): check whether a process with {INSTANCE_ID_VAR}=<its name> still runs, stop it, then move the file out of {}",
+                path.display(),
+                unreadable.len(),
+                state.path().display()
+            )));
         }
         let mut live = Vec::new();
         for record in records.into_iter().filter(|r| r.cluster == cluster) {

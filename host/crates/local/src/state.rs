@@ -55,8 +55,13 @@ impl StateDir {
         let path = self.record_path(&record.instance_id);
         let tmp = self.dir.join(format!(".{}.tmp", record.instance_id));
         let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        fs::write(&tmp, json)?;
-        fs::rename(&tmp, &path)
+        // Written, synced, renamed, and the rename synced: after a power
+        // cut the record is either the old one or the new one, whole.
+        let mut file = fs::File::create(&tmp)?;
+        io::Write::write_all(&mut file, &json)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        fs::File::open(&self.dir)?.sync_all()
     }
 
     pub fn read(&self, instance_id: &str) -> io::Result<Option<MachineRecord>> {

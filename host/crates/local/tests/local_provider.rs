@@ -281,3 +281,20 @@ fn config_parses_with_defaults_and_rejects_unknown_fields() {
     let err = toml::from_str::<LocalResourceConfig>("command = \"x\"\ncmd = \"y\"").unwrap_err();
     assert!(err.to_string().contains("cmd"), "{err}");
 }
+
+/// Guard: a listing is complete or it is an error. A machine record that
+/// cannot be read (damaged, half-copied by hand) may stand for a running
+/// agent; skipping it would leave that machine counted against nothing.
+#[tokio::test]
+async fn an_unreadable_machine_record_fails_the_listing_instead_of_hiding_a_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = provider(dir.path(), &[("cpu", shell("sleep 30"))]);
+    let launched = p.launch(&request(CLUSTER, "cpu", "key-1")).await.unwrap();
+    std::fs::write(record_path(dir.path(), "local-0123456789abcdef"), b"{\"instance-id\": \"local-01").unwrap();
+    let err = p.list(CLUSTER).await.expect_err("a listing that skipped a record would be partial");
+    let message = err.to_string();
+    assert!(message.contains("local-0123456789abcdef.json"), "names the record: {message}");
+    std::fs::remove_file(record_path(dir.path(), "local-0123456789abcdef")).unwrap();
+    assert_eq!(p.list(CLUSTER).await.unwrap().len(), 1);
+    p.terminate(&launched.id).await.unwrap();
+}

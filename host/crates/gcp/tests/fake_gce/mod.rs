@@ -26,6 +26,9 @@ pub enum FaultKind {
     Operation { code: &'static str },
     /// The aggregated list answers, naming this scope as unreachable.
     Unreachable { scope: &'static str },
+    /// The aggregated list answers with this scope's entry replaced by a
+    /// warning of this code (GCE's per-zone way of saying UNREACHABLE).
+    ScopeWarning { scope: &'static str, code: &'static str },
 }
 
 #[derive(Clone, Debug)]
@@ -184,7 +187,7 @@ async fn insert(
             return gce_error(status, reason, "injected by the fake");
         }
         Some(FaultKind::Operation { code }) => Some(code),
-        Some(FaultKind::Unreachable { .. }) | None => None,
+        Some(FaultKind::Unreachable { .. } | FaultKind::ScopeWarning { .. }) | None => None,
     };
     if error_code.is_none() {
         if fake.instances.contains_key(&(zone.clone(), name.clone())) {
@@ -301,9 +304,11 @@ async fn aggregated_list(
 ) -> Response {
     let mut fake = state.lock().unwrap();
     let mut unreachable = None;
+    let mut scope_warning = None;
     match fake.record("aggregatedList", "", &query) {
         Some(FaultKind::Http { status, reason }) => return gce_error(status, reason, "injected by the fake"),
         Some(FaultKind::Unreachable { scope }) => unreachable = Some(scope),
+        Some(FaultKind::ScopeWarning { scope, code }) => scope_warning = Some((scope, code)),
         _ => {}
     }
     let filter = query.get("filter").map(String::as_str).unwrap_or_default();
@@ -331,6 +336,11 @@ async fn aggregated_list(
     }
     if let Some(scope) = unreachable {
         body["unreachables"] = json!([scope]);
+    }
+    if let Some((scope, code)) = scope_warning {
+        body["items"][scope] = json!({
+            "warning": { "code": code, "message": format!("{scope} injected by the fake"), "data": [] }
+        });
     }
     axum::Json(body).into_response()
 }
