@@ -135,3 +135,52 @@ async fn survives_sigkill_rounds_without_leaks_or_duplicates() {
     let seed = std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     aws_rounds::run("chaos", rounds, seed).await;
 }
+
+/// Guard (controller `launch_answered`): EC2 made the instance but the
+/// answer to RunInstances was a 503, and DescribeInstances does not show
+/// the instance for a while. The launch's outcome is unknown, so it keeps
+/// counting against the caps and is re-sent under its ClientToken, which
+/// hands back the same instance: never a second machine. (moto lists a new
+/// instance at once, so without the hiding this case passed by luck.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_answered_with_a_5xx_after_ec2_made_it_is_not_made_twice() {
+    let cluster = "fivexx";
+    let moto = moto().await;
+    let clearml = Clearml::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            cluster: cluster.into(),
+            clearml_url: clearml.url(),
+            max_instances: 1,
+            spot_max: 1,
+            on_demand_max: 1,
+            cool_off_secs: 120,
+            max_idle_secs: 600,
+        },
+    )
+    .await;
+    clearml.handle.create_queue(GPU).unwrap();
+    let hide = Duration::from_secs(8);
+    moto.inject_made_then_failed("ServiceUnavailable", 503, hide).await;
+    let mut flockd = Flockd::start(&config, dir.path().join("flockd.log"));
+    flockd.wait_until_running().await;
+    clearml.enqueue(GPU, "only");
+
+    wait_for("the instance EC2 made", Duration::from_secs(30), || async {
+        (moto.instances(cluster).await.iter().filter(|i| i.live()).count() == 1).then_some(())
+    })
+    .await;
+    // Over the hiding and a few ticks past it (0.5 s each), count what lives.
+    let until = Instant::now() + hide + Duration::from_secs(4);
+    let mut most = 0;
+    while Instant::now() < until {
+        most = most.max(moto.instances(cluster).await.iter().filter(|i| i.live()).count());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(dir.path().join("flockd.log")).unwrap_or_default();
+    assert_eq!(most, 1, "a second machine against max-instances 1:\n{log}");
+    assert!(log.contains("outcome unknown"), "the 503 is an unknown outcome, not a refusal:\n{log}");
+    flockd.stop().await;
+}

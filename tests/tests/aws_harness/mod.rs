@@ -173,6 +173,16 @@ impl Moto {
         self.post(&reqwest::Client::new(), "/_faults/inject", fault).await;
     }
 
+    /// The next RunInstances makes its instance, then answers `status`
+    /// with `code`; DescribeInstances leaves that instance out for `hide`.
+    pub async fn inject_made_then_failed(&self, code: &str, status: u16, hide: Duration) {
+        let fault = json!({
+            "action": "RunInstances", "code": code, "status": status, "count": 1,
+            "after": true, "hide_secs": hide.as_secs_f64(),
+        });
+        self.post(&reqwest::Client::new(), "/_faults/inject", fault).await;
+    }
+
     /// Makes the next `count` matching calls of `action` take `delay` longer.
     pub async fn inject_delay(&self, action: &str, delay: Duration, count: u32, matching: Value) {
         let fault = json!({"action": action, "delay_ms": delay.as_millis() as u64, "count": count, "match": matching});
