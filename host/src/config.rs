@@ -341,12 +341,53 @@ impl Config {
                 format!("poll-interval-secs = {}: must be more than 0 and at most a year", self.poll_interval_secs),
             ));
         }
+        // The engine's own message for these (a pooling-allocator error)
+        // says nothing a config writer can act on.
+        if !(1..=4096).contains(&self.policies.memory_mib) {
+            return Err(invalid(
+                &["policies", "memory-mib"],
+                format!(
+                    "policies.memory-mib = {}: each policy instance needs 1 to 4096 MiB (default 64; a Python policy uses ~6)",
+                    self.policies.memory_mib
+                ),
+            ));
+        }
+        if !(1..=60_000).contains(&self.policies.timeout_ms) {
+            return Err(invalid(
+                &["policies", "timeout-ms"],
+                format!(
+                    "policies.timeout-ms = {}: a policy call's deadline must be 1 to 60000 ms (default 50)",
+                    self.policies.timeout_ms
+                ),
+            ));
+        }
+        if let Some(clearml) = self.clearml.as_ref().and_then(|c| c.as_table()) {
+            for key in ["api-host", "web-host", "files-host"] {
+                let Some(value) = clearml.get(key).and_then(|v| v.as_str()) else { continue };
+                let url_ok = url::Url::parse(value)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+                if !url_ok {
+                    return Err(invalid(
+                        &["clearml", key],
+                        format!(
+                            "clearml.{key} = {value:?} is not an http(s) URL: write it with its scheme, e.g. \"https://api.clear.ml\" or \"http://clearml.internal:8008\""
+                        ),
+                    ));
+                }
+            }
+        }
         if self.queues.is_empty() {
             return Err(invalid(&[], "no [[queue]]: add at least one queue with the resources that serve it"));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, q) in self.queues.iter().enumerate() {
             let i = i.to_string();
+            if q.name.trim().is_empty() {
+                return Err(invalid(
+                    &["queue", &i, "name"],
+                    "a [[queue]] has an empty name: give the ClearML queue's name, e.g. name = \"gpu\"",
+                ));
+            }
             if !seen.insert(&q.name) {
                 return Err(invalid(
                     &["queue", &i, "name"],
@@ -360,6 +401,15 @@ impl Config {
                 ));
             }
             for (j, r) in q.resources.iter().enumerate() {
+                if q.resources[..j].contains(r) {
+                    return Err(invalid(
+                        &["queue", &i, "resources", &j.to_string()],
+                        format!(
+                            "queue {:?} lists resource {r:?} twice: each resource appears once, in order of preference",
+                            q.name
+                        ),
+                    ));
+                }
                 if !self.resources.contains_key(r) {
                     return Err(invalid(
                         &["queue", &i, "resources", &j.to_string()],
