@@ -163,7 +163,7 @@ async fn a_launch_answered_with_a_5xx_after_ec2_made_it_is_not_made_twice() {
     .await;
     clearml.handle.create_queue(GPU).unwrap();
     let hide = Duration::from_secs(8);
-    moto.inject_made_then_failed("ServiceUnavailable", 503, hide).await;
+    moto.inject_made_then_failed("ServiceUnavailable", 503, hide, run_instances_of(cluster, true)).await;
     let mut flockd = Flockd::start(&config, dir.path().join("flockd.log"));
     flockd.wait_until_running().await;
     clearml.enqueue(GPU, "only");

@@ -173,12 +173,13 @@ impl Moto {
         self.post(&reqwest::Client::new(), "/_faults/inject", fault).await;
     }
 
-    /// The next RunInstances makes its instance, then answers `status`
-    /// with `code`; DescribeInstances leaves that instance out for `hide`.
-    pub async fn inject_made_then_failed(&self, code: &str, status: u16, hide: Duration) {
+    /// The next matching RunInstances makes its instance, then answers
+    /// `status` with `code`; DescribeInstances leaves that instance out for
+    /// `hide`. Match on the cluster: tests share one moto.
+    pub async fn inject_made_then_failed(&self, code: &str, status: u16, hide: Duration, matching: Value) {
         let fault = json!({
             "action": "RunInstances", "code": code, "status": status, "count": 1,
-            "after": true, "hide_secs": hide.as_secs_f64(),
+            "after": true, "hide_secs": hide.as_secs_f64(), "match": matching,
         });
         self.post(&reqwest::Client::new(), "/_faults/inject", fault).await;
     }

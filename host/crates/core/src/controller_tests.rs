@@ -48,11 +48,16 @@ impl Fixture {
     }
 
     fn controller(&self, decider: impl Fn(&Snapshot) -> Plan + Send + Sync + 'static) -> Controller {
+        self.controller_over(Arc::new(decider), self.store.clone())
+    }
+
+    /// A controller with this decider and store over the fixture's world.
+    fn controller_over(&self, decider: Arc<dyn Decider>, store: Arc<dyn StateStore>) -> Controller {
         let seams = Seams {
             source: self.queues.clone(),
             providers: BTreeMap::from([("fake".to_string(), self.cloud.clone() as Arc<dyn CloudProvider>)]),
-            decider: Arc::new(decider),
-            store: self.store.clone(),
+            decider,
+            store,
             clock: self.clock.clone(),
         };
         Controller::new(self.config.clone(), seams).unwrap()
@@ -75,6 +80,16 @@ impl Fixture {
         ids
     }
 }
+
+/// `n` ticks, `POLL` apart on the paused clock.
+async fn ticks(controller: &Controller, n: usize) {
+    for _ in 0..n {
+        tokio::time::advance(POLL).await;
+        controller.tick().await;
+    }
+}
+
+const POLL: Duration = Duration::from_secs(10);
 
 fn worker_of(id: &str) -> String {
     naming::worker_id(CLUSTER, "a", id)
@@ -175,14 +190,10 @@ async fn a_launch_cut_by_the_action_timeout_is_not_forgotten_while_the_cloud_hid
     assert!(matches!(&first.actions[..], [Action::Launch { outcome: Outcome::Failed(_), .. }]), "{:#?}", first.actions);
     // The tick waited out the action timeout (300 s of virtual time).
     assert!(f.clock.now() - T0 >= 300_000);
-    for _ in 0..20 {
-        tokio::time::advance(Duration::from_secs(10)).await;
-        controller.tick().await;
-    }
+    ticks(&controller, 20).await;
     assert_eq!(f.cloud.made(), 1, "a second machine past a's max of 1: {:?}", f.cloud.alive());
     f.cloud.reveal();
-    tokio::time::advance(Duration::from_secs(10)).await;
-    controller.tick().await;
+    ticks(&controller, 1).await;
     assert_eq!(f.cloud.made(), 1);
 }
 
@@ -197,14 +208,10 @@ async fn a_launch_answered_with_an_unknown_outcome_keeps_counting() {
     let controller = f.controller(one_more_a);
 
     controller.tick().await;
-    for _ in 0..6 {
-        tokio::time::advance(Duration::from_secs(10)).await;
-        controller.tick().await;
-    }
+    ticks(&controller, 6).await;
     assert_eq!(f.cloud.made(), 1, "a second machine past a's max of 1: {:?}", f.cloud.alive());
     f.cloud.reveal();
-    tokio::time::advance(Duration::from_secs(10)).await;
-    controller.tick().await;
+    ticks(&controller, 1).await;
     assert_eq!(f.cloud.made(), 1);
     assert!(controller.host_state().await.launching.is_empty());
 }
@@ -219,8 +226,7 @@ async fn a_definitely_refused_launch_does_not_hold_a_slot() {
 
     controller.tick().await;
     assert!(controller.host_state().await.launching.is_empty());
-    tokio::time::advance(Duration::from_secs(10)).await;
-    controller.tick().await;
+    ticks(&controller, 1).await;
     assert_eq!(f.cloud.made(), 1);
 }
 
@@ -237,10 +243,7 @@ async fn how_long_the_host_has_been_blind_is_known_until_it_sees_again() {
 
     let first_failure = f.clock.now();
     controller.tick().await;
-    for _ in 0..30 {
-        tokio::time::advance(Duration::from_secs(10)).await;
-        controller.tick().await;
-    }
+    ticks(&controller, 30).await;
     let blind = controller.blind().expect("blind after 31 failed observations");
     assert_eq!(blind.since, first_failure);
     assert!(blind.error.contains("connection refused"), "{blind:?}");
@@ -253,8 +256,7 @@ async fn how_long_the_host_has_been_blind_is_known_until_it_sees_again() {
     assert!(f.cloud.terminated().is_empty(), "decided while blind");
 
     f.queues.up();
-    tokio::time::advance(Duration::from_secs(10)).await;
-    controller.tick().await;
+    ticks(&controller, 1).await;
     assert_eq!(controller.blind(), None);
 }
 
@@ -300,14 +302,7 @@ async fn a_failed_required_policy_withholds_the_ticks_launches_but_not_its_termi
     let mut f = Fixture::new(5);
     f.config.required_policies = ["budget".to_string()].into();
     let ids = f.idle_fleet(1).await;
-    let seams = Seams {
-        source: f.queues.clone(),
-        providers: BTreeMap::from([("fake".to_string(), f.cloud.clone() as Arc<dyn CloudProvider>)]),
-        decider: Arc::new(BudgetFails),
-        store: f.store.clone(),
-        clock: f.clock.clone(),
-    };
-    let controller = Controller::new(f.config.clone(), seams).unwrap();
+    let controller = f.controller_over(Arc::new(BudgetFails), f.store.clone());
 
     let record = controller.tick().await;
     assert_eq!(f.cloud.made(), 1, "launched although the required budget policy failed: {record:#?}");
@@ -317,16 +312,8 @@ async fn a_failed_required_policy_withholds_the_ticks_launches_but_not_its_termi
 
     // The same failure in a policy that is not required passes the plan on.
     f.config.required_policies.clear();
-    let seams = Seams {
-        source: f.queues.clone(),
-        providers: BTreeMap::from([("fake".to_string(), f.cloud.clone() as Arc<dyn CloudProvider>)]),
-        decider: Arc::new(BudgetFails),
-        store: f.store.clone(),
-        clock: f.clock.clone(),
-    };
-    let controller = Controller::new(f.config.clone(), seams).unwrap();
-    tokio::time::advance(Duration::from_secs(10)).await;
-    controller.tick().await;
+    let controller = f.controller_over(Arc::new(BudgetFails), f.store.clone());
+    ticks(&controller, 1).await;
     assert_eq!(f.cloud.made(), 2);
 }
 
@@ -343,17 +330,7 @@ async fn a_machine_launched_by_another_writer_stops_launches() {
 
     // A second flockd on the same fleet with its own store adopts what it
     // finds at its first look, then launches on its own.
-    let second = Controller::new(
-        f.config.clone(),
-        Seams {
-            source: f.queues.clone(),
-            providers: BTreeMap::from([("fake".to_string(), f.cloud.clone() as Arc<dyn CloudProvider>)]),
-            decider: Arc::new(one_more_a),
-            store: Arc::new(MemoryStore::default()),
-            clock: f.clock.clone(),
-        },
-    )
-    .unwrap();
+    let second = f.controller_over(Arc::new(one_more_a), Arc::new(MemoryStore::default()));
     tokio::time::advance(Duration::from_secs(10)).await;
     second.tick().await;
     assert_eq!(f.cloud.made(), 2);
