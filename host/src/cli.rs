@@ -51,9 +51,12 @@ pub enum Command {
         /// A config to use instead of the embedded default (examples/dev.toml).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Where the ClearML-compatible API listens.
+        /// Where the ClearML-compatible API listens; beyond loopback only with --clearml-secret.
         #[arg(long, default_value = "127.0.0.1:8008")]
         clearml_listen: std::net::SocketAddr,
+        /// Secret key of the ClearML-compatible API, by reference (`env:NAME` or `file:PATH`); a built-in dev secret, loopback only, when absent.
+        #[arg(long)]
+        clearml_secret: Option<String>,
         /// Where the dashboard and the status API listen, instead of the config's [http] listen (port 0: any free port).
         #[arg(long)]
         http_listen: Option<std::net::SocketAddr>,
@@ -66,12 +69,13 @@ pub enum Command {
     },
     /// Serve the built-in ClearML-compatible API server.
     DevServer {
+        /// Where to listen; beyond loopback only with --secret-key.
         #[arg(long, default_value = "127.0.0.1:8008")]
         listen: std::net::SocketAddr,
         /// Access key clients log in with.
         #[arg(long, default_value = "flockd-dev")]
         access_key: String,
-        /// Secret key reference (`env:NAME` or `file:PATH`); a fixed dev secret when absent.
+        /// Secret key reference (`env:NAME` or `file:PATH`); a built-in dev secret, loopback only, when absent.
         #[arg(long)]
         secret_key: Option<String>,
         /// Keep queues and tasks in this file across restarts.
@@ -103,24 +107,34 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, dry_run } => runtime()?.block_on(crate::run::run(&config, dry_run)),
         Command::Check { config } => Ok(crate::check::command(&config)),
-        Command::Dev { config, clearml_listen, http_listen, demo, task_secs } => {
+        Command::Dev { config, clearml_listen, clearml_secret, http_listen, demo, task_secs } => {
+            let clearml_secret = secret_ref("--clearml-secret", clearml_secret)?;
             // A demo must not fail because a dev server already holds 8008.
             let clearml_listen =
                 if demo && clearml_listen.port() == 8008 { ([127, 0, 0, 1], 0).into() } else { clearml_listen };
             runtime()?.block_on(crate::dev::dev(crate::dev::DevOptions {
                 config,
                 clearml_listen,
+                clearml_secret,
                 http_listen,
                 demo,
                 task_secs,
             }))
         }
         Command::DevServer { listen, access_key, secret_key, persist } => {
+            let secret_key = secret_ref("--secret-key", secret_key)?;
             runtime()?.block_on(crate::dev::dev_server(listen, access_key, secret_key, persist))
         }
         Command::Simulate(args) => crate::simulate::command(args),
         Command::Policy(cmd) => crate::policy_cli::run(cmd),
     }
+}
+
+/// Parsed here, not by clap: clap's error would echo the value, which may be
+/// a secret pasted where its reference belongs.
+fn secret_ref(option: &str, value: Option<String>) -> anyhow::Result<Option<flockd_clearml::secret::SecretRef>> {
+    use anyhow::Context;
+    value.map(|v| v.parse().with_context(|| format!("{option} takes a reference, not a secret"))).transpose()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -15,21 +15,26 @@ use serde_json::json;
 
 use crate::config::ProviderKind;
 
-/// The secret `flockd dev` uses when none is given. It protects nothing but
-/// a loopback development server.
+/// The secret `flockd dev` and `dev-server` use when none is given. Anyone
+/// can read it here, so the server then listens on loopback only.
 pub const DEV_SECRET: &str = "flockd-dev-secret";
+
+/// The server's config: the given secret reference, or the built-in secret
+/// (which `ClearmlServer::start` refuses beyond loopback).
+fn server_config(listen: SocketAddr, access_key: String, secret: Option<SecretRef>) -> anyhow::Result<ServerConfig> {
+    Ok(match secret {
+        Some(reference) => ServerConfig::with_secret_ref(listen, access_key, reference)?,
+        None => ServerConfig::new(listen, access_key, Secret::new(DEV_SECRET)),
+    })
+}
 
 pub async fn dev_server(
     listen: SocketAddr,
     access_key: String,
-    secret_key: Option<String>,
+    secret_key: Option<SecretRef>,
     persist: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    let secret = match secret_key {
-        Some(r) => r.parse::<SecretRef>()?.resolve()?,
-        None => Secret::new(DEV_SECRET),
-    };
-    let mut config = ServerConfig::new(listen, access_key, secret);
+    let mut config = server_config(listen, access_key, secret_key)?;
     config.persist_path = persist;
     let shutdown = crate::run::shutdown_signal()?;
     let server = ClearmlServer::start(config).await?;
@@ -49,6 +54,8 @@ pub struct DevOptions {
     pub config: Option<PathBuf>,
     /// Where the ClearML-compatible server listens (port 0: any free port).
     pub clearml_listen: SocketAddr,
+    /// Its secret key; None: the built-in [`DEV_SECRET`], loopback only.
+    pub clearml_secret: Option<SecretRef>,
     /// Where the dashboard listens instead of the config's `[http] listen`.
     pub http_listen: Option<SocketAddr>,
     /// Enqueue a sample workload, show it scale up and down, then exit.
@@ -58,6 +65,9 @@ pub struct DevOptions {
 }
 
 pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
+    // Refused before anything is created or started.
+    let server_config = server_config(options.clearml_listen, DEV_ACCESS_KEY.into(), options.clearml_secret.clone())?;
+    server_config.check_listen()?;
     // The demo ends by itself and Ctrl-C simply stops it; the long-running
     // mode takes signals from the start, like `flockd run`.
     let shutdown = if options.demo { None } else { Some(crate::run::shutdown_signal()?) };
@@ -77,9 +87,7 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
     let state_dir = config.resolve(&config.state_dir);
     std::fs::create_dir_all(&state_dir)?;
 
-    let server =
-        ClearmlServer::start(ServerConfig::new(options.clearml_listen, DEV_ACCESS_KEY, Secret::new(DEV_SECRET)))
-            .await?;
+    let server = ClearmlServer::start(server_config).await?;
     let handle = server.handle();
     for q in &config.queues {
         if handle.queue_id(&q.name).is_none() {
@@ -88,13 +96,15 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
     }
     // flockd talks to its own server exactly as to a real one: over HTTP,
     // with credentials by reference.
-    let secret_file = state_dir.join("clearml-dev-secret");
-    write_private(&secret_file, DEV_SECRET)?;
-    let clearml = flockd_clearml::ClearmlConfig::new(
-        server.url(),
-        SecretRef::File(write_key(&state_dir)?),
-        SecretRef::File(secret_file),
-    );
+    let secret = match options.clearml_secret {
+        Some(reference) => reference,
+        None => {
+            let secret_file = state_dir.join("clearml-dev-secret");
+            write_private(&secret_file, DEV_SECRET)?;
+            SecretRef::File(secret_file)
+        }
+    };
+    let clearml = flockd_clearml::ClearmlConfig::new(server.url(), SecretRef::File(write_key(&state_dir)?), secret);
     let source: Arc<dyn QueueSource> = Arc::new(flockd_clearml::ClearmlClient::new(&clearml)?);
 
     let world = SimWorld::new(

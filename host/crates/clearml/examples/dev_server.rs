@@ -1,6 +1,7 @@
 //! Runs the ClearML-compatible server in the foreground, for poking at it
 //! with the real SDK or agent: `cargo run -p flockd-clearml --example dev_server -- 127.0.0.1:8008`.
-//! Credentials: access key `flockd-dev`, secret `dev-secret` (not a real credential).
+//! Credentials: access key `flockd-dev`, secret `dev-secret` (not a real credential,
+//! so the server refuses an address beyond loopback).
 
 use flockd_clearml::secret::Secret;
 use flockd_clearml::server::{ClearmlServer, ServerConfig};

@@ -60,6 +60,13 @@
 //! `create_queue`, `queue_id`, `queue_depth`, `create_task`, `enqueue`,
 //! `tasks`, `task`, `workers`, `revoke_tokens`.
 //!
+//! Logging in lets a client have tasks run, so a server whose secret is
+//! written in code ([`ServerConfig::new`], [`SecretSource::BuiltIn`]) serves
+//! on loopback only; [`ServerConfig::with_secret_ref`] (a secret by `env:` /
+//! `file:` reference) may listen anywhere. Keys are compared in constant
+//! time; a bad request field is a 400 naming it; a handler that panics (a
+//! bug) gets its request a 500 and leaves the state usable.
+//!
 //! # Bootstrap
 //!
 //! ```no_run
@@ -93,4 +100,4 @@ pub mod token;
 pub mod wire;
 
 pub use client::{ClearmlClient, ClearmlConfig, ClearmlError};
-pub use server::{ClearmlServer, RunningServer, ServerConfig, ServerHandle};
+pub use server::{ClearmlServer, RunningServer, SecretSource, ServerConfig, ServerHandle};

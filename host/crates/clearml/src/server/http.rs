@@ -12,10 +12,12 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
-use super::Shared;
-use super::handlers::{self, ApiError, Call};
+use super::handlers::{ApiError, non_negative};
 use super::store::{COMPANY_ID, COMPANY_NAME, USER_ID, USER_NAME, new_id, now_ms};
+use super::{Shared, lock};
 use crate::token;
 use crate::wire::{self, codes};
 
@@ -42,7 +44,7 @@ fn split_path(path: &str) -> (Option<String>, String) {
     }
 }
 
-fn answer(
+pub(super) fn answer(
     shared: &Shared,
     endpoint: &str,
     uri: &Uri,
@@ -59,25 +61,11 @@ fn answer(
         _ => authenticate(shared, headers)?,
     }
 
-    let mut store = shared.store.lock().expect("a handler panicked while holding the store");
-    let mut call = Call {
-        store: &mut store,
-        body: &request,
-        now: now_ms(),
-        register_timeout: shared.register_timeout,
-        ip: peer.ip().to_string(),
-        changed: false,
-    };
-    let Some(reply) = handlers::dispatch(endpoint, &mut call) else {
+    let Some(reply) = shared.run(endpoint, &request, peer.ip().to_string()) else {
         tracing::warn!(endpoint, "clearml server: unknown endpoint called; answering 404");
-        shared.unknown_endpoints.lock().expect("lock poisoned").insert(endpoint.to_string());
+        lock(&shared.unknown_endpoints).insert(endpoint.to_string());
         return Err(ApiError::new(codes::UNKNOWN_ENDPOINT, format!("Unable to find endpoint for name {endpoint}")));
     };
-    let changed = call.changed;
-    drop(store);
-    if changed {
-        shared.state_changed.notify_one();
-    }
     match &reply {
         Ok(_) => tracing::debug!(endpoint, "clearml server: ok"),
         Err(e) => tracing::debug!(endpoint, code = e.code, subcode = e.subcode, msg = %e.msg, "clearml server: error"),
@@ -119,20 +107,16 @@ fn login(shared: &Shared, headers: &HeaderMap, request: &Map<String, Value>) -> 
             .as_deref()
             .and_then(|d| d.split_once(':'))
             .ok_or_else(|| ApiError::new(codes::INVALID_CREDENTIALS, "malformed basic authorization"))?;
-        if key != shared.access_key || secret != shared.secret_key.expose() {
+        if !credentials_match(shared, key, secret) {
             return Err(ApiError::new(codes::INVALID_CREDENTIALS, "Invalid user credentials"));
         }
     } else {
         // A valid token may also log in again (the agent does this to get a task session).
         authenticate(shared, headers)?;
     }
-    let lifetime = match request.get("expiration_sec") {
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) => s.parse().ok(),
-        _ => None,
-    }
-    .filter(|secs| *secs > 0)
-    .map_or(shared.token_lifetime_secs, |asked| asked.min(shared.token_lifetime_secs));
+    let lifetime = non_negative("expiration_sec", request.get("expiration_sec"))?
+        .filter(|secs| *secs > 0)
+        .map_or(shared.token_lifetime_secs, |asked| asked.min(shared.token_lifetime_secs));
     let now = now_ms() / 1000;
     let claims = json!({
         "identity": {
@@ -141,7 +125,7 @@ fn login(shared: &Shared, headers: &HeaderMap, request: &Map<String, Value>) -> 
         },
         "tenant": COMPANY_ID,
         "iat": now,
-        "exp": now + lifetime as i64,
+        "exp": now.saturating_add(i64::try_from(lifetime).unwrap_or(i64::MAX)),
         "api_version": wire::API_VERSION,
         "server_version": wire::SERVER_VERSION,
         "server_build": "flockd",
@@ -149,6 +133,15 @@ fn login(shared: &Shared, headers: &HeaderMap, request: &Map<String, Value>) -> 
         "env": "flockd",
     });
     Ok(json!({ "token": token::sign(&claims, &shared.signing_key()) }))
+}
+
+/// Both keys compared in constant time: a mismatch takes as long wherever
+/// it is, and hashing first hides the lengths too.
+fn credentials_match(shared: &Shared, key: &str, secret: &str) -> bool {
+    let digest = |text: &str| Sha256::digest(text.as_bytes());
+    let key_ok = digest(key).ct_eq(&digest(&shared.access_key));
+    let secret_ok = digest(secret).ct_eq(&digest(shared.secret_key.expose()));
+    (key_ok & secret_ok).into()
 }
 
 fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -2,6 +2,12 @@
 //! SDK, `clearml-agent` and flockd's own client to create, enqueue, pull and
 //! finish tasks and to register workers. It backs `flockd dev` and the tests.
 //!
+//! Anyone who can log in can make an agent run any command, so the server
+//! refuses to listen beyond loopback with a secret written in code
+//! ([`SecretSource::BuiltIn`]); compares credentials in constant time; and
+//! answers a request that makes a handler panic (a bug) with a 500 while
+//! the store stays usable for every later request.
+//!
 //! State lives in memory; with `persist_path` queues, tasks and projects are
 //! also written (temp file + rename) after every change, so a restart keeps
 //! them. Workers are not persisted: live agents re-register on their next
@@ -9,12 +15,17 @@
 
 mod handlers;
 mod http;
+#[cfg(test)]
+mod proptests;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 use serde_json::{Map, Value, json};
@@ -22,9 +33,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::secret::Secret;
-use handlers::{Call, dispatch};
-use store::{Store, now_ms, write_atomically};
+use crate::secret::{Secret, SecretError, SecretRef};
+use crate::wire::codes;
+use handlers::{ApiError, Call, Reply, dispatch};
+use store::{Object, Store, now_ms, write_atomically};
 
 /// How to run the compatible server.
 #[derive(Clone, Debug)]
@@ -34,6 +46,8 @@ pub struct ServerConfig {
     /// The one credential pair `auth.login` accepts.
     pub access_key: String,
     pub secret_key: Secret,
+    /// Where `secret_key` came from; decides whether `listen` may be beyond loopback.
+    pub secret_source: SecretSource,
     /// JSON file keeping queues, tasks and projects across restarts.
     pub persist_path: Option<PathBuf>,
     /// Seconds of silence after which a worker is dropped (the real server's default is 600).
@@ -42,16 +56,60 @@ pub struct ServerConfig {
     pub token_lifetime_secs: u64,
 }
 
+/// Where the server's secret key came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// Written in code: `flockd dev`'s built-in development secret, a test's
+    /// key. Anyone can read it, so the server serves on loopback only.
+    BuiltIn,
+    /// Resolved from an `env:NAME` / `file:PATH` reference an operator chose:
+    /// the server may listen on any address.
+    Reference(SecretRef),
+}
+
 impl ServerConfig {
+    /// A server whose secret is written in code ([`SecretSource::BuiltIn`]):
+    /// [`ClearmlServer::start`] refuses a `listen` address beyond loopback.
     pub fn new(listen: SocketAddr, access_key: impl Into<String>, secret_key: Secret) -> Self {
         ServerConfig {
             listen,
             access_key: access_key.into(),
             secret_key,
+            secret_source: SecretSource::BuiltIn,
             persist_path: None,
             register_timeout_secs: 600,
             token_lifetime_secs: 30 * 24 * 3600,
         }
+    }
+
+    /// A server whose secret an operator gave by reference; it may listen anywhere.
+    pub fn with_secret_ref(
+        listen: SocketAddr,
+        access_key: impl Into<String>,
+        secret: SecretRef,
+    ) -> Result<Self, SecretError> {
+        let mut config = ServerConfig::new(listen, access_key, secret.resolve()?);
+        config.secret_source = SecretSource::Reference(secret);
+        Ok(config)
+    }
+
+    /// Refuses to serve beyond loopback with a secret anyone can read in the
+    /// source: with a local provider, logging in means running commands on
+    /// this machine. [`ClearmlServer::start`] checks this before binding.
+    pub fn check_listen(&self) -> anyhow::Result<()> {
+        let loopback = self.listen.ip().to_canonical().is_loopback();
+        if loopback || matches!(self.secret_source, SecretSource::Reference(_)) {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "refusing to serve the ClearML-compatible API on {listen}: that address is reachable from other \
+             machines, and the secret key is a built-in one anyone can read in flockd's source, so anyone who \
+             reaches the port could log in and have tasks run. Listen on loopback (127.0.0.1:{port} or \
+             [::1]:{port}), or give a secret key by reference, `env:NAME` or `file:PATH` \
+             (`flockd dev --clearml-secret`, `flockd dev-server --secret-key`)",
+            listen = self.listen,
+            port = self.listen.port(),
+        )
     }
 }
 
@@ -69,21 +127,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn signing_key(&self) -> Vec<u8> {
-        self.signing_key.lock().expect("signing key lock poisoned").clone()
-    }
-}
-
-pub struct ClearmlServer;
-
-impl ClearmlServer {
-    /// Binds, loads persisted state if any, and serves until
-    /// [`RunningServer::shutdown`].
-    pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
-        let store = match &config.persist_path {
-            Some(path) => Store::load(path)?,
-            None => Store::default(),
-        };
+    fn new(config: &ServerConfig, store: Store) -> Shared {
         let signing_key = Sha256::new()
             .chain_update(b"flockd-clearml-token\0")
             .chain_update(config.access_key.as_bytes())
@@ -91,7 +135,7 @@ impl ClearmlServer {
             .chain_update(config.secret_key.expose().as_bytes())
             .finalize()
             .to_vec();
-        let shared = Arc::new(Shared {
+        Shared {
             store: Mutex::new(store),
             access_key: config.access_key.clone(),
             secret_key: config.secret_key.clone(),
@@ -100,7 +144,95 @@ impl ClearmlServer {
             token_lifetime_secs: config.token_lifetime_secs,
             state_changed: Notify::new(),
             unknown_endpoints: Mutex::new(BTreeSet::new()),
-        });
+        }
+    }
+
+    fn signing_key(&self) -> Vec<u8> {
+        lock(&self.signing_key).clone()
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    /// Runs the endpoint on the store; None if there is no such endpoint.
+    ///
+    /// A handler that panics (a bug: request data must only ever lead to an
+    /// [`ApiError`]) is caught here, while the lock is still held, so the
+    /// mutex is not poisoned; the request gets a 500 saying so and every
+    /// later request is served as usual.
+    fn run(&self, endpoint: &str, body: &Object, ip: String) -> Option<Reply> {
+        let mut store = self.store();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut call = Call {
+                store: &mut store,
+                body,
+                now: now_ms(),
+                register_timeout: self.register_timeout,
+                ip,
+                changed: false,
+            };
+            dispatch(endpoint, &mut call).map(|reply| (reply, call.changed))
+        }));
+        drop(store);
+        match outcome {
+            Ok(Some((reply, changed))) => {
+                if changed {
+                    self.state_changed.notify_one();
+                }
+                Some(reply)
+            }
+            Ok(None) => None,
+            Err(panic) => {
+                let what = panic_message(&*panic);
+                tracing::error!(endpoint, panic = %what, "clearml server: handler panicked (a bug); answering 500");
+                // It may have changed the store before panicking: save what is there.
+                self.state_changed.notify_one();
+                Some(Err(ApiError::new(
+                    codes::INTERNAL,
+                    format!(
+                        "internal error in {endpoint}: {what} (a bug in flockd's ClearML server; please report it)"
+                    ),
+                )))
+            }
+        }
+    }
+}
+
+/// Locks `mutex` even if a thread panicked while holding it. Handlers run
+/// under [`Shared::run`]'s guard, so this is for panics elsewhere; what such
+/// a panic left behind is plain records (queues, tasks, workers), and serving
+/// them beats failing every later request on a poisoned lock.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| {
+        mutex.clear_poison();
+        poisoned.into_inner()
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => text,
+        (_, Some(text)) => text,
+        _ => "a panic without a message",
+    }
+}
+
+pub struct ClearmlServer;
+
+impl ClearmlServer {
+    /// Binds, loads persisted state if any, and serves until
+    /// [`RunningServer::shutdown`].
+    ///
+    /// Refuses a `listen` address beyond loopback unless the secret was given
+    /// by reference (see [`ServerConfig::check_listen`]).
+    pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+        config.check_listen()?;
+        let store = match &config.persist_path {
+            Some(path) => Store::load(path)?,
+            None => Store::default(),
+        };
+        let shared = Arc::new(Shared::new(&config, store));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} for the ClearML server", config.listen))?;
@@ -150,7 +282,7 @@ async fn save_on_change(shared: Arc<Shared>, path: PathBuf, mut stop: oneshot::R
 
 async fn save(shared: &Shared, path: &std::path::Path) -> anyhow::Result<()> {
     let bytes = {
-        let store = shared.store.lock().expect("store lock poisoned");
+        let store = shared.store();
         serde_json::to_vec_pretty(&*store)?
     };
     let path = path.to_path_buf();
@@ -252,21 +384,10 @@ impl ServerHandle {
             Value::Null => Map::new(),
             other => anyhow::bail!("{endpoint}: body must be a JSON object, got {other}"),
         };
-        let mut store = self.shared.store.lock().expect("store lock poisoned");
-        let mut call = Call {
-            store: &mut store,
-            body: &body,
-            now: now_ms(),
-            register_timeout: self.shared.register_timeout,
-            ip: "127.0.0.1".into(),
-            changed: false,
-        };
-        let reply = dispatch(endpoint, &mut call).ok_or_else(|| anyhow::anyhow!("unknown endpoint {endpoint}"))?;
-        let changed = call.changed;
-        drop(store);
-        if changed {
-            self.shared.state_changed.notify_one();
-        }
+        let reply = self
+            .shared
+            .run(endpoint, &body, "127.0.0.1".into())
+            .ok_or_else(|| anyhow::anyhow!("unknown endpoint {endpoint}"))?;
         reply.map_err(|e| anyhow::anyhow!("{endpoint} failed ({}/{}): {}", e.code, e.subcode, e.msg))
     }
 
@@ -278,7 +399,7 @@ impl ServerHandle {
 
     /// The id of the queue named `name`, if it exists.
     pub fn queue_id(&self, name: &str) -> Option<String> {
-        let store = self.shared.store.lock().expect("store lock poisoned");
+        let store = self.shared.store();
         store.queue_by_name(name).map(|q| q.id.clone())
     }
 
@@ -297,22 +418,22 @@ impl ServerHandle {
     /// Endpoints that clients called and this server answered with 404:
     /// what to implement next when a new client version appears.
     pub fn unknown_endpoints(&self) -> Vec<String> {
-        self.shared.unknown_endpoints.lock().expect("lock poisoned").iter().cloned().collect()
+        lock(&self.shared.unknown_endpoints).iter().cloned().collect()
     }
 
     /// Invalidates every token issued so far: clients must log in again.
     pub fn revoke_tokens(&self) {
-        *self.shared.signing_key.lock().expect("signing key lock poisoned") = rand::random::<[u8; 32]>().to_vec();
+        *lock(&self.shared.signing_key) = rand::random::<[u8; 32]>().to_vec();
     }
 
     /// Number of entries in the named queue, None if there is no such queue.
     pub fn queue_depth(&self, name: &str) -> Option<usize> {
-        let store = self.shared.store.lock().expect("store lock poisoned");
+        let store = self.shared.store();
         store.queue_by_name(name).map(|q| q.entries.len())
     }
 
     pub fn tasks(&self) -> Vec<TaskSummary> {
-        let store = self.shared.store.lock().expect("store lock poisoned");
+        let store = self.shared.store();
         let text = |t: &Map<String, Value>, k: &str| t.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
         store
             .tasks
@@ -332,7 +453,7 @@ impl ServerHandle {
 
     /// Live workers (the register-timeout sweep applied).
     pub fn workers(&self) -> Vec<WorkerSummary> {
-        let mut store = self.shared.store.lock().expect("store lock poisoned");
+        let mut store = self.shared.store();
         store.sweep_workers(now_ms());
         store
             .workers

@@ -112,7 +112,7 @@ impl Store {
 
     /// Drops workers silent for longer than their timeout.
     pub fn sweep_workers(&mut self, now: i64) {
-        self.workers.retain(|_, w| now - w.last_activity <= (w.timeout_secs as i64).saturating_mul(1000));
+        self.workers.retain(|_, w| now.saturating_sub(w.last_activity) <= secs_to_ms(w.timeout_secs));
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Store> {
@@ -144,6 +144,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path)
+}
+
+/// Seconds as ms, saturating: a longer span than i64 ms can hold is forever.
+pub(crate) fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
 }
 
 pub fn now_ms() -> i64 {

@@ -7,7 +7,7 @@ mod queues;
 mod tasks;
 mod workers;
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::store::{Object, Store};
 use crate::wire::codes;
@@ -62,17 +62,48 @@ impl<'a> Call<'a> {
         }
     }
 
-    pub fn u64(&self, field: &str) -> Option<u64> {
-        match self.body.get(field) {
-            Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
-            Some(Value::String(s)) => s.parse().ok(),
-            _ => None,
-        }
+    /// A count or a number of seconds; see [`non_negative`].
+    pub fn u64(&self, field: &str) -> Result<Option<u64>, ApiError> {
+        non_negative(field, self.body.get(field))
     }
 
     /// A list of strings; a lone string counts as a list of one.
     pub fn strings(&self, field: &str) -> Vec<String> {
         strings_of(self.body.get(field))
+    }
+}
+
+/// A non-negative integer field. Absent, null or `""` is None; a number
+/// (a fraction truncated, one beyond u64 saturating) or a string of digits
+/// (the query string's form) is Some; anything else, a negative number
+/// included, is a 400 naming the field. Users of the value must saturate,
+/// not overflow: u64::MAX is a valid answer here.
+pub fn non_negative(field: &str, value: Option<&Value>) -> Result<Option<u64>, ApiError> {
+    let parsed = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        Some(Value::String(s)) => {
+            let digits = s.trim();
+            digits.parse().ok().or_else(|| digits.bytes().all(|b| b.is_ascii_digit()).then_some(u64::MAX))
+        }
+        Some(_) => None,
+    };
+    match parsed {
+        Some(n) => Ok(Some(n)),
+        None => Err(ApiError::new(
+            codes::MALFORMED_FIELDS,
+            format!("field {field} must be a non-negative integer, got {}", shown(value)),
+        )),
+    }
+}
+
+/// A request value for an error message, cut short.
+fn shown(value: Option<&Value>) -> String {
+    let text = value.map_or_else(String::new, Value::to_string);
+    match text.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
     }
 }
 
@@ -84,64 +115,79 @@ pub fn strings_of(value: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// A test-only endpoint whose handler panics, standing in for a bug.
+#[cfg(test)]
+pub const TEST_PANIC: &str = "flockd.test_panic";
+
+type Handler = fn(&mut Call) -> Reply;
+
+/// Every endpoint this server answers (`service.action`) and its handler.
+pub const ROUTES: &[(&str, Handler)] = &[
+    ("queues.get_all", queues::get_all),
+    ("queues.get_all_ex", queues::get_all),
+    ("queues.get_by_id", queues::get_by_id),
+    ("queues.create", queues::create),
+    ("queues.delete", queues::delete),
+    ("queues.update", queues::update),
+    ("queues.add_task", queues::add_task),
+    ("queues.remove_task", queues::remove_task),
+    ("queues.get_next_task", queues::get_next_task),
+    ("queues.peek_task", queues::peek_task),
+    ("queues.get_num_entries", queues::get_num_entries),
+    ("queues.get_default", queues::get_default),
+    ("queues.get_queue_metrics", |_| Ok(json!({"queues": []}))),
+    ("workers.register", workers::register),
+    ("workers.status_report", workers::status_report),
+    ("workers.unregister", workers::unregister),
+    ("workers.get_all", workers::get_all),
+    ("workers.get_runtime_properties", |_| Ok(json!({"runtime_properties": []}))),
+    ("workers.set_runtime_properties", |_| Ok(json!({"added": 0}))),
+    ("tasks.create", tasks::create),
+    ("tasks.validate", |_| Ok(Value::Object(Map::new()))),
+    ("tasks.get_by_id", tasks::get_by_id),
+    ("tasks.get_all", tasks::get_all),
+    ("tasks.get_all_ex", tasks::get_all),
+    ("tasks.edit", tasks::edit),
+    ("tasks.update", tasks::edit),
+    ("tasks.enqueue", tasks::enqueue),
+    ("tasks.dequeue", tasks::dequeue),
+    ("tasks.started", |call| tasks::set_status(call, "in_progress")),
+    ("tasks.stopped", |call| tasks::set_status(call, "stopped")),
+    ("tasks.stop", |call| tasks::set_status(call, "stopped")),
+    ("tasks.completed", |call| tasks::set_status(call, "completed")),
+    ("tasks.failed", |call| tasks::set_status(call, "failed")),
+    ("tasks.close", |call| tasks::set_status(call, "closed")),
+    ("tasks.publish", |call| tasks::set_status(call, "published")),
+    ("tasks.reset", |call| tasks::set_status(call, "created")),
+    ("tasks.delete", tasks::delete),
+    ("tasks.ping", tasks::ping),
+    ("tasks.add_or_update_artifacts", |call| tasks::merge_list(call, "execution", "artifacts", "key")),
+    ("tasks.edit_hyper_params", |call| tasks::edit_section(call, "hyperparams", "hyperparams")),
+    ("tasks.edit_configuration", |call| tasks::edit_section(call, "configuration", "configuration")),
+    ("tasks.get_hyper_params", |call| tasks::get_section(call, "hyperparams", "params")),
+    ("tasks.get_configurations", |call| tasks::get_section(call, "configuration", "configurations")),
+    ("tasks.set_requirements", tasks::set_requirements),
+    ("projects.create", misc::create_project),
+    ("projects.get_all", misc::get_all_projects),
+    ("projects.get_all_ex", misc::get_all_projects),
+    ("projects.get_by_id", misc::get_project),
+    ("users.get_current_user", |_| Ok(misc::current_user())),
+    ("server.info", |_| Ok(misc::server_info())),
+    ("server.get_stats", |_| Ok(misc::server_info())),
+    ("debug.ping", |_| Ok(json!({"msg": "ClearML server (flockd compatible)"}))),
+    // Logs and metrics are accepted and dropped: flockd has no use for them.
+    ("events.add_batch", |call| Ok(json!({"added": call.u64("events")?.unwrap_or(0), "errors": 0}))),
+    ("events.add", |_| Ok(json!({"added": 1, "errors": 0}))),
+];
+
 /// Runs the endpoint `name` (`service.action`), or None if it is unknown.
 pub fn dispatch(name: &str, call: &mut Call) -> Option<Reply> {
-    let reply = match name {
-        "queues.get_all" | "queues.get_all_ex" => queues::get_all(call),
-        "queues.get_by_id" => queues::get_by_id(call),
-        "queues.create" => queues::create(call),
-        "queues.delete" => queues::delete(call),
-        "queues.update" => queues::update(call),
-        "queues.add_task" => queues::add_task(call),
-        "queues.remove_task" => queues::remove_task(call),
-        "queues.get_next_task" => queues::get_next_task(call),
-        "queues.peek_task" => queues::peek_task(call),
-        "queues.get_num_entries" => queues::get_num_entries(call),
-        "queues.get_default" => queues::get_default(call),
-        "queues.get_queue_metrics" => Ok(serde_json::json!({"queues": []})),
-
-        "workers.register" => workers::register(call),
-        "workers.status_report" => workers::status_report(call),
-        "workers.unregister" => workers::unregister(call),
-        "workers.get_all" => workers::get_all(call),
-        "workers.get_runtime_properties" => Ok(serde_json::json!({"runtime_properties": []})),
-        "workers.set_runtime_properties" => Ok(serde_json::json!({"added": 0})),
-
-        "tasks.create" => tasks::create(call),
-        "tasks.validate" => Ok(Value::Object(Map::new())),
-        "tasks.get_by_id" => tasks::get_by_id(call),
-        "tasks.get_all" | "tasks.get_all_ex" => tasks::get_all(call),
-        "tasks.edit" | "tasks.update" => tasks::edit(call),
-        "tasks.enqueue" => tasks::enqueue(call),
-        "tasks.dequeue" => tasks::dequeue(call),
-        "tasks.started" => tasks::set_status(call, "in_progress"),
-        "tasks.stopped" | "tasks.stop" => tasks::set_status(call, "stopped"),
-        "tasks.completed" => tasks::set_status(call, "completed"),
-        "tasks.failed" => tasks::set_status(call, "failed"),
-        "tasks.close" => tasks::set_status(call, "closed"),
-        "tasks.publish" => tasks::set_status(call, "published"),
-        "tasks.reset" => tasks::set_status(call, "created"),
-        "tasks.delete" => tasks::delete(call),
-        "tasks.ping" => tasks::ping(call),
-        "tasks.add_or_update_artifacts" => tasks::merge_list(call, "execution", "artifacts", "key"),
-        "tasks.edit_hyper_params" => tasks::edit_section(call, "hyperparams", "hyperparams"),
-        "tasks.edit_configuration" => tasks::edit_section(call, "configuration", "configuration"),
-        "tasks.get_hyper_params" => tasks::get_section(call, "hyperparams", "params"),
-        "tasks.get_configurations" => tasks::get_section(call, "configuration", "configurations"),
-        "tasks.set_requirements" => tasks::set_requirements(call),
-
-        "projects.create" => misc::create_project(call),
-        "projects.get_all" | "projects.get_all_ex" => misc::get_all_projects(call),
-        "projects.get_by_id" => misc::get_project(call),
-        "users.get_current_user" => Ok(misc::current_user()),
-        "server.info" | "server.get_stats" => Ok(misc::server_info()),
-        "debug.ping" => Ok(serde_json::json!({"msg": "ClearML server (flockd compatible)"})),
-        // Logs and metrics are accepted and dropped: flockd has no use for them.
-        "events.add_batch" => Ok(serde_json::json!({"added": call.u64("events").unwrap_or(0), "errors": 0})),
-        "events.add" => Ok(serde_json::json!({"added": 1, "errors": 0})),
-        _ => return None,
-    };
-    Some(reply)
+    #[cfg(test)]
+    if name == TEST_PANIC {
+        panic!("{TEST_PANIC} panics on purpose");
+    }
+    let (_, handler) = ROUTES.iter().find(|(route, _)| *route == name)?;
+    Some(handler(call))
 }
 
 /// Copies the dotted `only_fields` paths of `record` (plus `id`), or all of
@@ -222,15 +268,14 @@ fn from_python_regex(pattern: &str) -> String {
     out
 }
 
-/// `page` / `page_size` paging as ClearML does it (page is 0-based).
-pub fn paginate<T>(items: Vec<T>, call: &Call) -> Vec<T> {
-    match call.u64("page_size") {
-        Some(size) if size > 0 => {
-            let page = call.u64("page").unwrap_or(0) as usize;
-            items.into_iter().skip(page * size as usize).take(size as usize).collect()
-        }
-        _ => items,
-    }
+/// `page` / `page_size` paging as ClearML does it (page is 0-based). A page
+/// far past the end is empty, however far.
+pub fn paginate<T>(items: Vec<T>, call: &Call) -> Result<Vec<T>, ApiError> {
+    let Some(size) = call.u64("page_size")?.filter(|size| *size > 0) else { return Ok(items) };
+    let page = call.u64("page")?.unwrap_or(0);
+    let skip = usize::try_from(page.saturating_mul(size)).unwrap_or(usize::MAX);
+    let take = usize::try_from(size).unwrap_or(usize::MAX);
+    Ok(items.into_iter().skip(skip).take(take).collect())
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub fn get_all(call: &mut Call) -> Reply {
     let system_tags = call.strings("system_tags");
     // A hidden queue shows only when asked for, by flag, id or name.
     let show_hidden = call.bool("search_hidden") || !ids.is_empty() || name.is_some();
-    let max_entries = call.u64("max_task_entries").map(|n| n as usize);
+    let max_entries = call.u64("max_task_entries")?.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     let only_fields = call.strings("only_fields");
 
     let mut queues: Vec<&QueueRecord> = call
@@ -28,7 +28,7 @@ pub fn get_all(call: &mut Call) -> Reply {
         .collect();
     queues.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
 
-    let queues: Vec<Value> = paginate(queues, call)
+    let queues: Vec<Value> = paginate(queues, call)?
         .into_iter()
         .map(|q| {
             let mut value = q.to_json();

@@ -72,7 +72,7 @@ pub fn get_all(call: &mut Call) -> Reply {
         .filter(|t| matches_name(t.get("name").and_then(Value::as_str).unwrap_or("")))
         .collect();
     tasks.sort_by_key(|t| t.get("created").and_then(Value::as_str).unwrap_or("").to_string());
-    let tasks: Vec<Value> = paginate(tasks, call).into_iter().map(|t| project_fields(t, &only_fields)).collect();
+    let tasks: Vec<Value> = paginate(tasks, call)?.into_iter().map(|t| project_fields(t, &only_fields)).collect();
     Ok(json!({ "tasks": tasks }))
 }
 

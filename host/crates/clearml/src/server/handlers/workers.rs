@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::{ApiError, Call, Reply, strings_of};
-use crate::server::store::{COMPANY_ID, COMPANY_NAME, Store, USER_ID, USER_NAME, WorkerRecord, iso};
+use crate::server::store::{COMPANY_ID, COMPANY_NAME, Store, USER_ID, USER_NAME, WorkerRecord, iso, secs_to_ms};
 use crate::wire::codes;
 
 /// Queue references are ids; a name is accepted too, and an unknown
@@ -21,14 +21,14 @@ fn resolve(store: &Store, reference: String) -> String {
     }
 }
 
-fn timeout_secs(call: &Call) -> u64 {
-    call.u64("timeout").filter(|t| *t > 0).unwrap_or(call.register_timeout)
+fn timeout_secs(call: &Call) -> Result<u64, ApiError> {
+    Ok(call.u64("timeout")?.filter(|t| *t > 0).unwrap_or(call.register_timeout))
 }
 
 pub fn register(call: &mut Call) -> Reply {
     let id = call.str("worker")?.to_string();
     let queues = queue_ids(call.store, call.strings("queues"));
-    let (timeout, now, ip) = (timeout_secs(call), call.now, call.ip.clone());
+    let (timeout, now, ip) = (timeout_secs(call)?, call.now, call.ip.clone());
     let (tags, system_tags) = (call.strings("tags"), call.strings("system_tags"));
     call.store.sweep_workers(now);
     let worker = call.store.workers.entry(id.clone()).or_insert_with(|| WorkerRecord {
@@ -91,13 +91,13 @@ pub fn unregister(call: &mut Call) -> Reply {
 pub fn get_all(call: &mut Call) -> Reply {
     let now = call.now;
     call.store.sweep_workers(now);
-    let last_seen_ms = call.u64("last_seen").map(|s| s as i64 * 1000);
+    let last_seen_ms = call.u64("last_seen")?.map(secs_to_ms);
     let tags = strings_of(call.body.get("tags"));
     let store = &*call.store;
     let workers: Vec<Value> = store
         .workers
         .values()
-        .filter(|w| last_seen_ms.is_none_or(|window| now - w.last_activity <= window))
+        .filter(|w| last_seen_ms.is_none_or(|window| now.saturating_sub(w.last_activity) <= window))
         .filter(|w| tags.is_empty() || tags.iter().any(|t| w.tags.contains(t)))
         .map(|w| worker_json(store, w, now))
         .collect();
@@ -128,7 +128,7 @@ fn worker_json(store: &Store, w: &WorkerRecord, now: i64) -> Value {
         json!({
             "id": id,
             "name": record.and_then(|t| t.get("name")),
-            "running_time": started.map(|s| (now - s).max(0)),
+            "running_time": started.map(|s| now.saturating_sub(s).max(0)),
             "last_iteration": record.and_then(|t| t.get("last_iteration")),
         })
     });
