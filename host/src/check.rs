@@ -101,10 +101,7 @@ pub fn command(path: &Path) -> ExitCode {
             let chain: Vec<String> = config
                 .chain()
                 .into_iter()
-                .map(|p| {
-                    let required = p.required.unwrap_or(p.name == "budget");
-                    if required { format!("{} (required)", p.name) } else { p.name }
-                })
+                .map(|p| if p.is_required() { format!("{} (required)", p.name) } else { p.name })
                 .collect();
             println!("policy chain: {}", chain.join(" → "));
         }
@@ -266,8 +263,7 @@ impl Checker<'_> {
     /// reservation paid elsewhere) but takes that resource out of the cost cap.
     fn prices(&mut self, config: &Config) {
         for (name, r) in &config.resources {
-            let real_cloud = config.providers.get(&r.provider).is_some_and(|p| p.kind.bills());
-            if real_cloud && r.price_per_hour == Some(0.0) {
+            if config.on_real_cloud(r) && r.price_per_hour == Some(0.0) {
                 self.warn(
                     &["resource", name, "price-per-hour"],
                     format!("resource {name:?} has price-per-hour = 0 on a real cloud: its machines do not count against limits.max-cost-per-hour; give its hourly price unless it really costs nothing"),

@@ -125,6 +125,13 @@ pub struct ResourceEntry {
     pub simulated: Option<toml::Value>,
 }
 
+impl PolicyEntry {
+    /// Its failure withholds a tick's launches: as set, else only `budget`.
+    pub fn is_required(&self) -> bool {
+        self.required.unwrap_or(self.name == "budget")
+    }
+}
+
 impl ResourceEntry {
     /// Its price per hour (0 where none is needed: local and simulated).
     pub fn price(&self) -> f64 {
@@ -459,8 +466,7 @@ impl Config {
                     ),
                 ));
             }
-            let real_cloud = self.providers.get(&r.provider).is_some_and(|p| p.kind.bills());
-            if r.price_per_hour.is_none() && real_cloud {
+            if r.price_per_hour.is_none() && self.on_real_cloud(r) {
                 return Err(invalid(
                     &["resource", name],
                     format!(
@@ -538,10 +544,11 @@ impl Config {
         // grace from when it was given up; a grace shorter than the call
         // itself may take says the cloud lists a machine faster than it
         // answers for it, which no cloud promises.
-        let defaults =
-            ControllerConfig::new("", vec![], vec![], HardLimits { max_instances: 1, max_cost_per_hour: 1.0 });
-        let grace = c.launch_visibility_grace_secs.unwrap_or(defaults.launch_visibility_grace.as_secs_f64());
-        let action_timeout = c.action_timeout_secs.unwrap_or(defaults.action_timeout.as_secs_f64());
+        let grace = c
+            .launch_visibility_grace_secs
+            .unwrap_or(flockd_core::controller::DEFAULT_LAUNCH_VISIBILITY_GRACE.as_secs_f64());
+        let action_timeout =
+            c.action_timeout_secs.unwrap_or(flockd_core::controller::DEFAULT_ACTION_TIMEOUT.as_secs_f64());
         if grace < action_timeout {
             let key = if c.launch_visibility_grace_secs.is_some() {
                 "launch-visibility-grace-secs"
@@ -708,7 +715,13 @@ impl Config {
 
     /// Policies whose failure withholds a tick's launches.
     pub fn required_policies(&self) -> std::collections::BTreeSet<String> {
-        self.chain().into_iter().filter(|p| p.required.unwrap_or(p.name == "budget")).map(|p| p.name).collect()
+        self.chain().into_iter().filter(PolicyEntry::is_required).map(|p| p.name).collect()
+    }
+
+    /// Whether `resource` runs on a cloud that sends a bill (its price must
+    /// be stated).
+    pub fn on_real_cloud(&self, resource: &ResourceEntry) -> bool {
+        self.providers.get(&resource.provider).is_some_and(|p| p.kind.bills())
     }
 
     pub fn call_limits(&self) -> flockd_wasm::CallLimits {

@@ -492,8 +492,8 @@ impl Report {
             t.peak_instances,
             t.tasks_finished,
             t.tasks_interrupted,
-            wait_cell(t.waits.wait_p50_secs, 0),
-            wait_cell(t.waits.wait_p95_secs, 0),
+            secs(t.waits.wait_p50_secs),
+            secs(t.waits.wait_p95_secs),
             wait_cell(t.waits.wait_max_secs, t.tasks_never_started)
         );
         let _ = writeln!(
@@ -509,8 +509,8 @@ impl Report {
                 q.tasks,
                 q.tasks_finished,
                 q.tasks_interrupted,
-                wait_cell(q.waits.wait_p50_secs, 0),
-                wait_cell(q.waits.wait_p95_secs, 0),
+                secs(q.waits.wait_p50_secs),
+                secs(q.waits.wait_p95_secs),
                 wait_cell(q.waits.wait_max_secs, q.tasks_never_started)
             );
         }

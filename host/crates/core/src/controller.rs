@@ -41,6 +41,12 @@ pub struct ResourceSpec {
     pub market: Market,
 }
 
+/// Default [`ControllerConfig::action_timeout`].
+pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default [`ControllerConfig::launch_visibility_grace`]; above the action
+/// timeout, since `flockd check` refuses a grace shorter than it.
+pub const DEFAULT_LAUNCH_VISIBILITY_GRACE: Duration = Duration::from_secs(360);
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControllerConfig {
     /// Tags every machine; two flockds with different ids never touch each
@@ -90,12 +96,10 @@ impl ControllerConfig {
             // and the breaker closes early, doubling the churn.
             failure_retention: Duration::from_secs(6 * 3600),
             launch_concurrency: 8,
-            // Above the action timeout: `flockd check` refuses a grace shorter
-            // than the longest a launch call may take.
-            launch_visibility_grace: Duration::from_secs(360),
+            launch_visibility_grace: DEFAULT_LAUNCH_VISIBILITY_GRACE,
             termination_retry: Duration::from_secs(300),
             max_observation_age: Duration::from_secs(30),
-            action_timeout: Duration::from_secs(300),
+            action_timeout: DEFAULT_ACTION_TIMEOUT,
             required_policies: BTreeSet::new(),
             dry_run: false,
         }
@@ -353,28 +357,17 @@ impl Controller {
             for run in decision.runs.iter().filter(|r| self.config.required_policies.contains(&r.policy)) {
                 let Some(error) = &run.error else { continue };
                 record.required_failed.push(run.policy.clone());
-                if !plan.launches.is_empty() {
-                    let withheld = plan.total_launches();
-                    tracing::warn!(policy = %run.policy, "required policy failed: {withheld} launch(es) withheld this tick: {error}");
-                    record.clamps.push(format!(
-                        "withheld {withheld} launch(es): required policy {} failed: {error}",
-                        run.policy
-                    ));
-                    plan.launches.clear();
-                }
+                withhold_launches(&mut plan, &mut record, &format!("required policy {} failed: {error}", run.policy));
             }
             record.policies = decision.runs;
-            if !record.foreign_machines.is_empty() && !plan.launches.is_empty() {
-                let withheld = plan.total_launches();
-                let message = format!(
-                    "withheld {withheld} launch(es): {} listed machine(s) of cluster {:?} carry launch keys this flockd never wrote ({}): another flockd with the same cluster and another store is launching into this fleet, and both would apply the full caps. Stop the other one; launches resume once its machines are gone (the idle rules retire them, or terminate them by hand)",
+            if !record.foreign_machines.is_empty() {
+                let why = format!(
+                    "{} listed machine(s) of cluster {:?} carry launch keys this flockd never wrote ({}): another flockd with the same cluster and another store is launching into this fleet, and both would apply the full caps. Stop the other one; launches resume once its machines are gone (the idle rules retire them, or terminate them by hand)",
                     record.foreign_machines.len(),
                     self.config.cluster,
                     record.foreign_machines.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
                 );
-                tracing::error!("{message}");
-                record.clamps.push(message);
-                plan.launches.clear();
+                withhold_launches(&mut plan, &mut record, &why);
             }
 
             // A slow decision makes the observation stale: launches may still
@@ -726,6 +719,18 @@ impl Controller {
             record.actions.push(termination_action(by_id, &t, outcome));
         }
     }
+}
+
+/// Drops every launch of `plan`, with a clamp line saying why (nothing when
+/// it launches nothing).
+fn withhold_launches(plan: &mut Plan, record: &mut TickRecord, why: &str) {
+    if plan.launches.is_empty() {
+        return;
+    }
+    let message = format!("withheld {} launch(es): {why}", plan.total_launches());
+    tracing::warn!("{message}");
+    record.clamps.push(message);
+    plan.launches.clear();
 }
 
 /// Per-instance lookups through a map, built once per tick: a plan may act

@@ -93,7 +93,10 @@ impl<'c> Ledger<'c> {
             *launching.entry(l.resource.clone()).or_default() += 1;
         }
         for r in &config.resources {
-            state.last_prices.insert(r.name.clone(), r.price_per_hour);
+            // Written only when it changed: this runs every tick.
+            if state.last_prices.get(&r.name) != Some(&r.price_per_hour) {
+                state.last_prices.insert(r.name.clone(), r.price_per_hour);
+            }
         }
         // A resource never seen configured (a store older than prices) is
         // priced as the dearest one configured: the cap errs towards safety.
