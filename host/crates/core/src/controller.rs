@@ -350,8 +350,11 @@ impl Controller {
                     Default::default()
                 }
             };
-            record.plan = decision.plan.clone();
-            let mut plan = decision.plan;
+            // One launch per resource from here on: a plan of thousands of
+            // entries for one resource (each valid alone) is acted on,
+            // clamped and journaled as one line.
+            let mut plan = decision.plan.with_launches_merged();
+            record.plan = plan.clone();
             // A required policy that failed did not pass this plan: it may
             // still save money (terminations) but must not spend any.
             for run in decision.runs.iter().filter(|r| self.config.required_policies.contains(&r.policy)) {

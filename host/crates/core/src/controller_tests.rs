@@ -376,3 +376,28 @@ async fn renaming_a_resource_does_not_open_room_under_the_cost_cap() {
     assert_eq!(f.cloud.made(), 1, "a second machine took the spend to 20/h against a cap of 15/h: {record:#?}");
     assert!(record.clamps.iter().any(|c| c.contains("cost cap")), "{:?}", record.clamps);
 }
+
+/// Guard: a plan of thousands of launch entries for one resource (each valid
+/// alone, as a policy may return) is acted on, clamped and journaled as one
+/// line per resource, so the tick's record stays small whatever the chain
+/// returned (issue 10, hole 2).
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_launch_entries_for_one_resource_become_one_line() {
+    let f = Fixture::new(3);
+    let controller = f.controller(|_: &Snapshot| Plan {
+        launches: vec![Launch { resource: "a".into(), count: 1, reason: "one more".into() }; 10_000],
+        terminations: vec![],
+    });
+    let record = controller.tick().await;
+    assert_eq!(f.cloud.made(), 3, "the resource's cap still holds");
+    assert_eq!(
+        record.plan.launches.len(),
+        1,
+        "journaled as one launch: {:?}",
+        &record.plan.launches[..2.min(record.plan.launches.len())]
+    );
+    assert_eq!(record.plan.launches[0].count, 10_000);
+    assert_eq!(record.clamps.len(), 1, "one clamp line: {:?}", &record.clamps[..3.min(record.clamps.len())]);
+    let journaled = serde_json::to_string(&*record).unwrap();
+    assert!(journaled.len() < 8 * 1024, "the record is {} bytes", journaled.len());
+}

@@ -192,13 +192,41 @@ impl Plan {
         self.launches.is_empty() && self.terminations.is_empty()
     }
 
-    /// Instances this plan asks for, per resource.
+    /// Instances this plan asks for, per resource (saturating: a chain of
+    /// plans may ask for more than a `u32` holds, which no cap allows anyway).
     pub fn launch_count(&self, resource: &str) -> u32 {
-        self.launches.iter().filter(|l| l.resource == resource).map(|l| l.count).sum()
+        self.launches.iter().filter(|l| l.resource == resource).fold(0, |n, l| n.saturating_add(l.count))
     }
 
     pub fn total_launches(&self) -> u32 {
-        self.launches.iter().map(|l| l.count).sum()
+        self.launches.iter().fold(0, |n, l| n.saturating_add(l.count))
+    }
+
+    /// The same plan with one launch per resource, in the order each resource
+    /// first appears: counts added (saturating), reasons joined with "; " and
+    /// cut at [`MAX_MERGED_REASON_BYTES`]. What is acted on and journaled is
+    /// then one line per resource however many entries the policies returned.
+    pub fn with_launches_merged(mut self) -> Plan {
+        let mut merged: Vec<Launch> = Vec::new();
+        let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for launch in self.launches {
+            let Some(&i) = at.get(&launch.resource) else {
+                at.insert(launch.resource.clone(), merged.len());
+                let mut launch = launch;
+                launch.reason = crate::text::cut(launch.reason, MAX_MERGED_REASON_BYTES);
+                merged.push(launch);
+                continue;
+            };
+            let into = &mut merged[i];
+            into.count = into.count.saturating_add(launch.count);
+            if !launch.reason.is_empty() && into.reason.len() < MAX_MERGED_REASON_BYTES {
+                let joined =
+                    if into.reason.is_empty() { launch.reason } else { format!("{}; {}", into.reason, launch.reason) };
+                into.reason = crate::text::cut(joined, MAX_MERGED_REASON_BYTES);
+            }
+        }
+        self.launches = merged;
+        self
     }
 
     /// Checks what any plan must satisfy whatever policy produced it: known
@@ -242,7 +270,40 @@ impl Plan {
     }
 }
 
+/// The longest reason one merged launch keeps.
+pub const MAX_MERGED_REASON_BYTES: usize = 1024;
+
 fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
     let v: Vec<&str> = it.collect();
     if v.is_empty() { "none".into() } else { v.join(", ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(resource: &str, count: u32, reason: &str) -> Launch {
+        Launch { resource: resource.into(), count, reason: reason.into() }
+    }
+
+    #[test]
+    fn merged_launches_are_one_per_resource_in_first_appearance_order() {
+        let plan = Plan {
+            launches: vec![launch("B", 1, "b1"), launch("A", 2, "a1"), launch("B", 3, ""), launch("B", 1, "b3")],
+            terminations: vec![],
+        };
+        let merged = plan.with_launches_merged();
+        assert_eq!(merged.launches, [launch("B", 5, "b1; b3"), launch("A", 2, "a1")]);
+    }
+
+    #[test]
+    fn merged_counts_saturate_and_reasons_stay_bounded() {
+        let plan = Plan { launches: vec![launch("A", u32::MAX, &"x".repeat(700)); 10_000], terminations: vec![] };
+        assert_eq!(plan.total_launches(), u32::MAX, "sums saturate instead of wrapping or panicking");
+        let merged = plan.with_launches_merged();
+        assert_eq!(merged.launches.len(), 1);
+        assert_eq!(merged.launches[0].count, u32::MAX);
+        assert!(merged.launches[0].reason.len() <= MAX_MERGED_REASON_BYTES);
+        assert!(merged.launches[0].reason.ends_with('…'));
+    }
 }

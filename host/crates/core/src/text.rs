@@ -35,6 +35,20 @@ pub fn printable_owned(text: String) -> String {
     }
 }
 
+/// `text` cut to at most `max` bytes on a character boundary, the cut marked.
+pub fn cut(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +61,13 @@ mod tests {
             "ok\\n2026-12-02T00:00:00Z  INFO flockd: forged\\r\\u{1b}[2K\\u{85}"
         );
         assert!(!printable_owned("a\nb\tc".into()).chars().any(char::is_control));
+    }
+
+    #[test]
+    fn cut_text_ends_on_a_character_boundary_and_is_marked() {
+        assert_eq!(cut("short".into(), 10), "short");
+        let cut_text = cut("ééééé".into(), 6);
+        assert!(cut_text.len() <= 6, "{cut_text:?}");
+        assert_eq!(cut_text, "é…");
     }
 }
