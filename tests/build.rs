@@ -3,8 +3,17 @@
 
 use std::path::PathBuf;
 
-const FIXTURES: &[&str] =
-    &["loop-forever", "memory-bomb", "trap", "huge-plan", "other-world", "good-v1", "good-v2", "forged-text"];
+const FIXTURES: &[&str] = &[
+    "loop-forever",
+    "memory-bomb",
+    "trap",
+    "huge-plan",
+    "flood-plan",
+    "other-world",
+    "good-v1",
+    "good-v2",
+    "forged-text",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -15,6 +15,7 @@ pub mod fixture {
     pub const MEMORY_BOMB: &str = env!("FIXTURE_MEMORY_BOMB");
     pub const TRAP: &str = env!("FIXTURE_TRAP");
     pub const HUGE_PLAN: &str = env!("FIXTURE_HUGE_PLAN");
+    pub const FLOOD_PLAN: &str = env!("FIXTURE_FLOOD_PLAN");
     pub const OTHER_WORLD: &str = env!("FIXTURE_OTHER_WORLD");
     pub const GOOD_V1: &str = env!("FIXTURE_GOOD_V1");
     pub const GOOD_V2: &str = env!("FIXTURE_GOOD_V2");

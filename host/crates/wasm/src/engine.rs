@@ -30,6 +30,17 @@ const MAX_LOG_LINE_BYTES: usize = 2048;
 /// reason) goes into logs, the journal and the dashboard every tick: cut to
 /// this, so a plugin cannot flood them.
 pub const MAX_POLICY_TEXT_BYTES: usize = 1024;
+/// The most the host copies out of a policy in one go: a returned plan (its
+/// lists counted at their size in host memory, its strings byte for byte) or
+/// one `log` line. Checked by wasmtime's hostcall fuel before each list or
+/// string is copied, so a plan whose million reasons all point at one large
+/// string is refused before any of it reaches host memory. Wasmtime's own
+/// default is 128 MiB; a plan for thousands of machines is well under 1.
+pub const MAX_COPIED_BYTES: usize = 16 << 20;
+/// Launch entries one plan may hold. One per resource is enough (its count
+/// says how many machines); a chain of policies that each add one per queue
+/// stays far below this.
+pub const MAX_LAUNCH_ENTRIES: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CallLimits {
@@ -209,8 +220,9 @@ impl PolicyEngine {
                 .map_err(CallError::Settings)?;
             let out = bindings
                 .call_decide(&mut store, snapshot, &bindings::plan_to_wit(plan))
-                .map_err(|e| self.classify(e, timeout))?
+                .map_err(|e| self.classify_returned(e, timeout))?
                 .map_err(|message| CallError::Declined(bounded_text(message, MAX_POLICY_TEXT_BYTES)))?;
+            check_plan_size(&out, snapshot.instances.len())?;
             Ok(bindings::plan_from_wit(out, MAX_POLICY_TEXT_BYTES))
         })();
         let result = result.map_err(|e| store.data().limits.reclassify(e));
@@ -240,9 +252,25 @@ impl PolicyEngine {
         });
         let mut store = Store::new(&self.engine, CallState::new(self.limits.memory_bytes, now_ms));
         store.limiter(|s| &mut s.limits);
+        store.set_hostcall_fuel(MAX_COPIED_BYTES);
         store.set_epoch_deadline(deadline_ticks(timeout));
         store.epoch_deadline_trap();
         (store, timeout)
+    }
+
+    /// [`classify`](Self::classify) for a call whose result is being read:
+    /// an error that is not a trap (the host's only import, `log`, cannot
+    /// fail) is the host refusing what the guest handed back: out of its
+    /// memory's bounds, not valid text, or more than [`MAX_COPIED_BYTES`].
+    fn classify_returned(&self, error: wasmtime::Error, timeout: Duration) -> CallError {
+        let unreadable = error.downcast_ref::<Trap>().is_none();
+        match self.classify(error, timeout) {
+            CallError::Trap(text) if unreadable => CallError::InvalidPlan(format!(
+                "could not be read ({text}); the host copies at most {} MiB out of one call",
+                MAX_COPIED_BYTES >> 20
+            )),
+            other => other,
+        }
     }
 
     fn classify(&self, error: wasmtime::Error, timeout: Duration) -> CallError {
@@ -376,10 +404,11 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl MemoryCap {
     /// A trap after a refused growth is the memory limit, whatever the
-    /// guest did when its allocation failed.
+    /// guest did when its allocation failed; so is an unreadable result (the
+    /// refusal is an error, not a trap, when it stops the call).
     fn reclassify(&self, error: CallError) -> CallError {
         match (&error, self.refused) {
-            (CallError::Trap(_), Some(_)) => CallError::OutOfMemory(self.memory_bytes),
+            (CallError::Trap(_) | CallError::InvalidPlan(_), Some(_)) => CallError::OutOfMemory(self.memory_bytes),
             _ => error,
         }
     }
@@ -439,6 +468,24 @@ impl bindings::flockd::policy::host::Host for CallState {
         };
         self.logs.push((level, bounded_text(message, MAX_LOG_LINE_BYTES)));
     }
+}
+
+/// A plan larger than any valid plan for a snapshot of `instances`
+/// instances could be is refused whole, before it is converted or checked
+/// action by action (each entry alone may be valid).
+fn check_plan_size(plan: &wit::Plan, instances: usize) -> Result<(), CallError> {
+    let (launches, terminations) = (plan.launches.len(), plan.terminations.len());
+    if launches > MAX_LAUNCH_ENTRIES {
+        return Err(CallError::InvalidPlan(format!(
+            "{launches} launch entries; a plan holds at most {MAX_LAUNCH_ENTRIES} (one per resource is enough: its count says how many machines)"
+        )));
+    }
+    if terminations > instances {
+        return Err(CallError::InvalidPlan(format!(
+            "{terminations} terminations for {instances} instance(s): a plan names each instance at most once"
+        )));
+    }
+    Ok(())
 }
 
 /// `text` from a policy, made printable (a newline or an escape sequence

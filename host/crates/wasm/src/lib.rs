@@ -16,6 +16,8 @@ pub mod reload;
 
 pub use cache::{CacheOutcome, CompileCache};
 pub use chain::{Chain, LoadedPolicy, Origin, PolicyCounters, PolicyRuntime, ReloadEvent};
-pub use engine::{CallError, CallLimits, DEADLINE_PER_SNAPSHOT_ITEM, LoadError, PolicyEngine};
+pub use engine::{
+    CallError, CallLimits, DEADLINE_PER_SNAPSHOT_ITEM, LoadError, MAX_COPIED_BYTES, MAX_LAUNCH_ENTRIES, PolicyEngine,
+};
 pub use loader::{PolicySpec, load_chain};
 pub use reload::Reloader;
