@@ -148,7 +148,7 @@ impl Checker<'_> {
             let i = config.policy.iter().position(|p| p.name == spec.name);
             let index = i.map(|i| i.to_string()).unwrap_or_default();
             let entry = i.and_then(|i| config.policy.get(i));
-            let about_settings = errors.iter().any(|e| e.contains("configure") || e.contains("setting"));
+            let about_settings = errors.iter().any(|e| matches!(e.error, flockd_wasm::PolicyLoadError::Settings(_)));
             let key: Vec<&str> = match entry {
                 None => vec!["policies"],
                 Some(e) if about_settings && e.settings.is_some() => vec!["policy", &index, "settings"],
@@ -157,7 +157,7 @@ impl Checker<'_> {
             };
             let hint =
                 if about_settings { "fix the settings or the component" } else { "fix or remove the component file" };
-            self.error(&key, format!("{}: {hint}", errors.join("; ")));
+            self.error(&key, format!("{}: {hint}", flockd_wasm::loader::lines(&errors, "; ")));
         }
     }
 

@@ -42,8 +42,9 @@ pub fn start_policies(config: &Config) -> anyhow::Result<(Arc<PolicyRuntime>, Op
     }
     let engine = Arc::new(engine);
     let specs = config.policy_specs();
-    let chain = flockd_wasm::load_chain(&engine, &specs)
-        .map_err(|errors| anyhow::anyhow!("policies failed to load:\n  {}", errors.join("\n  ")))?;
+    let chain = flockd_wasm::load_chain(&engine, &specs).map_err(|errors| {
+        anyhow::anyhow!("policies failed to load:\n  {}", flockd_wasm::loader::lines(&errors, "\n  "))
+    })?;
     for p in &chain.policies {
         tracing::info!(policy = %p.name, version = %p.digest, from = %p.origin, "policy loaded");
     }

@@ -228,7 +228,8 @@ async fn replay(
     let mut limits = config.call_limits();
     limits.timeout = limits.timeout.max(Duration::from_secs(10));
     let engine = Arc::new(flockd_wasm::PolicyEngine::new(limits)?);
-    let chain = flockd_wasm::load_chain(&engine, &config.policy_specs()).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+    let chain = flockd_wasm::load_chain(&engine, &config.policy_specs())
+        .map_err(|errors| anyhow::anyhow!(flockd_wasm::loader::lines(&errors, "\n")))?;
     let decider =
         Arc::new(QuietDecider { inner: Arc::new(flockd_wasm::PolicyRuntime::new(engine, chain)), dispatch: quiet });
 

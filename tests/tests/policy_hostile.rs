@@ -8,7 +8,8 @@ use std::time::Duration;
 use flockd_core::{Decider, Plan, Snapshot};
 use flockd_tests::policy::{engine, engine_with_timeout, fixture, read, small_snapshot};
 use flockd_wasm::{
-    CallError, CallLimits, Chain, LoadError, Origin, PolicyEngine, PolicyRuntime, PolicySpec, load_chain, loader,
+    CallError, CallLimits, Chain, LoadError, Origin, PolicyEngine, PolicyLoadError, PolicyRuntime, PolicySpec,
+    load_chain, loader,
 };
 
 fn file_spec(name: &str, path: &str) -> PolicySpec {
@@ -142,8 +143,13 @@ fn a_component_of_another_world_is_refused_at_load() {
             .expect("a chain with a foreign component does not load half-way");
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
-        errors[0].contains("\"other\"") && errors[0].contains("does not implement world flockd:policy/policy@0.1.0"),
+        matches!(&errors[0].error, PolicyLoadError::Component(LoadError::WrongWorld(_))) && errors[0].policy == "other",
         "{errors:?}"
+    );
+    let text = errors[0].to_string();
+    assert!(
+        text.starts_with("policy \"other\": ") && text.contains("does not implement world flockd:policy/policy@0.1.0"),
+        "{text}"
     );
 }
 

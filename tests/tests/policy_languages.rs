@@ -182,7 +182,7 @@ fn a_python_policy_hot_swaps_in_without_holding_up_a_tick_and_survives_a_restart
     ticker.join().expect("the decide loop never panicked");
 
     let event = runtime.events().into_iter().find(|e| e.policy == "warm-pool").expect("a reload event");
-    assert_eq!((event.outcome.as_str(), event.error), ("loaded", None));
+    assert_eq!((event.outcome, event.error), (flockd_wasm::ReloadOutcome::Loaded, None));
     assert!(event.at >= published_at);
 
     let ticks = ticks.lock().unwrap();

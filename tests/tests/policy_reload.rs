@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use flockd_core::{Decider, Decision};
 use flockd_tests::policy::{engine, fixture, policy_dir, poll_until, publish, read, small_snapshot};
-use flockd_wasm::{PolicyRuntime, PolicySpec, ReloadEvent, Reloader, builtin, load_chain, loader};
+use flockd_wasm::{PolicyRuntime, PolicySpec, ReloadEvent, ReloadOutcome, Reloader, builtin, load_chain, loader};
 
 const DEBOUNCE: Duration = Duration::from_millis(30);
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -72,7 +72,7 @@ fn a_new_version_goes_live_and_a_hostile_one_is_rejected_while_the_last_good_ser
     wait_for_digests(&runtime, &[&d2], "good-v2 to go live");
     assert_eq!(launches(&runtime.decide(&snapshot)), v2_plan());
     let loaded = wait_for_event(&runtime, "a 'loaded' event for v2", |e| {
-        e.outcome == "loaded" && e.digest.as_deref() == Some(&d2)
+        e.outcome == ReloadOutcome::Loaded && e.digest.as_deref() == Some(&d2)
     });
     assert_eq!(loaded.error, None);
 
@@ -89,7 +89,7 @@ fn a_new_version_goes_live_and_a_hostile_one_is_rejected_while_the_last_good_ser
         publish(&file, &bytes);
         let event =
             wait_for_event(&runtime, &format!("{hostile} to be rejected"), |e| e.digest.as_deref() == Some(&digest));
-        assert_eq!(event.outcome, "rejected", "{event:?}");
+        assert_eq!(event.outcome, ReloadOutcome::Rejected, "{event:?}");
         let error = event.error.expect("a rejection says why");
         assert!(error.contains(reason), "rejection of {hostile}: {error:?} should say {reason:?}");
         assert_eq!(digests(&runtime), [d2.as_str()], "v2 keeps serving after {hostile}");
@@ -111,7 +111,7 @@ fn removing_the_file_unloads_a_file_only_policy() {
 
     std::fs::remove_file(&file).unwrap();
     wait_for_digests(&runtime, &[], "the chain to drop the removed policy");
-    wait_for_event(&runtime, "an 'unloaded' event", |e| e.outcome == "unloaded" && e.policy == "extra");
+    wait_for_event(&runtime, "an 'unloaded' event", |e| e.outcome == ReloadOutcome::Unloaded && e.policy == "extra");
     let decision = runtime.decide(&Arc::new(small_snapshot()));
     assert!(decision.plan.is_empty() && decision.runs.is_empty());
 
@@ -134,7 +134,7 @@ fn removing_an_override_reverts_to_the_built_in() {
 
     std::fs::remove_file(&file).unwrap();
     wait_for_digests(&runtime, &[&builtin_digest], "the built-in to come back");
-    wait_for_event(&runtime, "a 'reverted to built-in' event", |e| e.outcome == "reverted to built-in");
+    wait_for_event(&runtime, "a 'reverted to built-in' event", |e| e.outcome == ReloadOutcome::RevertedToBuiltin);
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn a_zero_byte_write_is_rejected_and_the_real_write_after_it_wins() {
     // Written in place (the way `cp` does it), not renamed: the truncation
     // is visible on its own.
     std::fs::write(&file, b"").unwrap();
-    let event = wait_for_event(&runtime, "the empty file to be rejected", |e| e.outcome == "rejected");
+    let event = wait_for_event(&runtime, "the empty file to be rejected", |e| e.outcome == ReloadOutcome::Rejected);
     assert!(event.error.as_deref().is_some_and(|e| e.contains("empty file")), "{event:?}");
     assert_eq!(digests(&runtime), [loader::digest(&v1)]);
 

@@ -145,7 +145,7 @@ pub struct ReloadStatus {
     pub at: Millis,
     pub policy: String,
     pub origin: String,
-    pub outcome: String,
+    pub outcome: &'static str,
     pub version: Option<String>,
     pub error: Option<String>,
 }
@@ -249,7 +249,7 @@ pub fn status(shared: &Shared) -> Status {
             at: unix_ms(e.at),
             policy: e.policy,
             origin: e.origin.to_string(),
-            outcome: e.outcome,
+            outcome: e.outcome.as_str(),
             version: e.digest,
             error: e.error,
         })

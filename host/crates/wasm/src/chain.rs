@@ -69,10 +69,49 @@ pub struct ReloadEvent {
     pub at: SystemTime,
     pub policy: String,
     pub origin: Origin,
-    /// What happened: "loaded", "unchanged", "rejected", "unloaded", "reverted to built-in".
-    pub outcome: String,
+    pub outcome: ReloadOutcome,
     pub digest: Option<String>,
     pub error: Option<String>,
+}
+
+/// What a reload did to one policy of the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ReloadOutcome {
+    /// A new version from a file now serves.
+    #[serde(rename = "loaded")]
+    Loaded,
+    /// The file changed on disk but not its content.
+    #[serde(rename = "unchanged")]
+    Unchanged,
+    /// The new version failed to load or its smoke test; the last good one
+    /// keeps serving.
+    #[serde(rename = "rejected")]
+    Rejected,
+    /// The file is gone and there is no built-in: the chain goes on without it.
+    #[serde(rename = "unloaded")]
+    Unloaded,
+    /// The file is gone and the built-in of that name serves again.
+    #[serde(rename = "reverted to built-in")]
+    RevertedToBuiltin,
+}
+
+impl ReloadOutcome {
+    /// As shown in logs, the status API and the dashboard.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Loaded => "loaded",
+            ReloadOutcome::Unchanged => "unchanged",
+            ReloadOutcome::Rejected => "rejected",
+            ReloadOutcome::Unloaded => "unloaded",
+            ReloadOutcome::RevertedToBuiltin => "reverted to built-in",
+        }
+    }
+}
+
+impl std::fmt::Display for ReloadOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -137,13 +176,13 @@ impl PolicyRuntime {
         {
             let mut counters = self.counters.lock().unwrap();
             let c = counters.entry(event.policy.clone()).or_default();
-            match event.outcome.as_str() {
-                "rejected" => {
+            match event.outcome {
+                ReloadOutcome::Rejected => {
                     c.reload_failures += 1;
                     c.last_error = event.error.clone();
                 }
-                "unchanged" => {}
-                _ => c.reloads += 1,
+                ReloadOutcome::Unchanged => {}
+                ReloadOutcome::Loaded | ReloadOutcome::Unloaded | ReloadOutcome::RevertedToBuiltin => c.reloads += 1,
             }
         }
         let mut events = self.events.lock().unwrap();

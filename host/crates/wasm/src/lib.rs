@@ -15,9 +15,9 @@ pub mod loader;
 pub mod reload;
 
 pub use cache::{CacheOutcome, CompileCache};
-pub use chain::{Chain, LoadedPolicy, Origin, PolicyCounters, PolicyRuntime, ReloadEvent};
+pub use chain::{Chain, LoadedPolicy, Origin, PolicyCounters, PolicyRuntime, ReloadEvent, ReloadOutcome};
 pub use engine::{
     CallError, CallLimits, DEADLINE_PER_SNAPSHOT_ITEM, LoadError, MAX_COPIED_BYTES, MAX_LAUNCH_ENTRIES, PolicyEngine,
 };
-pub use loader::{PolicySpec, load_chain};
+pub use loader::{ChainLoadError, PolicyLoadError, PolicySpec, load_chain};
 pub use reload::Reloader;

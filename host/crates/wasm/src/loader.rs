@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::builtin;
 use crate::chain::{Chain, LoadedPolicy, Origin, PolicyRuntime};
-use crate::engine::{LoadError, PolicyEngine};
+use crate::engine::{CallError, LoadError, PolicyEngine};
 
 /// One entry of the configured chain.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,11 +74,41 @@ pub fn compile(engine: &PolicyEngine, name: &str, origin: Origin, bytes: &[u8]) 
     })
 }
 
+/// Why one configured policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyLoadError {
+    /// Its code could not be found or read.
+    #[error("{0}")]
+    Unreadable(String),
+    /// Its component is not a policy: not WebAssembly, another world...
+    #[error(transparent)]
+    Component(#[from] LoadError),
+    /// The component loaded, but `configure` failed on its settings (refused
+    /// them, trapped or ran out of time reading them).
+    #[error(transparent)]
+    Settings(CallError),
+}
+
+/// A policy of the chain that did not load, and where its code came from.
+#[derive(Debug, thiserror::Error)]
+#[error("policy {policy:?}: {}{error}", from.as_ref().map(|o| format!("{o}: ")).unwrap_or_default())]
+pub struct ChainLoadError {
+    pub policy: String,
+    /// The file or built-in, when it could be resolved.
+    pub from: Option<Origin>,
+    pub error: PolicyLoadError,
+}
+
 /// Compiles a component and checks that `configure` accepts the settings.
-pub fn load(engine: &PolicyEngine, spec: &PolicySpec, origin: Origin, bytes: &[u8]) -> Result<LoadedPolicy, String> {
-    let compiled = engine.compile(bytes).map_err(|e| e.to_string())?.with_timeout(engine.timeout_for(&spec.name));
+pub fn load(
+    engine: &PolicyEngine,
+    spec: &PolicySpec,
+    origin: Origin,
+    bytes: &[u8],
+) -> Result<LoadedPolicy, PolicyLoadError> {
+    let compiled = engine.compile(bytes)?.with_timeout(engine.timeout_for(&spec.name));
     let settings_json = spec.settings_json();
-    engine.check_settings(&compiled, &settings_json).map_err(|e| e.to_string())?;
+    engine.check_settings(&compiled, &settings_json).map_err(PolicyLoadError::Settings)?;
     Ok(LoadedPolicy {
         name: spec.name.clone(),
         origin,
@@ -91,20 +121,25 @@ pub fn load(engine: &PolicyEngine, spec: &PolicySpec, origin: Origin, bytes: &[u
 
 /// Loads every spec; any failure is reported with the policy's name and
 /// where its code came from, and nothing starts half-loaded.
-pub fn load_chain(engine: &PolicyEngine, specs: &[PolicySpec]) -> Result<Chain, Vec<String>> {
+pub fn load_chain(engine: &PolicyEngine, specs: &[PolicySpec]) -> Result<Chain, Vec<ChainLoadError>> {
     let mut policies = Vec::new();
     let mut errors = Vec::new();
     for spec in specs {
-        let loaded = spec.resolve().and_then(|(origin, bytes)| {
-            let where_ = origin.to_string();
-            load(engine, spec, origin, &bytes).map_err(|e| format!("{where_}: {e}"))
-        });
-        match loaded {
-            Ok(p) => policies.push(Arc::new(p)),
-            Err(e) => errors.push(format!("policy {:?}: {e}", spec.name)),
+        let failed = |from, error| ChainLoadError { policy: spec.name.clone(), from, error };
+        match spec.resolve() {
+            Err(e) => errors.push(failed(None, PolicyLoadError::Unreadable(e))),
+            Ok((origin, bytes)) => match load(engine, spec, origin.clone(), &bytes) {
+                Ok(p) => policies.push(Arc::new(p)),
+                Err(e) => errors.push(failed(Some(origin), e)),
+            },
         }
     }
     if errors.is_empty() { Ok(Chain { policies }) } else { Err(errors) }
+}
+
+/// The errors of [`load_chain`], one per policy, joined by `separator`.
+pub fn lines(errors: &[ChainLoadError], separator: &str) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join(separator)
 }
 
 /// What a new version must do before it replaces the old one: decide on the

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use crate::chain::{Chain, Origin, PolicyRuntime, ReloadEvent};
+use crate::chain::{Chain, Origin, PolicyRuntime, ReloadEvent, ReloadOutcome};
 use crate::loader::{self, PolicySpec};
 
 /// Default quiet period after the last write before a file is read.
@@ -108,11 +108,11 @@ pub fn reload(runtime: &PolicyRuntime, specs: &[PolicySpec], index: usize) {
     let spec = &specs[index];
     let current = runtime.chain();
     let existing = current.policies.iter().find(|p| p.name == spec.name);
-    let event = |origin: Origin, outcome: &str, digest: Option<String>, error: Option<String>| ReloadEvent {
+    let event = |origin: Origin, outcome: ReloadOutcome, digest: Option<String>, error: Option<String>| ReloadEvent {
         at: SystemTime::now(),
         policy: spec.name.clone(),
         origin,
-        outcome: outcome.into(),
+        outcome,
         digest,
         error,
     };
@@ -122,7 +122,7 @@ pub fn reload(runtime: &PolicyRuntime, specs: &[PolicySpec], index: usize) {
         if existing.is_some() {
             swap_entry(runtime, specs, &current, &spec.name, None);
             tracing::warn!(policy = %spec.name, "policy file removed: the chain goes on without it");
-            runtime.record_event(event(origin_of(spec), "unloaded", None, None));
+            runtime.record_event(event(origin_of(spec), ReloadOutcome::Unloaded, None, None));
         }
         return;
     }
@@ -130,27 +130,32 @@ pub fn reload(runtime: &PolicyRuntime, specs: &[PolicySpec], index: usize) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(policy = %spec.name, "reload failed, last good version keeps serving: {e}");
-            runtime.record_event(event(origin_of(spec), "rejected", None, Some(e)));
+            runtime.record_event(event(origin_of(spec), ReloadOutcome::Rejected, None, Some(e)));
             return;
         }
     };
     let digest = loader::digest(&bytes);
     if existing.is_some_and(|p| p.digest == digest) {
-        runtime.record_event(event(origin, "unchanged", Some(digest), None));
+        runtime.record_event(event(origin, ReloadOutcome::Unchanged, Some(digest), None));
         return;
     }
     let candidate = loader::load(runtime.engine(), spec, origin.clone(), &bytes)
+        .map_err(|e| e.to_string())
         .and_then(|p| loader::smoke_test(runtime, &p).map(|()| p));
     match candidate {
         Ok(policy) => {
-            let outcome = if matches!(origin, Origin::Builtin(_)) { "reverted to built-in" } else { "loaded" };
+            let outcome = if matches!(origin, Origin::Builtin(_)) {
+                ReloadOutcome::RevertedToBuiltin
+            } else {
+                ReloadOutcome::Loaded
+            };
             swap_entry(runtime, specs, &current, &spec.name, Some(Arc::new(policy)));
             tracing::info!(policy = %spec.name, version = %digest, from = %origin, "policy {outcome}");
             runtime.record_event(event(origin, outcome, Some(digest), None));
         }
         Err(e) => {
             tracing::error!(policy = %spec.name, from = %origin, "new version rejected, last good version keeps serving: {e}");
-            runtime.record_event(event(origin, "rejected", Some(digest), Some(e)));
+            runtime.record_event(event(origin, ReloadOutcome::Rejected, Some(digest), Some(e)));
         }
     }
 }
