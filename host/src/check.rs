@@ -219,7 +219,7 @@ impl Checker<'_> {
         for key in ["access-key", "secret-key"] {
             ok &= self.secret(&["clearml", key], v.get(key));
         }
-        if ok && let Err(e) = crate::run::clearml_config(v) {
+        if ok && let Err(e) = crate::config::clearml_config(v) {
             self.error(&["clearml"], format!("{e}"));
         }
     }

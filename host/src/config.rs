@@ -743,6 +743,19 @@ fn list<'a>(it: impl Iterator<Item = &'a String>) -> String {
     if v.is_empty() { "none".into() } else { v.join(", ") }
 }
 
+/// `[clearml]` minus flockd's own keys, and whether to create missing queues.
+pub fn clearml_config(v: &toml::Value) -> anyhow::Result<(flockd_clearml::ClearmlConfig, bool)> {
+    let mut table = v.as_table().cloned().ok_or_else(|| anyhow::anyhow!("[clearml] must be a table"))?;
+    let create = match table.remove("create-missing-queues") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => b,
+        Some(other) => anyhow::bail!("[clearml] create-missing-queues must be true or false, not {other}"),
+    };
+    let config: flockd_clearml::ClearmlConfig =
+        toml::Value::Table(table).try_into().map_err(|e| anyhow::anyhow!("[clearml]: {e}"))?;
+    Ok((config, create))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use flockd_clearml::{ClearmlClient, ClearmlConfig};
+use flockd_clearml::ClearmlClient;
 use flockd_core::{Controller, QueueSource, Seams, SystemClock};
 use flockd_wasm::{PolicyEngine, PolicyRuntime, Reloader};
 
@@ -13,18 +13,6 @@ use crate::store::RedbStore;
 
 /// Journal entries kept on disk.
 const JOURNAL_KEEP: u64 = 100_000;
-
-/// `[clearml]` minus flockd's own keys, and whether to create missing queues.
-pub fn clearml_config(v: &toml::Value) -> anyhow::Result<(ClearmlConfig, bool)> {
-    let mut table = v.as_table().cloned().ok_or_else(|| anyhow::anyhow!("[clearml] must be a table"))?;
-    let create = match table.remove("create-missing-queues") {
-        None => false,
-        Some(toml::Value::Boolean(b)) => b,
-        Some(other) => anyhow::bail!("[clearml] create-missing-queues must be true or false, not {other}"),
-    };
-    let config: ClearmlConfig = toml::Value::Table(table).try_into().map_err(|e| anyhow::anyhow!("[clearml]: {e}"))?;
-    Ok((config, create))
-}
 
 /// Policies: engine, chain and (if enabled) the watcher.
 pub fn start_policies(config: &Config) -> anyhow::Result<(Arc<PolicyRuntime>, Option<Reloader>)> {
@@ -82,7 +70,7 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
             path.display()
         )
     })?;
-    let (clearml, create_missing) = clearml_config(clearml)?;
+    let (clearml, create_missing) = crate::config::clearml_config(clearml)?;
     let client = ClearmlClient::new(&clearml)?;
     let queues: Vec<String> = config.queues.iter().map(|q| q.name.clone()).collect();
     let created = client.ensure_queues(&queues, create_missing).await?;

@@ -209,3 +209,19 @@ fn text_from_a_policy_cannot_forge_a_log_line() {
     let declined = runtime.decide(&Arc::new(Snapshot::default()));
     one_line("the decline message", declined.runs[0].error.as_deref().expect("declines without queues"));
 }
+
+/// A component whose memory starts larger than the cap is refused at load,
+/// with the limit in the message, before any of its code runs.
+#[test]
+fn a_memory_that_starts_past_the_cap_is_refused_at_load() {
+    // The hand-written component of the plan-flood tests, its memory grown
+    // from 60 MiB to 125 MiB.
+    let source = include_str!("../fixtures/policies/wat/aliased-plan.wat")
+        .replace("ENTRIES", "1")
+        .replace("(memory (export \"memory\") 960)", "(memory (export \"memory\") 2000)");
+    let error = engine().compile(&wat::parse_str(&source).expect("parses")).err().expect("refused");
+    assert!(
+        matches!(&error, LoadError::Invalid(text) if text.contains("minimum byte size of 131072000 which exceeds the limit")),
+        "{error:?}"
+    );
+}

@@ -133,7 +133,7 @@ pub(crate) fn plan_to_wit(p: &core::Plan) -> wit::Plan {
 
 /// The plan a policy returned, each reason cut to `max_reason` bytes.
 pub(crate) fn plan_from_wit(p: wit::Plan, max_reason: usize) -> core::Plan {
-    let reason = |r: String| crate::engine::bounded_text(r, max_reason);
+    let reason = |r: String| crate::text::bounded_text(r, max_reason);
     core::Plan {
         launches: p
             .launches

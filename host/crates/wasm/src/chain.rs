@@ -203,9 +203,9 @@ impl PolicyRuntime {
     ) -> (Result<Plan, CallError>, crate::engine::CallReport) {
         let (result, report) = self.engine.call(&policy.compiled, &policy.settings_json, snapshot_wit, plan);
         let result = result.and_then(|next| {
-            next.validate(snapshot).map(|()| next).map_err(|e| {
-                CallError::InvalidPlan(crate::engine::bounded_text(e, crate::engine::MAX_POLICY_TEXT_BYTES))
-            })
+            next.validate(snapshot)
+                .map(|()| next)
+                .map_err(|e| CallError::InvalidPlan(crate::text::bounded_text(e, crate::text::MAX_POLICY_TEXT_BYTES)))
         });
         (result, report)
     }

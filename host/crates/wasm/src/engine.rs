@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{self, PolicyBindings, PolicyBindingsPre, wit};
 use crate::cache::{CacheOutcome, CompileCache};
+use crate::text::bounded_text;
 
 /// One epoch tick. Deadlines are whole ticks, so this is their resolution.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -26,10 +27,7 @@ pub const DEADLINE_PER_SNAPSHOT_ITEM: Duration = Duration::from_micros(20);
 /// the call): a chatty plugin must not flood the host's log.
 const MAX_LOG_LINES_PER_CALL: usize = 64;
 const MAX_LOG_LINE_BYTES: usize = 2048;
-/// Text a policy hands back (a declined call's message, each action's
-/// reason) goes into logs, the journal and the dashboard every tick: cut to
-/// this, so a plugin cannot flood them.
-pub const MAX_POLICY_TEXT_BYTES: usize = 1024;
+pub use crate::text::MAX_POLICY_TEXT_BYTES;
 /// The most the host copies out of a policy in one go: a returned plan (its
 /// lists counted at their size in host memory, its strings byte for byte) or
 /// one `log` line. Checked by wasmtime's hostcall fuel before each list or
@@ -277,12 +275,6 @@ impl PolicyEngine {
         let text = format!("{error:#}");
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => CallError::Timeout(timeout),
-            _ if text.contains("forcing a memory growth failure")
-                || text.contains("memory minimum size")
-                || text.contains("exceeds memory limits") =>
-            {
-                CallError::OutOfMemory(self.limits.memory_bytes)
-            }
             Some(Trap::UnreachableCodeReached) => {
                 CallError::Trap(format!("unreachable code reached (the plugin panicked or aborted): {text}"))
             }
@@ -486,22 +478,6 @@ fn check_plan_size(plan: &wit::Plan, instances: usize) -> Result<(), CallError> 
         )));
     }
     Ok(())
-}
-
-/// `text` from a policy, made printable (a newline or an escape sequence
-/// must not forge a log line: `flockd_core::text`), cut to at most `max`
-/// bytes (on a character boundary) and marked with an ellipsis when cut.
-pub(crate) fn bounded_text(text: String, max: usize) -> String {
-    let mut text = flockd_core::text::printable_owned(text);
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
 }
 
 struct FrozenClock(u64);

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod inspect;
 pub mod loader;
 pub mod reload;
+mod text;
 
 pub use cache::{CacheOutcome, CompileCache};
 pub use chain::{Chain, LoadedPolicy, Origin, PolicyCounters, PolicyRuntime, ReloadEvent, ReloadOutcome};
