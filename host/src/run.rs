@@ -110,11 +110,15 @@ pub fn start(
     providers: crate::providers::Providers,
 ) -> anyhow::Result<Started> {
     let (policies, reloader) = start_policies(config)?;
+
     let store = Arc::new(RedbStore::open(&config.resolve(&config.state_dir), JOURNAL_KEEP)?);
-    let controller = Arc::new(Controller::new(
+    let controller = Controller::new(
         config.controller_config(),
         Seams { source, providers, decider: policies.clone(), store, clock: Arc::new(SystemClock) },
-    )?);
+    )?
+    // Every cloud call timed and counted in `/metrics`.
+    .with_call_sink(crate::http::metrics::ProviderCallMetrics::global().clone());
+    let controller = Arc::new(controller);
     Ok(Started { controller, policies, reloader })
 }
 

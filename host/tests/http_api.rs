@@ -83,6 +83,8 @@ async fn status_decisions_and_metrics_follow_the_fleet() {
         r#"flockd_policy_calls_total{policy="budget"}"#,
         r#"flockd_queue_pending{queue="cpu"}"#,
         r#"flockd_queue_oldest_wait_seconds{queue="cpu"}"#,
+        r#"flockd_provider_call_duration_seconds_count{call="launch",provider="sim"}"#,
+        r#"flockd_provider_call_duration_seconds_count{call="list",provider="sim"}"#,
     ] {
         assert!(metrics.contains(expected), "/metrics lacks {expected:?}:\n{metrics}");
     }

@@ -2,15 +2,84 @@
 //! reloads (which happen between ticks), again at every scrape.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use flockd_core::controller::TickReport;
-use flockd_core::{Action, FailureKind, InstanceState, Outcome, Snapshot, TerminationCause};
+use flockd_core::{
+    Action, FailureKind, InstanceState, Outcome, ProviderCall, ProviderCallSink, ProviderError, Snapshot,
+    TerminationCause,
+};
 use flockd_wasm::PolicyRuntime;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
+
+/// Every cloud call's latency and errors, by provider and call: the sink of
+/// the [`Measured`](flockd_core::Measured) decorator that
+/// [`crate::providers::build`] puts around each provider. One per process
+/// (providers are built before the HTTP server and its registry exist);
+/// each [`Metrics`] registry exports it.
+pub struct ProviderCallMetrics {
+    duration: HistogramVec,
+    errors: IntCounterVec,
+}
+
+impl ProviderCallMetrics {
+    pub fn global() -> &'static Arc<ProviderCallMetrics> {
+        static GLOBAL: OnceLock<Arc<ProviderCallMetrics>> = OnceLock::new();
+        GLOBAL.get_or_init(|| Arc::new(ProviderCallMetrics::new().expect("valid metric definitions")))
+    }
+
+    fn new() -> prometheus::Result<Self> {
+        Ok(ProviderCallMetrics {
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "flockd_provider_call_duration_seconds",
+                    "One cloud call (launch, list, terminate), answered or failed, by provider",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+                &["provider", "call"],
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "flockd_provider_call_errors_total",
+                    "Cloud calls that failed, by provider, call and kind (capacity, quota, throttled, auth, invalid_request, not_found, timeout, outcome_unknown, other)",
+                ),
+                &["provider", "call", "kind"],
+            )?,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.duration.clone()))?;
+        registry.register(Box::new(self.errors.clone()))
+    }
+}
+
+fn provider_error_label(e: &ProviderError) -> &'static str {
+    match e {
+        ProviderError::Capacity(_) => "capacity",
+        ProviderError::Quota(_) => "quota",
+        ProviderError::Throttled(_) => "throttled",
+        ProviderError::Auth(_) => "auth",
+        ProviderError::InvalidRequest(_) => "invalid_request",
+        ProviderError::NotFound(_) => "not_found",
+        ProviderError::Timeout(_) => "timeout",
+        ProviderError::OutcomeUnknown(_) => "outcome_unknown",
+        ProviderError::Other(_) => "other",
+    }
+}
+
+impl ProviderCallSink for ProviderCallMetrics {
+    fn record(&self, provider: &str, call: ProviderCall, took: Duration, error: Option<&ProviderError>) {
+        self.duration.with_label_values(&[provider, call.as_str()]).observe(took.as_secs_f64());
+        if let Some(e) = error {
+            self.errors.with_label_values(&[provider, call.as_str(), provider_error_label(e)]).inc();
+        }
+    }
+}
 
 /// The states an instance is counted in, as label values.
 pub const INSTANCE_STATES: [&str; 4] = ["booting", "running_busy", "running_idle", "stopping"];
@@ -232,6 +301,7 @@ impl Metrics {
             seen: Mutex::new(Seen::default()),
             registry,
         };
+        ProviderCallMetrics::global().register(&m.registry)?;
         Ok(m)
     }
 

@@ -13,7 +13,7 @@ mod auth;
 mod dashboard;
 pub mod history;
 pub mod logs;
-mod metrics;
+pub(crate) mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -23,7 +23,7 @@ use aws_sdk_ec2::config::{BehaviorVersion, Region};
 use aws_sdk_ec2::types::{Filter, Instance, InstanceStateName};
 use aws_smithy_http_client::tls;
 use flockd_core::naming::tags;
-use flockd_core::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError};
+use flockd_core::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError, ThrottleBackoff};
 
 pub use config::{AwsCredentialRefs, AwsProviderConfig, AwsResourceConfig, Market, SecretRef};
 use credentials::ReferencedKeys;
@@ -31,7 +31,6 @@ use errors::{Ec2Failure, classify};
 
 /// EC2 takes at most 16 KiB of user data (before base64).
 const MAX_USER_DATA: usize = 16 * 1024;
-const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(20);
 /// Every state but terminated: what `list` reports.
 const LIVE_STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
 
@@ -39,8 +38,8 @@ pub struct AwsProvider {
     client: Client,
     resources: HashMap<String, AwsResourceConfig>,
     startup_scripts: HashMap<String, String>,
-    throttle_retries: u32,
-    first_throttle_wait: Duration,
+    /// Throttled steps are tried again (one subnet or zone, not the whole call).
+    backoff: ThrottleBackoff,
     list_page_size: i32,
 }
 
@@ -88,8 +87,11 @@ impl AwsProvider {
             client: Client::new(&sdk_config),
             resources,
             startup_scripts: HashMap::new(),
-            throttle_retries: config.throttle_retries,
-            first_throttle_wait: Duration::from_millis(config.throttle_backoff_ms),
+            backoff: ThrottleBackoff {
+                retries: config.throttle_retries,
+                first_wait: Duration::from_millis(config.throttle_backoff_ms),
+                ..ThrottleBackoff::default()
+            },
             list_page_size: config.list_page_size,
         })
     }
@@ -103,28 +105,13 @@ impl AwsProvider {
         Ok(self)
     }
 
-    /// Runs `call`, and again after a growing wait while EC2 throttles it
-    /// (at most `throttle_retries` more times).
-    async fn retrying_throttles<T, F, Fut>(&self, operation: &str, mut call: F) -> Result<T, Ec2Failure>
+    /// Runs `call`, and again while the cloud throttles it ([`ThrottleBackoff`]).
+    async fn retrying_throttles<T, F, Fut>(&self, operation: &str, call: F) -> Result<T, Ec2Failure>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Ec2Failure>>,
     {
-        let mut wait = self.first_throttle_wait;
-        let mut retries = 0;
-        loop {
-            match call().await {
-                Err(failure)
-                    if matches!(failure.error, ProviderError::Throttled(_)) && retries < self.throttle_retries =>
-                {
-                    retries += 1;
-                    tracing::warn!(operation, retry = retries, ?wait, "EC2 throttled the call; backing off");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_THROTTLE_WAIT);
-                }
-                other => return other,
-            }
-        }
+        self.backoff.run(operation, |f: &Ec2Failure| matches!(f.error, ProviderError::Throttled(_)), call).await
     }
 
     /// Instances of this cluster launched with `launch_key`, in any state.

@@ -21,6 +21,7 @@ use crate::ledger::{Ledger, Observation};
 use crate::model::*;
 use crate::naming;
 use crate::provider::{CloudProvider, CloudState, LaunchRequest, ProviderError};
+use crate::provider_layers::{Measured, ProviderCallSink, Timed};
 use crate::queue_source::{QueueSource, SourceError, Worker};
 use crate::store::{HostState, StateStore};
 
@@ -215,6 +216,12 @@ impl Controller {
             }
         }
         let state = seams.store.load()?;
+        // Every cloud call under its deadline, whatever provider it is.
+        let mut seams = seams;
+        let (list, act) = (config.observe_timeout, config.action_timeout);
+        for provider in seams.providers.values_mut() {
+            *provider = Arc::new(Timed::new(provider.clone(), list, act));
+        }
         Ok(Controller {
             config,
             seams,
@@ -224,6 +231,16 @@ impl Controller {
             blindness: Mutex::new(Blindness::default()),
             ticks: tokio::sync::broadcast::channel(TICK_REPORTS_BUFFERED).0,
         })
+    }
+
+    /// Reports every cloud call (its duration and error, a deadline's
+    /// included) to `sink`, e.g. the host's `/metrics`.
+    pub fn with_call_sink(mut self, sink: Arc<dyn ProviderCallSink>) -> Self {
+        for (name, provider) in self.seams.providers.iter_mut() {
+            // Around the deadline, so a call cut by it is measured too.
+            *provider = Arc::new(Measured::new(name.clone(), provider.clone(), sink.clone()));
+        }
+        self
     }
 
     pub fn config(&self) -> &ControllerConfig {
@@ -481,10 +498,12 @@ impl Controller {
             }
         };
         let lists = futures::future::join_all(self.seams.providers.iter().map(|(name, p)| async move {
-            match tokio::time::timeout(timeout, p.list(&self.config.cluster)).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(error)) => Err(ObserveError::Listing { provider: name.clone(), error }),
-                Err(_) => Err(ObserveError::ListingTimeout { provider: name.clone(), after: timeout }),
+            match p.list(&self.config.cluster).await {
+                Ok(v) => Ok(v),
+                Err(ProviderError::Timeout(_)) => {
+                    Err(ObserveError::ListingTimeout { provider: name.clone(), after: timeout })
+                }
+                Err(error) => Err(ObserveError::Listing { provider: name.clone(), error }),
             }
         }));
         let (queues, lists) = tokio::join!(queues, lists);
@@ -516,11 +535,6 @@ impl Controller {
     /// terminate on.
     fn still_fresh(&self, observed: Millis) -> bool {
         Duration::from_millis(self.seams.clock.now().saturating_sub(observed)) <= self.config.max_observation_age
-    }
-
-    /// `call` under the action timeout: None if no answer came in time.
-    async fn within_action_timeout<T>(&self, call: impl std::future::Future<Output = T>) -> Option<T> {
-        tokio::time::timeout(self.config.action_timeout, call).await.ok()
     }
 
     fn resource_spec(&self, name: &str) -> Option<&ResourceSpec> {
@@ -577,7 +591,6 @@ impl Controller {
             }
         }
 
-        let timeout = self.config.action_timeout;
         let results: Vec<_> = futures::stream::iter(slots.into_iter().map(|slot| async move {
             let spec = self.resource_spec(&slot.resource).expect("guardrails dropped unknown resources");
             let provider = &self.seams.providers[&spec.provider];
@@ -587,11 +600,7 @@ impl Controller {
                 queues: self.config.queues_of(&slot.resource),
                 idempotency_key: slot.key.clone(),
             };
-            let answer = self.within_action_timeout(provider.launch(&request)).await.unwrap_or_else(|| {
-                Err(ProviderError::Timeout(format!(
-                    "no answer within {timeout:?}; counted as launching until the cloud lists a machine with this key"
-                )))
-            });
+            let answer = provider.launch(&request).await;
             (slot, answer, self.seams.clock.now())
         }))
         .buffer_unordered(self.config.launch_concurrency.max(1))
@@ -667,10 +676,7 @@ impl Controller {
         let Some(spec) = self.resource_spec(&instance.resource) else {
             return Outcome::Failed(format!("resource {:?} is not configured", instance.resource));
         };
-        let call = self.seams.providers[&spec.provider].terminate(&instance.id);
-        let answer = self.within_action_timeout(call).await;
-        let timeout = self.config.action_timeout;
-        match answer.unwrap_or_else(|| Err(ProviderError::Timeout(format!("no answer within {timeout:?}")))) {
+        match self.seams.providers[&spec.provider].terminate(&instance.id).await {
             Ok(()) => {
                 tracing::info!(instance = %instance.id, resource = %instance.resource, "terminated: {}", t.reason);
                 Ledger::new(&self.config).terminated(state, instance, t.cause, now);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::*;
 use crate::clock::TokioClock;
 use crate::model::{Launch, Plan, Snapshot, Termination, TerminationCause};
+use crate::provider_layers::{ProviderCall, ProviderCallSink};
 use crate::store::MemoryStore;
 use crate::testing::{FakeCloud, FakeQueues, LaunchAnswer};
 
@@ -400,4 +401,25 @@ async fn ten_thousand_launch_entries_for_one_resource_become_one_line() {
     assert_eq!(record.clamps.len(), 1, "one clamp line: {:?}", &record.clamps[..3.min(record.clamps.len())]);
     let journaled = serde_json::to_string(&*record).unwrap();
     assert!(journaled.len() < 8 * 1024, "the record is {} bytes", journaled.len());
+}
+
+/// Guard: a cloud call cut by the action timeout is measured (as a timeout),
+/// not lost with the dropped call: the sink sits outside the deadline.
+#[tokio::test(start_paused = true)]
+async fn a_call_cut_by_its_deadline_is_measured_as_a_timeout() {
+    #[derive(Default)]
+    struct Kinds(Mutex<Vec<(ProviderCall, bool)>>);
+    impl ProviderCallSink for Kinds {
+        fn record(&self, _: &str, call: ProviderCall, _: Duration, error: Option<&ProviderError>) {
+            self.0.lock().unwrap().push((call, matches!(error, Some(ProviderError::Timeout(_)))));
+        }
+    }
+    let f = Fixture::new(1);
+    f.cloud.script([LaunchAnswer::MadeThenHangs]);
+    let sink = Arc::new(Kinds::default());
+    let controller = f.controller(one_more_a).with_call_sink(sink.clone());
+    controller.tick().await;
+    let recorded = sink.0.lock().unwrap().clone();
+    assert!(recorded.contains(&(ProviderCall::Launch, true)), "{recorded:?}");
+    assert!(recorded.contains(&(ProviderCall::List, false)), "{recorded:?}");
 }

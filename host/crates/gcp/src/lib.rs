@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flockd_core::naming::tags;
-use flockd_core::{CloudInstance, CloudProvider, LaunchRequest, ProviderError};
+use flockd_core::{CloudInstance, CloudProvider, LaunchRequest, ProviderError, ThrottleBackoff};
 use google_cloud_compute_v1::client::Instances;
 use google_cloud_gax::exponential_backoff::ExponentialBackoffBuilder;
 use google_cloud_gax::retry_policy::NeverRetry;
@@ -31,7 +31,6 @@ use errors::{classify, operation_failure};
 use instance::{InstanceSpec, cloud_instance, metadata_value};
 pub use instance::{META_CLUSTER, META_LAUNCH_KEY, META_RESOURCE, META_STARTUP_SCRIPT, META_WORKER_ID};
 
-const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(20);
 /// GCE metadata values hold at most 256 KiB.
 const MAX_STARTUP_SCRIPT: usize = 256 * 1024;
 
@@ -41,8 +40,8 @@ pub struct GcpProvider {
     zones: Vec<String>,
     resources: HashMap<String, GcpResourceConfig>,
     startup_scripts: HashMap<String, String>,
-    throttle_retries: u32,
-    first_throttle_wait: Duration,
+    /// Throttled steps are tried again (one subnet or zone, not the whole call).
+    backoff: ThrottleBackoff,
     list_page_size: u32,
     operation_timeout: Duration,
     /// The zone of each instance seen, so terminate need not search.
@@ -122,8 +121,11 @@ impl GcpProvider {
             zones: config.zones.clone(),
             resources,
             startup_scripts: HashMap::new(),
-            throttle_retries: config.throttle_retries,
-            first_throttle_wait: Duration::from_millis(config.throttle_backoff_ms),
+            backoff: ThrottleBackoff {
+                retries: config.throttle_retries,
+                first_wait: Duration::from_millis(config.throttle_backoff_ms),
+                ..ThrottleBackoff::default()
+            },
             list_page_size: config.list_page_size,
             operation_timeout: Duration::from_secs(config.operation_timeout_secs),
             zone_of: Mutex::new(HashMap::new()),
@@ -143,24 +145,13 @@ impl GcpProvider {
         Ok(self)
     }
 
-    async fn retrying_throttles<T, F, Fut>(&self, operation: &str, mut call: F) -> Result<T, ProviderError>
+    /// Runs `call`, and again while the cloud throttles it ([`ThrottleBackoff`]).
+    async fn retrying_throttles<T, F, Fut>(&self, operation: &str, call: F) -> Result<T, ProviderError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
-        let mut wait = self.first_throttle_wait;
-        let mut retries = 0;
-        loop {
-            match call().await {
-                Err(ProviderError::Throttled(reason)) if retries < self.throttle_retries => {
-                    retries += 1;
-                    tracing::warn!(operation, retry = retries, ?wait, %reason, "GCE throttled the call; backing off");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_THROTTLE_WAIT);
-                }
-                other => return other,
-            }
-        }
+        self.backoff.run(operation, |e: &ProviderError| matches!(e, ProviderError::Throttled(_)), call).await
     }
 
     fn remember_zone(&self, name: &str, zone: &str) {
