@@ -16,11 +16,12 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-/// Every cloud call's latency and errors, by provider and call: the sink of
-/// the [`Measured`](flockd_core::Measured) decorator that
-/// [`crate::providers::build`] puts around each provider. One per process
-/// (providers are built before the HTTP server and its registry exist);
-/// each [`Metrics`] registry exports it.
+/// Every cloud call's latency and errors, by provider and call: the sink
+/// `flockd run` and `flockd dev` give the controller
+/// (`Controller::with_call_sink`), which measures each provider with the
+/// [`Measured`](flockd_core::Measured) decorator. One per process (the
+/// controller is built before the HTTP server and its registry exist); each
+/// [`Metrics`] registry exports it.
 pub struct ProviderCallMetrics {
     duration: HistogramVec,
     errors: IntCounterVec,

@@ -196,7 +196,7 @@ pub enum ObserveError {
 }
 
 impl Controller {
-    pub fn new(config: ControllerConfig, seams: Seams) -> anyhow::Result<Self> {
+    pub fn new(config: ControllerConfig, mut seams: Seams) -> anyhow::Result<Self> {
         for r in &config.resources {
             anyhow::ensure!(
                 seams.providers.contains_key(&r.provider),
@@ -217,7 +217,6 @@ impl Controller {
         }
         let state = seams.store.load()?;
         // Every cloud call under its deadline, whatever provider it is.
-        let mut seams = seams;
         let (list, act) = (config.observe_timeout, config.action_timeout);
         for provider in seams.providers.values_mut() {
             *provider = Arc::new(Timed::new(provider.clone(), list, act));

@@ -209,10 +209,9 @@ impl Plan {
     pub fn with_launches_merged(mut self) -> Plan {
         let mut merged: Vec<Launch> = Vec::new();
         let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        for launch in self.launches {
+        for mut launch in self.launches {
             let Some(&i) = at.get(&launch.resource) else {
                 at.insert(launch.resource.clone(), merged.len());
-                let mut launch = launch;
                 launch.reason = crate::text::cut(launch.reason, MAX_MERGED_REASON_BYTES);
                 merged.push(launch);
                 continue;

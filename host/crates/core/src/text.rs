@@ -35,12 +35,23 @@ pub fn printable_owned(text: String) -> String {
     }
 }
 
-/// `text` cut to at most `max` bytes on a character boundary, the cut marked.
-pub fn cut(mut text: String, max: usize) -> String {
-    if text.len() <= max {
+/// `text` cut to at most `max` bytes on a character boundary, the cut marked
+/// (the mark included in `max`).
+pub fn cut(text: String, max: usize) -> String {
+    shorten(text, max, max.saturating_sub('…'.len_utf8()))
+}
+
+/// `text` longer than `max` bytes: its first `max` bytes (on a character
+/// boundary), then the mark after them.
+pub fn cut_after(text: String, max: usize) -> String {
+    shorten(text, max, max)
+}
+
+fn shorten(mut text: String, limit: usize, keep: usize) -> String {
+    if text.len() <= limit {
         return text;
     }
-    let mut end = max.saturating_sub('…'.len_utf8());
+    let mut end = keep;
     while !text.is_char_boundary(end) {
         end -= 1;
     }

@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{self, PolicyBindings, PolicyBindingsPre, wit};
 use crate::cache::{CacheOutcome, CompileCache};
-use crate::text::bounded_text;
+use crate::text::{MAX_POLICY_TEXT_BYTES, bounded_text};
 
 /// One epoch tick. Deadlines are whole ticks, so this is their resolution.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -27,7 +27,6 @@ pub const DEADLINE_PER_SNAPSHOT_ITEM: Duration = Duration::from_micros(20);
 /// the call): a chatty plugin must not flood the host's log.
 const MAX_LOG_LINES_PER_CALL: usize = 64;
 const MAX_LOG_LINE_BYTES: usize = 2048;
-pub use crate::text::MAX_POLICY_TEXT_BYTES;
 /// The most the host copies out of a policy in one go: a returned plan (its
 /// lists counted at their size in host memory, its strings byte for byte) or
 /// one `log` line. Checked by wasmtime's hostcall fuel before each list or

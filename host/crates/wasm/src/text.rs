@@ -9,14 +9,5 @@ pub const MAX_POLICY_TEXT_BYTES: usize = 1024;
 /// must not forge a log line: `flockd_core::text`), cut to at most `max`
 /// bytes (on a character boundary) and marked with an ellipsis when cut.
 pub(crate) fn bounded_text(text: String, max: usize) -> String {
-    let mut text = flockd_core::text::printable_owned(text);
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
+    flockd_core::text::cut_after(flockd_core::text::printable_owned(text), max)
 }
