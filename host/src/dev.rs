@@ -114,7 +114,7 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
     // `dev` serves fake tasks from its own server: a real cloud must never
     // see them. Every provider is simulated, whatever its kind (its
     // resources' `.simulated` tables tune the machines), as in `simulate`.
-    let providers = crate::simulate::simulated_providers(&config, &world, true)?;
+    let providers = crate::simulate::simulated_providers(&config, &world, true)?.into();
     for (name, entry) in config.providers.iter().filter(|(_, p)| p.kind != ProviderKind::Simulated) {
         println!(
             "flockd dev: provider {name} (kind {}) is simulated here: nothing is launched in a real cloud (`flockd run` uses it for real)",

@@ -5,12 +5,29 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use flockd_core::CloudProvider;
+use flockd_core::{CloudProvider, HostState, ProviderScope};
 use serde::de::DeserializeOwned;
 
 use crate::config::{Config, ProviderEntry, ProviderKind};
 
-pub type Providers = BTreeMap<String, Arc<dyn CloudProvider>>;
+pub type ProviderMap = BTreeMap<String, Arc<dyn CloudProvider>>;
+
+/// Every provider a controller acts through.
+#[derive(Default)]
+pub struct Providers {
+    /// `[provider.NAME]` → its provider.
+    pub configured: ProviderMap,
+    /// Built for a scope flockd once launched into and the config no longer
+    /// names (see [`retired`]): listed and terminated through, never
+    /// launched into. Name → (scope key, provider).
+    pub retired: BTreeMap<String, (String, Arc<dyn CloudProvider>)>,
+}
+
+impl From<ProviderMap> for Providers {
+    fn from(configured: ProviderMap) -> Self {
+        Providers { configured, retired: BTreeMap::new() }
+    }
+}
 
 /// Builds every `[provider.NAME]` except simulated ones, which the caller
 /// supplies (they share a world with the simulated queue): `simulated` maps
@@ -18,86 +35,195 @@ pub type Providers = BTreeMap<String, Arc<dyn CloudProvider>>;
 pub async fn build(
     config: &Config,
     startup_scripts: &HashMap<String, String>,
-    mut simulated: Providers,
+    mut simulated: ProviderMap,
 ) -> anyhow::Result<Providers> {
-    let mut out = Providers::new();
+    let mut out = ProviderMap::new();
     for (name, entry) in &config.providers {
-        let provider: Arc<dyn CloudProvider> = match entry.kind {
+        let provider = match entry.kind {
             ProviderKind::Simulated => simulated.remove(name).ok_or_else(|| {
                 anyhow::anyhow!("[provider.{name}] is simulated: only `flockd dev` and `flockd simulate` can run it")
             })?,
-            ProviderKind::Local => {
-                let settings: flockd_local::LocalProviderConfig = section(name, entry)?;
-                let mut settings = settings;
-                settings.state_dir = config.resolve(&settings.state_dir);
-                let resources = resource_settings(config, name, ProviderKind::Local)?;
-                Arc::new(
-                    flockd_local::LocalProvider::new(&settings, resources)
-                        .map_err(|e| anyhow::anyhow!("[provider.{name}]: {e}"))?,
-                )
+            kind => {
+                let mut settings = entry.settings.clone();
+                if kind == ProviderKind::Local {
+                    resolve_state_dir(config, &mut settings);
+                }
+                build_one(kind, name, settings, Some((config, startup_scripts)))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("[provider.{name}]: {e}"))?
             }
-            ProviderKind::Aws => aws(config, name, entry, startup_scripts).await?,
-            ProviderKind::Gcp => gcp(config, name, entry, startup_scripts).await?,
         };
         out.insert(name.clone(), provider);
     }
-    Ok(out)
+    Ok(out.into())
+}
+
+/// A local provider's `state-dir` made absolute against the config's
+/// folder (also what its scope remembers: the place must not depend on
+/// where flockd was started from).
+fn resolve_state_dir(config: &Config, settings: &mut toml::Table) {
+    if let Some(toml::Value::String(dir)) = settings.get("state-dir") {
+        let resolved = config.resolve(std::path::Path::new(dir)).display().to_string();
+        settings.insert("state-dir".into(), toml::Value::String(resolved));
+    }
+}
+
+/// One provider of `kind` from its section's `settings`. `configured`
+/// gives its resources (the `[resource.R.<kind>]` tables of the resources
+/// naming it) and start-up scripts; without it the provider can list and
+/// terminate but not launch (a retired scope's).
+async fn build_one(
+    kind: ProviderKind,
+    name: &str,
+    settings: toml::Table,
+    configured: Option<(&Config, &HashMap<String, String>)>,
+) -> anyhow::Result<Arc<dyn CloudProvider>> {
+    Ok(match kind {
+        ProviderKind::Local => {
+            let settings: flockd_local::LocalProviderConfig = parse(settings)?;
+            let resources = match configured {
+                Some((config, _)) => resource_settings(config, name, kind)?,
+                None => HashMap::new(),
+            };
+            Arc::new(flockd_local::LocalProvider::new(&settings, resources)?)
+        }
+        ProviderKind::Aws => aws(name, settings, configured).await?,
+        ProviderKind::Gcp => gcp(name, settings, configured).await?,
+        ProviderKind::Simulated => anyhow::bail!("a simulated provider is built by `flockd dev` and `flockd simulate`"),
+    })
 }
 
 #[cfg(feature = "aws")]
 async fn aws(
-    config: &Config,
     name: &str,
-    entry: &ProviderEntry,
-    scripts: &HashMap<String, String>,
+    settings: toml::Table,
+    configured: Option<(&Config, &HashMap<String, String>)>,
 ) -> anyhow::Result<Arc<dyn CloudProvider>> {
-    let settings: flockd_aws::AwsProviderConfig = section(name, entry)?;
+    let settings: flockd_aws::AwsProviderConfig = parse(settings)?;
+    let Some((config, scripts)) = configured else {
+        return Ok(Arc::new(flockd_aws::AwsProvider::new(&settings, HashMap::new()).await?));
+    };
     let resources = resource_settings(config, name, ProviderKind::Aws)?;
     let provider = flockd_aws::AwsProvider::new(&settings, resources)
         .await
-        .and_then(|p| p.with_startup_scripts(scripts.clone()))
-        .map_err(|e| anyhow::anyhow!("[provider.{name}]: {e}"))?;
+        .and_then(|p| p.with_startup_scripts(scripts.clone()))?;
     Ok(Arc::new(provider))
 }
 
 #[cfg(not(feature = "aws"))]
 async fn aws(
-    _: &Config,
-    name: &str,
-    _: &ProviderEntry,
-    _: &HashMap<String, String>,
+    _: &str,
+    _: toml::Table,
+    _: Option<(&Config, &HashMap<String, String>)>,
 ) -> anyhow::Result<Arc<dyn CloudProvider>> {
     anyhow::bail!(
-        "[provider.{name}] is kind \"aws\" but this flockd was built without the `aws` feature; rebuild with default features"
+        "kind \"aws\" needs the `aws` feature, which this flockd was built without; rebuild with default features"
     )
 }
 
 #[cfg(feature = "gcp")]
 async fn gcp(
-    config: &Config,
     name: &str,
-    entry: &ProviderEntry,
-    scripts: &HashMap<String, String>,
+    settings: toml::Table,
+    configured: Option<(&Config, &HashMap<String, String>)>,
 ) -> anyhow::Result<Arc<dyn CloudProvider>> {
-    let settings: flockd_gcp::GcpProviderConfig = section(name, entry)?;
+    let settings: flockd_gcp::GcpProviderConfig = parse(settings)?;
+    let Some((config, scripts)) = configured else {
+        return Ok(Arc::new(flockd_gcp::GcpProvider::new(&settings, HashMap::new()).await?));
+    };
     let resources = resource_settings(config, name, ProviderKind::Gcp)?;
     let provider = flockd_gcp::GcpProvider::new(&settings, resources)
         .await
-        .and_then(|p| p.with_startup_scripts(scripts.clone()))
-        .map_err(|e| anyhow::anyhow!("[provider.{name}]: {e}"))?;
+        .and_then(|p| p.with_startup_scripts(scripts.clone()))?;
     Ok(Arc::new(provider))
 }
 
 #[cfg(not(feature = "gcp"))]
 async fn gcp(
-    _: &Config,
-    name: &str,
-    _: &ProviderEntry,
-    _: &HashMap<String, String>,
+    _: &str,
+    _: toml::Table,
+    _: Option<(&Config, &HashMap<String, String>)>,
 ) -> anyhow::Result<Arc<dyn CloudProvider>> {
     anyhow::bail!(
-        "[provider.{name}] is kind \"gcp\" but this flockd was built without the `gcp` feature; rebuild with default features"
+        "kind \"gcp\" needs the `gcp` feature, which this flockd was built without; rebuild with default features"
     )
+}
+
+fn parse<T: DeserializeOwned>(settings: toml::Table) -> anyhow::Result<T> {
+    Ok(toml::Value::Table(settings).try_into()?)
+}
+
+/// The scope of each configured provider that launches into a real place
+/// (not the simulated ones): where its machines live, as far as its listing
+/// goes. Every setting that changes what the listing returns is in the
+/// place; the settings are kept whole so a provider for it can be built
+/// again once the config no longer names it.
+pub fn scopes(config: &Config) -> BTreeMap<String, ProviderScope> {
+    let text = |t: &toml::Table, key: &str| t.get(key).and_then(toml::Value::as_str).map(str::to_string);
+    let mut out = BTreeMap::new();
+    for (name, entry) in &config.providers {
+        let mut settings = entry.settings.clone();
+        let place = match entry.kind {
+            ProviderKind::Simulated => continue,
+            ProviderKind::Local => {
+                resolve_state_dir(config, &mut settings);
+                text(&settings, "state-dir").map(|d| format!("state-dir {d}"))
+            }
+            ProviderKind::Aws => text(&settings, "region").map(|r| match text(&settings, "endpoint-url") {
+                Some(url) => format!("region {r} at {url}"),
+                None => format!("region {r}"),
+            }),
+            ProviderKind::Gcp => text(&settings, "project").map(|p| {
+                let mut zones: Vec<&str> = settings
+                    .get("zones")
+                    .and_then(toml::Value::as_array)
+                    .map(|z| z.iter().filter_map(toml::Value::as_str).collect())
+                    .unwrap_or_default();
+                zones.sort_unstable();
+                let place = format!("project {p}, zones {}", zones.join(", "));
+                match text(&settings, "endpoint") {
+                    Some(url) => format!("{place} at {url}"),
+                    None => place,
+                }
+            }),
+        };
+        // A section without its place is refused by `flockd check` first.
+        let Some(place) = place else { continue };
+        let settings = serde_json::to_string(&settings).expect("a TOML table is JSON");
+        out.insert(name.clone(), ProviderScope { kind: entry.kind.to_string(), place, settings });
+    }
+    out
+}
+
+/// Providers for the scopes `state` remembers and `configured` (from
+/// [`scopes`]) no longer names: their machines still count, show and are
+/// retired by the idle rules; each is listed until it is empty.
+pub async fn retired(
+    state: &HostState,
+    configured: &BTreeMap<String, ProviderScope>,
+) -> anyhow::Result<BTreeMap<String, (String, Arc<dyn CloudProvider>)>> {
+    let named: Vec<String> = configured.values().map(ProviderScope::key).collect();
+    let mut out = BTreeMap::new();
+    for (key, remembered) in state.scopes.iter().filter(|(key, _)| !named.contains(key)) {
+        let name = format!("{} (retired: {})", remembered.provider, remembered.scope.place);
+        let provider = async {
+            let kind: ProviderKind = serde_json::from_value(serde_json::Value::String(remembered.scope.kind.clone()))?;
+            let settings: toml::Table = serde_json::from_str(&remembered.scope.settings)?;
+            build_one(kind, &remembered.provider, settings, None).await
+        };
+        let provider = provider.await.map_err(|e| {
+            anyhow::anyhow!(
+                "flockd launched into {key} (as [provider.{}]) and the config no longer names it, so it must still list it until no machine of this cluster is left there — but it cannot: {e:#}. Put that provider back in the config, or make it reachable, until its machines are gone",
+                remembered.provider
+            )
+        })?;
+        tracing::warn!(
+            "the config no longer names {key} (where [provider.{}] launched): its machines still count against the caps and are retired by the idle rules; it is listed until it is empty",
+            remembered.provider
+        );
+        out.insert(name, (key.clone(), provider));
+    }
+    Ok(out)
 }
 
 /// A provider section's own settings (everything but `kind`).

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use flockd_clearml::ClearmlClient;
-use flockd_core::{Controller, QueueSource, Seams, SystemClock};
+use flockd_core::{Controller, QueueSource, Seams, StateStore, SystemClock};
 use flockd_wasm::{PolicyEngine, PolicyRuntime, Reloader};
 
 use crate::config::Config;
@@ -79,7 +79,11 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     }
     let source: Arc<dyn QueueSource> = Arc::new(client);
     let scripts = crate::agent::startup_scripts(&config)?;
-    let providers = crate::providers::build(&config, &scripts, Default::default()).await?;
+    let mut providers = crate::providers::build(&config, &scripts, Default::default()).await?;
+    // Scopes launched into before, which the config no longer names, are
+    // still listed (and their machines retired) until they are empty.
+    let remembered = RedbStore::open(&config.resolve(&config.state_dir), JOURNAL_KEEP)?.load()?;
+    providers.retired = crate::providers::retired(&remembered, &crate::providers::scopes(&config)).await?;
     serve(config, source, providers, shutdown, |addr| tracing::info!("dashboard and API on http://{addr}/")).await
 }
 
@@ -112,9 +116,16 @@ pub fn start(
     let (policies, reloader) = start_policies(config)?;
 
     let store = Arc::new(RedbStore::open(&config.resolve(&config.state_dir), JOURNAL_KEEP)?);
+    let mut controller_config = config.controller_config();
+    controller_config.scopes = crate::providers::scopes(config);
+    let crate::providers::Providers { configured: mut seams_providers, retired } = providers;
+    for (name, (key, provider)) in retired {
+        controller_config.retired.insert(name.clone(), key);
+        seams_providers.insert(name, provider);
+    }
     let controller = Controller::new(
-        config.controller_config(),
-        Seams { source, providers, decider: policies.clone(), store, clock: Arc::new(SystemClock) },
+        controller_config,
+        Seams { source, providers: seams_providers, decider: policies.clone(), store, clock: Arc::new(SystemClock) },
     )?
     // Every cloud call timed and counted in `/metrics`.
     .with_call_sink(crate::http::metrics::ProviderCallMetrics::global().clone());

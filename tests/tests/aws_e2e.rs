@@ -184,3 +184,93 @@ async fn a_launch_answered_with_a_5xx_after_ec2_made_it_is_not_made_twice() {
     assert!(log.contains("outcome unknown"), "the 503 is an unknown outcome, not a refusal:\n{log}");
     flockd.stop().await;
 }
+
+/// Guard (issue 10, hole 3: the remembered scopes, `providers::retired` and
+/// the ledger's `keep_scopes`): flockd launches two machines in one region,
+/// the config moves to another region with the same caps and flockd
+/// restarts. The first region is still listed: its two machines fill
+/// max-instances 2, so nothing is launched in the second while they live;
+/// once their workers sit idle the idle rule terminates them there, and only
+/// then does the second region get machines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_left_in_a_region_the_config_no_longer_names_still_count_and_are_retired() {
+    const OTHER_REGION: &str = "us-west-2";
+    let cluster = "moved";
+    let moto = moto().await;
+    let clearml = Clearml::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            cluster: cluster.into(),
+            clearml_url: clearml.url(),
+            max_instances: 2,
+            spot_max: 2,
+            on_demand_max: 2,
+            cool_off_secs: 120,
+            max_idle_secs: 2,
+        },
+    )
+    .await;
+    clearml.handle.create_queue(GPU).unwrap();
+    for n in 0..2 {
+        clearml.enqueue(GPU, &format!("task-{n}"));
+    }
+    let live_in = |region: &'static str| {
+        let moto = &moto;
+        async move { moto.instances_in(region, cluster).await.into_iter().filter(MotoInstance::live).collect::<Vec<_>>() }
+    };
+    let mut flockd = Flockd::start(&config, dir.path().join("flockd-1.log"));
+    flockd.wait_until_running().await;
+    let first = wait_for("two machines in the first region", Duration::from_secs(30), || async {
+        let live = live_in(REGION).await;
+        (live.len() == 2).then_some(live)
+    })
+    .await;
+    flockd.stop().await;
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    let moved = text.replace(&format!("region = \"{REGION}\""), &format!("region = \"{OTHER_REGION}\""));
+    assert_ne!(text, moved, "the config names the region");
+    // Launches just made count for the visibility grace even unlisted; a
+    // short one makes the first region's listing the only thing left that
+    // can count them.
+    let moved = format!("{moved}\n[controller]\nlaunch-visibility-grace-secs = 1\naction-timeout-secs = 1\n");
+    std::fs::write(&config, moved).unwrap();
+    let mut flockd = Flockd::start(&config, dir.path().join("flockd-2.log"));
+    flockd.wait_until_running().await;
+    // The two tasks still wait (no agent runs on moto's machines); a flockd
+    // blind to the first region launches two more in the second within a
+    // tick or two (0.5 s each).
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let elsewhere = live_in(OTHER_REGION).await;
+        assert!(elsewhere.is_empty(), "a third machine, in {OTHER_REGION}: {elsewhere:?}\n{}", flockd.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(live_in(REGION).await.len(), 2, "the first region's machines are not terminated while booting");
+
+    // Their agents come up, run a task each and sit idle: retired there.
+    for i in &first {
+        let resource = i.tag("flockd-resource").unwrap();
+        let worker = worker_id(cluster, resource, &i.id);
+        clearml.register(&worker, &[GPU]);
+        let task = clearml.take_task(&worker, GPU).expect("a task for each machine");
+        clearml.finish_task(&worker, &task);
+    }
+    wait_for("the first region's idle machines to be terminated", Duration::from_secs(30), || async {
+        live_in(REGION).await.is_empty().then_some(())
+    })
+    .await;
+    for n in 2..4 {
+        clearml.enqueue(GPU, &format!("task-{n}"));
+    }
+    wait_for("new tasks to get machines in the new region", Duration::from_secs(30), || async {
+        (live_in(OTHER_REGION).await.len() == 2).then_some(())
+    })
+    .await;
+    let log = flockd.log_text();
+    assert!(log.contains(&format!("no longer names aws: region {REGION}")), "said at start:\n{log}");
+    assert!(log.contains("no longer listing it"), "forgotten once empty:\n{log}");
+    flockd.stop().await;
+}

@@ -73,8 +73,9 @@ impl Flockd {
         let resources = [("cpu".to_string(), SimResourceSettings { boot_secs: 3600.0, ..Default::default() })].into();
         let cloud = world.cloud("sim", &SimProviderSettings::default(), &resources).unwrap();
         let stepper = world.spawn_stepper(Duration::from_millis(50));
-        let providers: flockd::providers::Providers =
-            [("sim".to_string(), Arc::new(cloud) as Arc<dyn CloudProvider>)].into();
+        let providers =
+            flockd::providers::ProviderMap::from([("sim".to_string(), Arc::new(cloud) as Arc<dyn CloudProvider>)]);
+        let providers = providers.into();
         let source: Arc<dyn QueueSource> = Arc::new(queue.clone());
         let started = flockd::run::start(&config, source, providers).expect("start flockd");
         let http = HttpServer::start(&config.http, started.controller.clone(), started.policies.clone())

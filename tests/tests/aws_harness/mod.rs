@@ -150,9 +150,18 @@ impl Moto {
         self.all_instances().await.into_iter().filter(|i| i.tag("flockd-cluster") == Some(cluster)).collect()
     }
 
+    /// Every instance of `cluster` in `region`, any state.
+    pub async fn instances_in(&self, region: &str, cluster: &str) -> Vec<MotoInstance> {
+        self.all_instances_in(region).await.into_iter().filter(|i| i.tag("flockd-cluster") == Some(cluster)).collect()
+    }
+
     /// Every instance in the region, whoever launched it, any state.
     pub async fn all_instances(&self) -> Vec<MotoInstance> {
-        let url = format!("{}/_faults/instances?region={REGION}", self.url);
+        self.all_instances_in(REGION).await
+    }
+
+    async fn all_instances_in(&self, region: &str) -> Vec<MotoInstance> {
+        let url = format!("{}/_faults/instances?region={region}", self.url);
         let all: Vec<Value> = reqwest::get(url).await.unwrap().json().await.unwrap();
         all.into_iter()
             .map(|i| MotoInstance {

@@ -20,7 +20,7 @@ use crate::journal::{Action, Outcome, QueueLine, TickRecord};
 use crate::ledger::{Ledger, Observation};
 use crate::model::*;
 use crate::naming;
-use crate::provider::{CloudProvider, CloudState, LaunchRequest, ProviderError};
+use crate::provider::{CloudProvider, CloudState, LaunchRequest, ProviderError, ProviderScope};
 use crate::provider_layers::{Measured, ProviderCallSink, Timed};
 use crate::queue_source::{QueueSource, SourceError, Worker};
 use crate::store::{HostState, StateStore};
@@ -81,6 +81,13 @@ pub struct ControllerConfig {
     pub required_policies: BTreeSet<String>,
     /// Record plans, act on nothing.
     pub dry_run: bool,
+    /// Configured provider name → the scope its machines live in (none for
+    /// simulated ones). Remembered in the host state at the first launch.
+    pub scopes: BTreeMap<String, ProviderScope>,
+    /// Providers the host built for remembered scopes the config no longer
+    /// names (provider name → scope key): listed, terminated through, never
+    /// launched into, and forgotten once empty.
+    pub retired: BTreeMap<String, String>,
 }
 
 impl ControllerConfig {
@@ -103,6 +110,8 @@ impl ControllerConfig {
             action_timeout: DEFAULT_ACTION_TIMEOUT,
             required_policies: BTreeSet::new(),
             dry_run: false,
+            scopes: BTreeMap::new(),
+            retired: BTreeMap::new(),
         }
     }
 
@@ -327,7 +336,8 @@ impl Controller {
             micros: 0,
         };
         let ledger = Ledger::new(&self.config);
-        let reconciled = match self.observe().await {
+        let drained = self.drained(state);
+        let reconciled = match self.observe(&drained).await {
             Err(e) => {
                 // Its text is the queue server's or a cloud's: made printable.
                 let e = crate::text::printable_owned(e.to_string());
@@ -343,12 +353,12 @@ impl Controller {
                 Some(reconciled)
             }
         };
-        let (snapshot, unlisted, stopped) = match reconciled {
+        let (snapshot, unlisted, stopped, listed_by) = match reconciled {
             Some(r) => {
                 record.foreign_machines = r.foreign;
-                (Some(r.snapshot), r.unlisted, r.stopped)
+                (Some(r.snapshot), r.unlisted, r.stopped, r.listed_by)
             }
-            None => (None, Unlisted::default(), Vec::new()),
+            None => (None, Unlisted::default(), Vec::new(), BTreeMap::new()),
         };
         let snapshot_arc = snapshot.map(Arc::new);
         if let Some(snapshot) = &snapshot_arc {
@@ -399,11 +409,11 @@ impl Controller {
             }
             record.clamps.extend(clamped.clamps);
             let by_id = instances_by_id(snapshot);
-            self.act(state, &by_id, &clamped.plan, now, &mut record).await;
+            self.act(state, &by_id, &listed_by, &clamped.plan, now, &mut record).await;
             // Launches may have taken a while: on an old picture, leave the
             // stopped machines for the next tick (someone may have restarted one).
             if self.still_fresh(now) {
-                self.delete_stopped(state, &by_id, &stopped, now, &mut record).await;
+                self.delete_stopped(state, &by_id, &listed_by, &stopped, now, &mut record).await;
             }
         }
 
@@ -486,7 +496,7 @@ impl Controller {
     /// Queue source and every provider in parallel, each under the timeout.
     /// Any failure fails the whole observation: half a picture is how busy
     /// machines get killed and fleets over-launched.
-    async fn observe(&self) -> Result<Observation, ObserveError> {
+    async fn observe(&self, drained: &BTreeSet<&str>) -> Result<Observation, ObserveError> {
         let timeout = self.config.observe_timeout;
         let names: Vec<String> = self.config.queues.iter().map(|q| q.name.clone()).collect();
         let queues = async {
@@ -496,9 +506,14 @@ impl Controller {
                 Err(_) => Err(ObserveError::QueueSourceTimeout(timeout)),
             }
         };
-        let lists = futures::future::join_all(self.seams.providers.iter().map(|(name, p)| async move {
+        // Configured providers first: a machine that a retired scope lists
+        // too is theirs to terminate.
+        let mut providers: Vec<_> =
+            self.seams.providers.iter().filter(|(name, _)| !drained.contains(name.as_str())).collect();
+        providers.sort_by_key(|(name, _)| self.config.retired.contains_key(name.as_str()));
+        let lists = futures::future::join_all(providers.into_iter().map(|(name, p)| async move {
             match p.list(&self.config.cluster).await {
-                Ok(v) => Ok(v),
+                Ok(v) => Ok((name, v)),
                 Err(ProviderError::Timeout(_)) => {
                     Err(ObserveError::ListingTimeout { provider: name.clone(), after: timeout })
                 }
@@ -508,10 +523,42 @@ impl Controller {
         let (queues, lists) = tokio::join!(queues, lists);
         let queues = queues?;
         let mut instances = Vec::new();
+        let mut listed_by = BTreeMap::new();
         for l in lists {
-            instances.extend(l?.into_iter().filter(|i| i.state != CloudState::Terminated));
+            let (name, listed) = l?;
+            for i in listed.into_iter().filter(|i| i.state != CloudState::Terminated) {
+                if !listed_by.contains_key(&i.id) {
+                    listed_by.insert(i.id.clone(), name.clone());
+                    instances.push(i);
+                }
+            }
         }
-        Ok(Observation { queues, instances })
+        Ok(Observation { queues, instances, listed_by })
+    }
+
+    /// Retired providers whose scope has been found empty and forgotten:
+    /// no longer listed.
+    fn drained<'a>(&'a self, state: &HostState) -> BTreeSet<&'a str> {
+        self.config
+            .retired
+            .iter()
+            .filter(|(_, key)| !state.scopes.contains_key(*key))
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    /// The provider to act on `instance` through: the one that listed it, or
+    /// (a launch not listed yet) its resource's.
+    fn provider_of(
+        &self,
+        listed_by: &BTreeMap<String, String>,
+        instance: &Instance,
+    ) -> Option<&Arc<dyn CloudProvider>> {
+        let name = match listed_by.get(&instance.id) {
+            Some(name) => name,
+            None => &self.resource_spec(&instance.resource)?.provider,
+        };
+        self.seams.providers.get(name)
     }
 
     /// Carries out what reconciling asked for: workers whose machine is gone
@@ -544,6 +591,7 @@ impl Controller {
         &self,
         state: &mut HostState,
         by_id: &InstancesById<'_>,
+        listed_by: &BTreeMap<String, String>,
         plan: &Plan,
         now: Millis,
         record: &mut TickRecord,
@@ -645,7 +693,7 @@ impl Controller {
                 Ok(None) if instance.worker.is_some() => Outcome::Refused(format!(
                     "its worker {worker_id} is no longer registered, so it is not known to be idle"
                 )),
-                Ok(_) => self.terminate(state, instance, t, now, &worker_id).await,
+                Ok(_) => self.terminate(state, listed_by, instance, t, now, &worker_id).await,
             };
             if let Outcome::Refused(why) = &outcome {
                 tracing::info!(instance = %t.instance, "not terminated: {why}");
@@ -667,15 +715,16 @@ impl Controller {
     async fn terminate(
         &self,
         state: &mut HostState,
+        listed_by: &BTreeMap<String, String>,
         instance: &Instance,
         t: &Termination,
         now: Millis,
         worker_id: &str,
     ) -> Outcome {
-        let Some(spec) = self.resource_spec(&instance.resource) else {
+        let Some(provider) = self.provider_of(listed_by, instance) else {
             return Outcome::Failed(format!("resource {:?} is not configured", instance.resource));
         };
-        match self.seams.providers[&spec.provider].terminate(&instance.id).await {
+        match provider.terminate(&instance.id).await {
             Ok(()) => {
                 tracing::info!(instance = %instance.id, resource = %instance.resource, "terminated: {}", t.reason);
                 Ledger::new(&self.config).terminated(state, instance, t.cause, now);
@@ -703,6 +752,7 @@ impl Controller {
         &self,
         state: &mut HostState,
         by_id: &InstancesById<'_>,
+        listed_by: &BTreeMap<String, String>,
         stopped: &[String],
         now: Millis,
         record: &mut TickRecord,
@@ -718,7 +768,7 @@ impl Controller {
                 Outcome::Skipped
             } else {
                 let worker_id = naming::worker_id(&self.config.cluster, &instance.resource, &instance.id);
-                let outcome = self.terminate(state, instance, &t, now, &worker_id).await;
+                let outcome = self.terminate(state, listed_by, instance, &t, now, &worker_id).await;
                 if matches!(outcome, Outcome::Failed(_)) {
                     Ledger::new(&self.config).deletion_failed(state, id, now);
                 }

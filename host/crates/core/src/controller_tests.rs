@@ -423,3 +423,51 @@ async fn a_call_cut_by_its_deadline_is_measured_as_a_timeout() {
     assert!(recorded.contains(&(ProviderCall::Launch, true)), "{recorded:?}");
     assert!(recorded.contains(&(ProviderCall::List, false)), "{recorded:?}");
 }
+
+/// Guard: every scope launched into is remembered (ledger
+/// `remember_scope_of`), and one the config no longer names is listed and
+/// acted on through its own provider (controller `observe`, `provider_of`)
+/// until it is empty (ledger `keep_scopes`) (issue 10, hole 3). Two machines
+/// in region A, the config moves to region B with the same caps: no machine
+/// in B while A's two count; once the idle rule has retired them through
+/// A's provider, B launches and A is forgotten.
+#[tokio::test(start_paused = true)]
+async fn machines_in_a_scope_the_config_no_longer_names_count_and_are_retired() {
+    let mut f = Fixture::new(2);
+    f.config.limits.max_instances = 2;
+    let scope = |place: &str| ProviderScope { kind: "fake".into(), place: place.into(), settings: "{}".into() };
+    f.config.scopes = BTreeMap::from([("fake".to_string(), scope("region A"))]);
+    let greedy_and_idle = |s: &Snapshot| Plan { launches: one_more_a(s).launches, ..terminate_all_idle(s) };
+    let in_a = f.controller(greedy_and_idle);
+    ticks(&in_a, 3).await;
+    let machines_in_a: Vec<String> = f.cloud.alive().into_iter().map(|i| i.id).collect();
+    assert_eq!(machines_in_a.len(), 2);
+    drop(in_a);
+    assert!(f.store.load().unwrap().scopes.contains_key("fake: region A"), "the scope launched into is remembered");
+
+    let region_b = Arc::new(FakeCloud::new(f.clock.clone()).with_ids("b"));
+    f.config.scopes = BTreeMap::from([("fake".to_string(), scope("region B"))]);
+    f.config.retired = BTreeMap::from([("fake in region A".to_string(), "fake: region A".to_string())]);
+    let seams = Seams {
+        source: f.queues.clone(),
+        providers: BTreeMap::from([
+            ("fake".to_string(), region_b.clone() as Arc<dyn CloudProvider>),
+            ("fake in region A".to_string(), f.cloud.clone() as Arc<dyn CloudProvider>),
+        ]),
+        decider: Arc::new(greedy_and_idle),
+        store: f.store.clone(),
+        clock: f.clock.clone(),
+    };
+    let in_b = Controller::new(f.config.clone(), seams).unwrap();
+    ticks(&in_b, 3).await;
+    assert_eq!(region_b.made(), 0, "region A's two machines count against max-instances 2");
+
+    for id in &machines_in_a {
+        f.queues.register(&worker_of(id), &["q"], None);
+    }
+    ticks(&in_b, 2).await;
+    assert_eq!(f.cloud.terminated(), machines_in_a, "the idle rule retires them through region A's provider");
+    ticks(&in_b, 3).await;
+    assert_eq!(region_b.made(), 2, "region B launches once region A is empty");
+    assert!(!in_b.host_state().await.scopes.contains_key("fake: region A"), "an empty retired scope is forgotten");
+}

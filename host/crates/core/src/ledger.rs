@@ -15,7 +15,7 @@ use crate::model::*;
 use crate::naming;
 use crate::provider::{CloudInstance, CloudState, ProviderError};
 use crate::queue_source::{QueueObservation, Worker};
-use crate::store::{HostState, LaunchIntent, RecentLaunch};
+use crate::store::{HostState, LaunchIntent, RecentLaunch, RememberedScope};
 
 /// One complete look at the world: queues and workers, and every listed
 /// machine of this cluster (terminated ones already left out).
@@ -23,6 +23,10 @@ use crate::store::{HostState, LaunchIntent, RecentLaunch};
 pub struct Observation {
     pub queues: QueueObservation,
     pub instances: Vec<CloudInstance>,
+    /// Instance id → the provider that listed it: the one to terminate it
+    /// through (a machine in a retired scope is not its resource's
+    /// provider's to terminate).
+    pub listed_by: BTreeMap<String, String>,
 }
 
 /// An observation reconciled with the ledger: the snapshot the policies see
@@ -41,6 +45,8 @@ pub struct Reconciled {
     /// Listed machines carrying a launch key this store never wrote:
     /// another flockd with the same cluster launches into this fleet.
     pub foreign: Vec<String>,
+    /// Instance id → the provider that listed it.
+    pub listed_by: BTreeMap<String, String>,
 }
 
 /// How long a key this store wrote is remembered after it was last listed
@@ -87,6 +93,7 @@ impl<'c> Ledger<'c> {
         let listed_keys: HashSet<&str> = observed.instances.iter().filter_map(|i| i.launch_key.as_deref()).collect();
         let foreign = self.foreign_machines(state, &observed.instances, &listed_keys, now);
         state.launching.retain(|key, l| !listed_keys.contains(key.as_str()) && now.saturating_sub(l.at) < grace);
+        self.keep_scopes(state, &observed.listed_by);
         let mut launching: BTreeMap<String, u32> = BTreeMap::new();
         for (key, l) in &state.launching {
             tracing::info!(resource = %l.resource, "launch {key} got no answer and is not listed yet: counted as launching");
@@ -268,6 +275,34 @@ impl<'c> Ledger<'c> {
             stopped,
             zombie_workers,
             foreign,
+            listed_by: observed.listed_by,
+        }
+    }
+
+    /// Keeps the remembered scopes: a configured one's settings follow the
+    /// config (what a retired lister is built from later); a retired one
+    /// whose provider listed nothing, while no launch is unanswered, is
+    /// empty and forgotten.
+    fn keep_scopes(&self, state: &mut HostState, listed_by: &BTreeMap<String, String>) {
+        for (provider, scope) in &self.config.scopes {
+            if let Some(remembered) = state.scopes.get_mut(&scope.key())
+                && (remembered.scope != *scope || &remembered.provider != provider)
+            {
+                remembered.scope = scope.clone();
+                remembered.provider = provider.clone();
+            }
+        }
+        if !state.launching.is_empty() {
+            // An unanswered launch may yet appear in a retired scope.
+            return;
+        }
+        for (provider, key) in &self.config.retired {
+            if state.scopes.contains_key(key) && !listed_by.values().any(|p| p == provider) {
+                tracing::info!(
+                    "no machine of this cluster is left in {key}, which the config no longer names: no longer listing it"
+                );
+                state.scopes.remove(key);
+            }
         }
     }
 
@@ -351,8 +386,21 @@ impl<'c> Ledger<'c> {
                 state.own_keys.insert(slot.key.clone(), now);
                 new_keys.push(slot.key.clone());
             }
+            self.remember_scope_of(state, &slot.resource, now);
         }
         new_keys
+    }
+
+    /// Remembers the scope `resource`'s machines are launched into, so it is
+    /// listed for as long as it holds any, whatever the config says later.
+    fn remember_scope_of(&self, state: &mut HostState, resource: &str, now: Millis) {
+        let Some(spec) = self.config.resources.iter().find(|r| r.name == resource) else { return };
+        let Some(scope) = self.config.scopes.get(&spec.provider) else { return };
+        let key = scope.key();
+        if let std::collections::btree_map::Entry::Vacant(entry) = state.scopes.entry(key) {
+            tracing::info!("first launch into {}: remembered, and listed until it is empty", entry.key());
+            entry.insert(RememberedScope { provider: spec.provider.clone(), scope: scope.clone(), since: now });
+        }
     }
 
     /// Takes back intents that were never sent (saving them failed).
@@ -475,11 +523,46 @@ mod tests {
     }
 
     fn look(instances: Vec<CloudInstance>, workers: Vec<Worker>) -> Observation {
-        Observation { queues: QueueObservation { queues: vec![], workers }, instances }
+        Observation { queues: QueueObservation { queues: vec![], workers }, instances, listed_by: BTreeMap::new() }
     }
 
     fn slot(key: &str) -> LaunchSlot {
         LaunchSlot { resource: "a".into(), reason: "r".into(), key: key.into(), resend: false }
+    }
+
+    /// Guard: a retired scope is forgotten only when it listed nothing and
+    /// no launch is unanswered (one may yet appear there); a configured
+    /// scope's remembered settings follow the config.
+    #[test]
+    fn a_retired_scope_is_forgotten_only_when_empty_with_no_launch_unanswered() {
+        let scope = |place: &str, settings: &str| crate::provider::ProviderScope {
+            kind: "aws".into(),
+            place: place.into(),
+            settings: settings.into(),
+        };
+        let mut config = config();
+        config.scopes = BTreeMap::from([("p".to_string(), scope("region B", "{\"v\":1}"))]);
+        let ledger = Ledger::new(&config);
+        let mut state = HostState::default();
+        ledger.intend(&mut state, &[slot("k1")], 1_000);
+        config.scopes = BTreeMap::from([("p".to_string(), scope("region B", "{\"v\":2}"))]);
+        config.retired = BTreeMap::from([("old".to_string(), "aws: region A".to_string())]);
+        state.scopes.insert(
+            "aws: region A".into(),
+            RememberedScope { provider: "p".into(), scope: scope("region A", "{}"), since: 0 },
+        );
+        let ledger = Ledger::new(&config);
+        ledger.reconcile(&mut state, look(vec![], vec![]), 2_000);
+        assert!(state.scopes.contains_key("aws: region A"), "k1 is unanswered and may appear there");
+        assert_eq!(state.scopes["aws: region B"].scope.settings, "{\"v\":2}");
+
+        let mut listed = look(vec![machine("i-1", "a", Some("k1"))], vec![]);
+        listed.listed_by.insert("i-1".into(), "old".into());
+        ledger.reconcile(&mut state, listed, 3_000);
+        assert!(state.scopes.contains_key("aws: region A"), "it still holds i-1");
+        ledger.reconcile(&mut state, look(vec![], vec![]), 4_000);
+        assert!(!state.scopes.contains_key("aws: region A"), "empty, nothing unanswered: forgotten");
+        assert!(state.scopes.contains_key("aws: region B"), "a configured scope stays");
     }
 
     #[test]

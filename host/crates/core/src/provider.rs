@@ -47,6 +47,32 @@ pub struct CloudInstance {
     pub launch_key: Option<String>,
 }
 
+/// Where a provider's machines live, as far as its listing goes: two
+/// providers with the same scope list the same machines. flockd remembers
+/// every scope it launched into and keeps listing it until it is empty, even
+/// once the config no longer names it (a changed region, project or
+/// state-dir), so the machines there still count against the caps, show in
+/// status and are retired by the idle rules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderScope {
+    /// The provider kind that can list it again ("aws", "gcp", "local").
+    pub kind: String,
+    /// Where, in words: "region eu-west-1", "project p, zones a, b", a
+    /// directory. Every setting that changes what a listing returns is in it.
+    pub place: String,
+    /// The provider's settings as last configured (JSON, opaque to the
+    /// core): what the host builds a provider for this scope from once the
+    /// config no longer names it.
+    pub settings: String,
+}
+
+impl ProviderScope {
+    /// The scope's identity: equal keys list the same machines.
+    pub fn key(&self) -> String {
+        format!("{}: {}", self.kind, self.place)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ProviderError {
     #[error("no capacity: {0}")]

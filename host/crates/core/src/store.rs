@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::journal::TickRecord;
 use crate::model::{Failure, Millis};
+use crate::provider::ProviderScope;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostState {
@@ -58,6 +59,19 @@ pub struct HostState {
     /// against the cost cap (renaming a resource must not open room).
     #[serde(default)]
     pub last_prices: BTreeMap<String, f64>,
+    /// Scope key → every provider scope flockd has launched into. Each one
+    /// the config no longer names is still listed, until it is empty.
+    #[serde(default)]
+    pub scopes: BTreeMap<String, RememberedScope>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RememberedScope {
+    /// The `[provider.NAME]` that last launched into it.
+    pub provider: String,
+    pub scope: ProviderScope,
+    /// When flockd first launched into it.
+    pub since: Millis,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -41,6 +41,9 @@ pub struct FakeCloud {
     script: Mutex<VecDeque<LaunchAnswer>>,
     terminate_delay: Mutex<Duration>,
     after_terminate: Mutex<Option<TerminateHook>>,
+    /// Instance ids start with this ("fake" when empty): two fake clouds
+    /// in one test make different ids.
+    id_prefix: String,
 }
 
 #[derive(Default)]
@@ -57,6 +60,12 @@ struct CloudMachines {
 impl FakeCloud {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         FakeCloud { clock: Some(clock), ..Default::default() }
+    }
+
+    /// Its instance ids start with `prefix`.
+    pub fn with_ids(mut self, prefix: &str) -> Self {
+        self.id_prefix = prefix.to_string();
+        self
     }
 
     /// Queues answers for the next launch calls.
@@ -105,7 +114,8 @@ impl FakeCloud {
             return m.machines[id].clone();
         }
         m.made += 1;
-        let id = format!("fake-{:04}", m.made);
+        let prefix = if self.id_prefix.is_empty() { "fake" } else { &self.id_prefix };
+        let id = format!("{prefix}-{:04}", m.made);
         let instance = CloudInstance {
             id: id.clone(),
             resource: request.resource.clone(),
