@@ -175,7 +175,7 @@ async fn demo(
     server: &flockd_clearml::server::ServerHandle,
     world: &Arc<SimWorld>,
 ) -> anyhow::Result<ExitCode> {
-    let started = crate::run::start_blocking(config, source, providers).await?;
+    let started = crate::run::start(config, source, providers).await?;
     let controller = started.controller.clone();
     let interval = config.poll_interval();
     let deadline = Instant::now() + Duration::from_secs(240);

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use flockd_clearml::ClearmlClient;
-use flockd_core::{Controller, QueueSource, Seams, StateStore, SystemClock};
+use flockd_core::{Controller, QueueSource, Seams, SystemClock};
 use flockd_wasm::{PolicyEngine, PolicyRuntime, Reloader};
 
 use crate::config::Config;
@@ -82,7 +82,8 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let mut providers = crate::providers::build(&config, &scripts, Default::default()).await?;
     // Scopes launched into before, which the config no longer names, are
     // still listed (and their machines retired) until they are empty.
-    let remembered = RedbStore::open(&config.resolve(&config.state_dir), JOURNAL_KEEP)?.load()?;
+    let remembered =
+        flockd_core::store::load_state(&RedbStore::open(&config.resolve(&config.state_dir), JOURNAL_KEEP)?).await?;
     providers.retired = crate::providers::retired(&remembered, &crate::providers::scopes(&config)).await?;
     serve(config, source, providers, shutdown, |addr| tracing::info!("dashboard and API on http://{addr}/")).await
 }
@@ -95,25 +96,19 @@ pub struct Started {
     pub reloader: Option<Reloader>,
 }
 
-/// [`start`] on a blocking thread: compiling a Python or JavaScript policy
-/// takes seconds, which must not stall the async runtime (HTTP, signals).
-pub async fn start_blocking(
-    config: &Config,
-    source: Arc<dyn QueueSource>,
-    providers: crate::providers::Providers,
-) -> anyhow::Result<Started> {
-    let config = config.clone();
-    tokio::task::spawn_blocking(move || start(&config, source, providers)).await?
-}
-
 /// Builds the controller over the given queue source and providers, with the
 /// config's policy chain and the on-disk store.
-pub fn start(
+pub async fn start(
     config: &Config,
     source: Arc<dyn QueueSource>,
     providers: crate::providers::Providers,
 ) -> anyhow::Result<Started> {
-    let (policies, reloader) = start_policies(config)?;
+    // On a blocking thread: compiling a Python or JavaScript policy takes
+    // seconds, which must not stall the async runtime (HTTP, signals).
+    let (policies, reloader) = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || start_policies(&config)).await??
+    };
 
     let store = Arc::new(RedbStore::open(&config.resolve(&config.state_dir), JOURNAL_KEEP)?);
     let mut controller_config = config.controller_config();
@@ -126,7 +121,8 @@ pub fn start(
     let controller = Controller::new(
         controller_config,
         Seams { source, providers: seams_providers, decider: policies.clone(), store, clock: Arc::new(SystemClock) },
-    )?
+    )
+    .await?
     // Every cloud call timed and counted in `/metrics`.
     .with_call_sink(crate::http::metrics::ProviderCallMetrics::global().clone());
     let controller = Arc::new(controller);
@@ -142,7 +138,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     listening: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<ExitCode> {
-    let started = start_blocking(&config, source, providers).await?;
+    let started = start(&config, source, providers).await?;
     if config.dry_run {
         tracing::warn!("dry run: plans are recorded in the journal, nothing is launched or terminated");
     }

@@ -245,7 +245,8 @@ async fn replay(
             store: Arc::new(MemoryStore::with_journal_cap(1)),
             clock: clock.clone(),
         },
-    )?;
+    )
+    .await?;
 
     let poll = secs_to_ms(config.poll_interval_secs).max(1);
     let stop_at = until.map(|u| ORIGIN + u);

@@ -1,15 +1,22 @@
 //! The on-disk store: host state and the decision journal in one redb file,
 //! so a restart keeps idle timers, failure history and the "why" of every
-//! past decision. Each tick commits once; redb's commits are atomic, so a
-//! crash leaves the previous tick's state, never half of one.
+//! past decision. The state is kept as records (one per launch intent, idle
+//! timer, remembered scope, …) and written record by record; each write is
+//! one redb commit, atomic, so a crash leaves the previous write whole.
+//! redb is synchronous: every call runs on tokio's blocking pool.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use flockd_core::journal::TickRecord;
-use flockd_core::store::{HostState, JournalQuery, StateStore};
+use flockd_core::store::{HostState, JournalQuery, RecordKey, RecordKind, Records, StateChange, StateStore};
 use redb::{Database, ReadableTable, TableDefinition};
 
+/// Schemas 1 and 2: the host state as one JSON value under [`STATE_KEY`].
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+/// Schema 3: one row per record, keyed by (kind, key).
+const RECORDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("records");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const STATE_KEY: &str = "host";
@@ -21,12 +28,15 @@ const SCHEMA_KEY: &str = "schema-version";
 /// 2: the same tables and a `meta` table; host state gained `own_keys`,
 ///    `own_keys_complete` and `last_prices`, all defaulted when read from 1
 ///    (a store from 1 adopts the keys of its first listing).
+/// 3: the host state as records in a `records` table, written one by one;
+///    the blob of 1 and 2 is split into records when the store is opened.
 /// An upgrade is done in place when the store is opened; a store written by
 /// a newer flockd is refused rather than half-read.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
+#[derive(Clone)]
 pub struct RedbStore {
-    db: Database,
+    db: Arc<Database>,
     /// Journal entries kept; older ones are pruned as new ones arrive.
     keep: u64,
 }
@@ -46,7 +56,6 @@ impl RedbStore {
             ),
         })?;
         let tx = db.begin_write()?;
-        tx.open_table(STATE)?;
         tx.open_table(JOURNAL)?;
         let found = {
             let mut meta = tx.open_table(META)?;
@@ -60,11 +69,25 @@ impl RedbStore {
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
             found
         };
+        let mut records = tx.open_table(RECORDS)?;
+        if found < 3 {
+            // The one-blob state of schemas 1 and 2, split into records.
+            let blob = tx.open_table(STATE)?.remove(STATE_KEY)?.map(|v| v.value().to_vec());
+            if let Some(blob) = blob {
+                let state: HostState = serde_json::from_slice(&blob)
+                    .map_err(|e| anyhow::anyhow!("{}: the host state does not decode: {e}", path.display()))?;
+                for (k, v) in state.records() {
+                    records.insert((k.kind.as_str(), k.key.as_str()), v.as_str())?;
+                }
+            }
+            tx.delete_table(STATE)?;
+        }
+        drop(records);
         tx.commit()?;
         if found < SCHEMA_VERSION {
             tracing::info!(path = %path.display(), "store upgraded in place from schema {found} to {SCHEMA_VERSION}");
         }
-        Ok(RedbStore { db, keep: keep.max(1) })
+        Ok(RedbStore { db: Arc::new(db), keep: keep.max(1) })
     }
 
     pub fn schema_version(&self) -> anyhow::Result<u64> {
@@ -79,27 +102,50 @@ impl RedbStore {
         tx.commit()?;
         Ok(())
     }
-}
 
-impl StateStore for RedbStore {
-    fn load(&self) -> anyhow::Result<HostState> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(STATE)?;
-        match table.get(STATE_KEY)? {
-            Some(v) => Ok(serde_json::from_slice(v.value())?),
-            None => Ok(HostState::default()),
-        }
+    /// Runs `f` over this store on tokio's blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&RedbStore) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store)).await?
     }
 
-    fn save(&self, state: &HostState) -> anyhow::Result<()> {
-        let bytes = serde_json::to_vec(state)?;
+    fn load_now(&self) -> anyhow::Result<Records> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(RECORDS)?;
+        let mut out = Records::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let (kind, key) = k.value();
+            let Some(kind) = RecordKind::parse(kind) else {
+                anyhow::bail!(
+                    "the store holds state records of kind {kind:?}, which this flockd does not know: it was written by a newer flockd; run that version"
+                );
+            };
+            out.insert(RecordKey { kind, key: key.to_string() }, v.value().to_string());
+        }
+        Ok(out)
+    }
+
+    fn write_now(&self, writes: &[StateChange]) -> anyhow::Result<()> {
         let tx = self.db.begin_write()?;
-        tx.open_table(STATE)?.insert(STATE_KEY, bytes.as_slice())?;
+        {
+            let mut table = tx.open_table(RECORDS)?;
+            for w in writes {
+                let k = w.key();
+                match w {
+                    StateChange::Put(_, v) => drop(table.insert((k.kind.as_str(), k.key.as_str()), v.as_str())?),
+                    StateChange::Delete(_) => drop(table.remove((k.kind.as_str(), k.key.as_str()))?),
+                }
+            }
+        }
         tx.commit()?;
         Ok(())
     }
 
-    fn append(&self, record: &TickRecord) -> anyhow::Result<()> {
+    fn append_now(&self, record: &TickRecord) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(record)?;
         let tx = self.db.begin_write()?;
         {
@@ -114,7 +160,7 @@ impl StateStore for RedbStore {
         Ok(())
     }
 
-    fn journal(&self, query: &JournalQuery) -> anyhow::Result<Vec<TickRecord>> {
+    fn journal_now(&self, query: &JournalQuery) -> anyhow::Result<Vec<TickRecord>> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(JOURNAL)?;
         let limit = if query.limit == 0 { usize::MAX } else { query.limit };
@@ -137,6 +183,28 @@ impl StateStore for RedbStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl StateStore for RedbStore {
+    async fn load(&self) -> anyhow::Result<Records> {
+        self.blocking(|s| s.load_now()).await
+    }
+
+    async fn write(&self, writes: &[StateChange]) -> anyhow::Result<()> {
+        let writes = writes.to_vec();
+        self.blocking(move |s| s.write_now(&writes)).await
+    }
+
+    async fn append(&self, record: &TickRecord) -> anyhow::Result<()> {
+        let record = record.clone();
+        self.blocking(move |s| s.append_now(&record)).await
+    }
+
+    async fn journal(&self, query: &JournalQuery) -> anyhow::Result<Vec<TickRecord>> {
+        let query = query.clone();
+        self.blocking(move |s| s.journal_now(&query)).await
     }
 }
 
@@ -171,39 +239,45 @@ mod tests {
         }
     }
 
-    #[test]
-    fn state_and_journal_survive_reopening_and_prune_old_ticks() {
+    #[tokio::test]
+    async fn the_redb_store_keeps_the_store_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let store = RedbStore::open(&path, 100).unwrap();
+        flockd_core::store::contract::run(store, |s| {
+            drop(s);
+            RedbStore::open(&path, 100).unwrap()
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn the_journal_survives_reopening_and_prunes_old_ticks() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = RedbStore::open(dir.path(), 3).unwrap();
-            let mut state = HostState { tick: 7, ..Default::default() };
-            state.idle_since.insert("i-1".into(), 42);
-            store.save(&state).unwrap();
             for t in 1..=5 {
-                store.append(&record(t, if t % 2 == 0 { "i-even" } else { "i-odd" })).unwrap();
+                store.append(&record(t, if t % 2 == 0 { "i-even" } else { "i-odd" })).await.unwrap();
             }
         }
         let store = RedbStore::open(dir.path(), 3).unwrap();
-        let state = store.load().unwrap();
-        assert_eq!(state.tick, 7);
-        assert_eq!(state.idle_since.get("i-1"), Some(&42));
-        let all = store.journal(&JournalQuery { limit: 0, instance: None }).unwrap();
+        let all = store.journal(&JournalQuery { limit: 0, instance: None }).await.unwrap();
         assert_eq!(all.iter().map(|r| r.tick).collect::<Vec<_>>(), vec![5, 4, 3], "newest first, pruned to 3");
-        let odd = store.journal(&JournalQuery { limit: 10, instance: Some("i-odd".into()) }).unwrap();
+        let odd = store.journal(&JournalQuery { limit: 10, instance: Some("i-odd".into()) }).await.unwrap();
         assert_eq!(odd.iter().map(|r| r.tick).collect::<Vec<_>>(), vec![5, 3]);
     }
 
     /// A store written by release 0.1 (`tests/fixtures/stores/v0.1/flockd.redb`,
     /// made with that release's code) opens, keeps every unanswered launch,
     /// failure and idle timer, and is marked as the current schema.
-    #[test]
-    fn a_store_written_by_release_0_1_is_upgraded_in_place_and_loses_nothing() {
+    #[tokio::test]
+    async fn a_store_written_by_release_0_1_is_upgraded_in_place_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/stores/v0.1/flockd.redb");
         std::fs::copy(fixture, dir.path().join("flockd.redb")).unwrap();
         let store = RedbStore::open(dir.path(), 100).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        let state = store.load().unwrap();
+        let state = flockd_core::store::load_state(&store).await.unwrap();
         assert_eq!(state.tick, 41);
         assert_eq!(state.launching.len(), 2, "unanswered launches lost on upgrade: {state:?}");
         assert!(state.launching.values().all(|i| i.resource == "gpu-spot"));
@@ -234,18 +308,18 @@ mod tests {
         assert!(err.contains("newer flockd"), "{err}");
     }
 
-    #[test]
-    fn an_undecodable_journal_record_is_skipped_not_fatal() {
+    #[tokio::test]
+    async fn an_undecodable_journal_record_is_skipped_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(dir.path(), 10).unwrap();
-        store.append(&record(1, "i-a")).unwrap();
+        store.append(&record(1, "i-a")).await.unwrap();
         {
             let tx = store.db.begin_write().unwrap();
             tx.open_table(JOURNAL).unwrap().insert(2, b"{not a record".as_slice()).unwrap();
             tx.commit().unwrap();
         }
-        store.append(&record(3, "i-a")).unwrap();
-        let all = store.journal(&JournalQuery { limit: 0, instance: None }).unwrap();
+        store.append(&record(3, "i-a")).await.unwrap();
+        let all = store.journal(&JournalQuery { limit: 0, instance: None }).await.unwrap();
         assert_eq!(all.iter().map(|r| r.tick).collect::<Vec<_>>(), vec![3, 1]);
     }
 }

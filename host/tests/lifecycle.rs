@@ -243,13 +243,17 @@ async fn sigterm_saves_the_last_tick_and_no_secret_leaks_anywhere() {
         .max()
         .expect("ticks logged with their span");
     let store = flockd::store::RedbStore::open(&dir.path().join("state"), 1000).unwrap();
-    let journal = store.journal(&JournalQuery { limit: 0, instance: None }).unwrap();
+    let journal = store.journal(&JournalQuery { limit: 0, instance: None }).await.unwrap();
     assert_eq!(
         journal.first().map(|r| r.tick),
         Some(last_logged),
         "the journal ends with the last tick the log reported"
     );
-    assert_eq!(store.load().unwrap().tick, last_logged, "host state saved at the last tick");
+    assert_eq!(
+        flockd_core::store::load_state(&store).await.unwrap().tick,
+        last_logged,
+        "host state saved at the last tick"
+    );
     let tick_done = run
         .all()
         .lines()

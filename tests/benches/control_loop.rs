@@ -140,6 +140,7 @@ async fn tick_cost(queues: usize, instances: usize, real_chain: bool) {
             clock: clock.clone(),
         },
     )
+    .await
     .unwrap();
     for _ in 0..3 {
         controller.tick().await;
@@ -236,6 +237,7 @@ async fn enqueue_to_launch(samples: usize) {
                 clock: clock.clone(),
             },
         )
+        .await
         .unwrap(),
     );
     let stepper = world.spawn_stepper(Duration::from_millis(50));

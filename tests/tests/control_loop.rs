@@ -75,11 +75,11 @@ impl Harness {
         Harness { clock, queue, world, providers, decider: decider(policies), config }
     }
 
-    fn controller(&self, store: Arc<dyn StateStore>) -> Controller {
-        self.controller_with(Arc::new(self.queue.clone()), store, self.config.clone())
+    async fn controller(&self, store: Arc<dyn StateStore>) -> Controller {
+        self.controller_with(Arc::new(self.queue.clone()), store, self.config.clone()).await
     }
 
-    fn controller_with(
+    async fn controller_with(
         &self,
         source: Arc<dyn QueueSource>,
         store: Arc<dyn StateStore>,
@@ -92,7 +92,7 @@ impl Harness {
             store,
             clock: self.clock.clone(),
         };
-        Controller::new(config, seams).unwrap()
+        Controller::new(config, seams).await.unwrap()
     }
 
     /// Moves the world to `secs` after the start.
@@ -176,7 +176,7 @@ fn terminations_of(record: &TickRecord) -> Vec<(&str, &Outcome)> {
 #[tokio::test]
 async fn over_allocation_three_pending_over_a_max_2_and_b_max_5_launches_exactly_three() {
     let h = Harness::new(&[("q", &["a", "b"])], vec![res("a", 2), res("b", 5)]);
-    let controller = h.controller(Arc::new(MemoryStore::default()));
+    let controller = h.controller(Arc::new(MemoryStore::default())).await;
     h.enqueue("q", 0.0, 600.0, 3);
 
     let first = h.tick_at(&controller, 0.0).await;
@@ -198,7 +198,7 @@ async fn zombie_worker_does_not_block_scale_up_and_is_unregistered() {
     let zombie = naming::worker_id(CLUSTER, "a", "sim-999999");
     h.queue.register(&zombie, &["q".to_string()], T0);
     h.enqueue("q", 0.0, 60.0, 1);
-    let controller = h.controller(Arc::new(MemoryStore::default()));
+    let controller = h.controller(Arc::new(MemoryStore::default())).await;
 
     let record = h.tick_at(&controller, 0.0).await;
     assert_eq!(h.launches("a"), 1, "the idle zombie must not cover the pending task: {:#?}", record.plan);
@@ -238,7 +238,7 @@ impl QueueSource for TakesTaskOnRecheck {
 async fn worker_that_takes_a_task_between_decision_and_action_is_not_terminated() {
     let h = Harness::new(&[("q", &["a"])], vec![res("a", 3)]);
     let source = Arc::new(TakesTaskOnRecheck { queue: h.queue.clone(), world: h.world.clone(), armed: false.into() });
-    let controller = h.controller_with(source.clone(), Arc::new(MemoryStore::default()), h.config.clone());
+    let controller = h.controller_with(source.clone(), Arc::new(MemoryStore::default()), h.config.clone()).await;
     h.enqueue("q", 0.0, 60.0, 1);
     // Launch, boot (90 s), run the task (60 s), then sit idle.
     h.run(&controller, 0.0, 300.0).await;
@@ -266,7 +266,7 @@ async fn worker_that_takes_a_task_between_decision_and_action_is_not_terminated(
 async fn broken_image_trips_the_breaker_instead_of_churning() {
     let broken = Res { sim: SimResourceSettings { never_boots: true, ..Default::default() }, ..res("a", 3) };
     let h = Harness::new(&[("q", &["a"])], vec![broken]);
-    let controller = h.controller(Arc::new(MemoryStore::default()));
+    let controller = h.controller(Arc::new(MemoryStore::default())).await;
     h.enqueue("q", 0.0, 60.0, 1);
     let hours = 12.0;
     let records = h.run(&controller, 0.0, hours * 3600.0).await;
@@ -301,13 +301,13 @@ async fn restart_with_instances_booting_adopts_them_and_keeps_idle_timers() {
     let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
     h.enqueue("q", 0.0, 60.0, 3);
 
-    let first = h.controller(store.clone());
+    let first = h.controller(store.clone()).await;
     h.tick_at(&first, 0.0).await;
     assert_eq!(h.launches("a"), 3);
     drop(first);
 
     // Restarted while the three still boot: nothing more is launched.
-    let second = h.controller(store.clone());
+    let second = h.controller(store.clone()).await;
     h.run(&second, 10.0, 400.0).await;
     assert_eq!(h.launches("a"), 3, "over-launch after restart");
     let idle_since = second.host_state().await.idle_since;
@@ -316,7 +316,7 @@ async fn restart_with_instances_booting_adopts_them_and_keeps_idle_timers() {
 
     // Restarted again while idle: the timers carry over, so they go 600 s
     // after they became idle, not 600 s after the restart.
-    let third = h.controller(store.clone());
+    let third = h.controller(store.clone()).await;
     h.tick_at(&third, 600.0).await;
     assert_eq!(third.host_state().await.idle_since, idle_since);
     let became_idle = (*idle_since.values().max().unwrap() - T0) as f64 / 1000.0;
@@ -331,7 +331,7 @@ async fn restart_with_instances_booting_adopts_them_and_keeps_idle_timers() {
 #[tokio::test]
 async fn queue_source_down_means_no_terminations_and_no_launches_until_it_is_back() {
     let h = Harness::new(&[("q", &["a"])], vec![res("a", 5)]);
-    let controller = h.controller(Arc::new(MemoryStore::default()));
+    let controller = h.controller(Arc::new(MemoryStore::default())).await;
     h.enqueue("q", 0.0, 60.0, 1);
     h.run(&controller, 0.0, 300.0).await;
     assert_eq!((h.launches("a"), h.world.alive()), (1, 1));
@@ -360,13 +360,13 @@ async fn dry_run_records_the_plan_and_leaves_the_cloud_untouched() {
     let store = Arc::new(MemoryStore::default());
     let mut config = h.config.clone();
     config.dry_run = true;
-    let controller = h.controller_with(Arc::new(h.queue.clone()), store.clone(), config);
+    let controller = h.controller_with(Arc::new(h.queue.clone()), store.clone(), config).await;
     h.enqueue("q", 0.0, 60.0, 2);
 
     h.run(&controller, 0.0, 120.0).await;
     assert_eq!(h.launches("a"), 0);
     assert_eq!(h.world.alive(), 0);
-    let journal = store.journal(&JournalQuery::default()).unwrap();
+    let journal = store.journal(&JournalQuery::default()).await.unwrap();
     let last = &journal[0];
     assert!(last.dry_run);
     assert_eq!(last.plan.launch_count("a"), 2, "{:#?}", last.plan);
@@ -387,7 +387,7 @@ async fn spot_capacity_failure_falls_back_to_on_demand_on_the_next_tick() {
         ..res("spot", 5)
     };
     let h = Harness::new(&[("gpu", &["spot", "on-demand"])], vec![spot, res("on-demand", 5)]);
-    let controller = h.controller(Arc::new(MemoryStore::default()));
+    let controller = h.controller(Arc::new(MemoryStore::default())).await;
     h.enqueue("gpu", 0.0, 600.0, 2);
 
     let first = h.tick_at(&controller, 0.0).await;
@@ -445,7 +445,7 @@ impl QueueSource for HidesWorkers {
 async fn a_busy_machine_whose_worker_lapses_gets_a_full_spin_up_timeout_to_come_back() {
     let h = Harness::new(&[("q", &["a"])], vec![res("a", 3)]);
     let source = Arc::new(HidesWorkers { queue: h.queue.clone(), hidden: Default::default() });
-    let controller = h.controller_with(source.clone(), Arc::new(MemoryStore::default()), h.config.clone());
+    let controller = h.controller_with(source.clone(), Arc::new(MemoryStore::default()), h.config.clone()).await;
     h.enqueue("q", 0.0, 4.0 * 3600.0, 1);
     // Launch, boot (90 s), then run the task well past the spin-up timeout (900 s).
     h.run(&controller, 0.0, 1200.0).await;
@@ -482,7 +482,7 @@ async fn a_busy_machine_whose_worker_lapses_gets_a_full_spin_up_timeout_to_come_
 #[tokio::test]
 async fn a_shutdown_signalled_before_the_loop_starts_runs_no_tick() {
     let h = Harness::new(&[("q", &["a"])], vec![res("a", 3)]);
-    let controller = h.controller(Arc::new(MemoryStore::default()));
+    let controller = h.controller(Arc::new(MemoryStore::default())).await;
     h.enqueue("q", 0.0, 60.0, 1);
     h.at(0.0);
     controller.run(Duration::from_secs(10), async {}).await;
@@ -496,7 +496,7 @@ async fn a_shutdown_signalled_before_the_loop_starts_runs_no_tick() {
 #[tokio::test]
 async fn a_machine_that_powered_itself_off_is_deleted() {
     let h = Harness::new(&[("q", &["a"])], vec![res("a", 3)]);
-    let controller = h.controller(Arc::new(MemoryStore::default()));
+    let controller = h.controller(Arc::new(MemoryStore::default())).await;
     h.enqueue("q", 0.0, 3600.0, 1);
     h.run(&controller, 0.0, 200.0).await;
     let (snapshot, _) = controller.last().unwrap();
@@ -524,7 +524,7 @@ async fn machines_of_a_resource_dropped_from_the_config_still_count_and_keep_the
     let mut config = h.config.clone();
     config.limits.max_instances = 3;
     h.enqueue("q", 0.0, 3600.0, 2);
-    let first = h.controller_with(Arc::new(h.queue.clone()), Arc::new(MemoryStore::default()), config.clone());
+    let first = h.controller_with(Arc::new(h.queue.clone()), Arc::new(MemoryStore::default()), config.clone()).await;
     h.run(&first, 0.0, 200.0).await;
     assert_eq!(h.launches("a"), 2);
     drop(first);
@@ -532,7 +532,7 @@ async fn machines_of_a_resource_dropped_from_the_config_still_count_and_keep_the
     // The operator replaces resource a by b and restarts.
     config.queues = vec![QueueSpec { name: "q".into(), resources: vec!["b".into()] }];
     config.resources.retain(|r| r.name == "b");
-    let second = h.controller_with(Arc::new(h.queue.clone()), Arc::new(MemoryStore::default()), config);
+    let second = h.controller_with(Arc::new(h.queue.clone()), Arc::new(MemoryStore::default()), config).await;
     h.enqueue("q", 200.0, 3600.0, 5);
     let records = h.run(&second, 200.0, 300.0).await;
     assert_eq!(h.launches("b"), 1, "the two machines of a leave room for one: {:#?}", records[0].clamps);
@@ -546,18 +546,19 @@ async fn machines_of_a_resource_dropped_from_the_config_still_count_and_keep_the
 #[derive(Default)]
 struct LosesEverySave(MemoryStore);
 
+#[async_trait::async_trait]
 impl StateStore for LosesEverySave {
-    fn load(&self) -> anyhow::Result<flockd_core::HostState> {
-        self.0.load()
+    async fn load(&self) -> anyhow::Result<flockd_core::store::Records> {
+        self.0.load().await
     }
-    fn save(&self, _: &flockd_core::HostState) -> anyhow::Result<()> {
+    async fn write(&self, _: &[flockd_core::store::StateChange]) -> anyhow::Result<()> {
         Ok(())
     }
-    fn append(&self, record: &TickRecord) -> anyhow::Result<()> {
-        self.0.append(record)
+    async fn append(&self, record: &TickRecord) -> anyhow::Result<()> {
+        self.0.append(record).await
     }
-    fn journal(&self, query: &JournalQuery) -> anyhow::Result<Vec<TickRecord>> {
-        self.0.journal(query)
+    async fn journal(&self, query: &JournalQuery) -> anyhow::Result<Vec<TickRecord>> {
+        self.0.journal(query).await
     }
 }
 
@@ -570,7 +571,7 @@ async fn a_restart_that_lost_its_last_save_still_launches_under_new_keys() {
     let h = Harness::new(&[("q", &["a"])], vec![res("a", 5), res("b", 5)]);
     let store = Arc::new(LosesEverySave::default());
     h.enqueue("q", 0.0, 60.0, 1);
-    let first = h.controller(store.clone());
+    let first = h.controller(store.clone()).await;
     let record = h.tick_at(&first, 0.0).await;
     assert_eq!(h.launches("a"), 1);
     drop(first);
@@ -582,7 +583,7 @@ async fn a_restart_that_lost_its_last_save_still_launches_under_new_keys() {
     }
     let mut config = h.config.clone();
     config.queues = vec![QueueSpec { name: "q".into(), resources: vec!["b".into()] }];
-    let second = h.controller_with(Arc::new(h.queue.clone()), store, config);
+    let second = h.controller_with(Arc::new(h.queue.clone()), store, config).await;
     let record = h.tick_at(&second, 10.0).await;
     assert_eq!(h.launches("b"), 1, "the launch reused the lost tick's key: {:#?}", record.actions);
 }
@@ -611,7 +612,7 @@ async fn guardrails_hold_against_a_greedy_chain() {
             })
             .collect(),
     });
-    let controller = h.controller(Arc::new(MemoryStore::default()));
+    let controller = h.controller(Arc::new(MemoryStore::default())).await;
     h.enqueue("q", 0.0, 3600.0, 1);
     let records = h.run(&controller, 0.0, 600.0).await;
 
@@ -682,7 +683,7 @@ async fn launches_cut_off_by_a_crash_count_against_the_caps_after_the_restart() 
     let store = Arc::new(MemoryStore::default());
     h.enqueue("q", 0.0, 600.0, 3);
 
-    let first = h.controller(store.clone());
+    let first = h.controller(store.clone()).await;
     h.at(0.0);
     // Killed mid-launch: the tick never ends, so its own save never happens.
     assert!(tokio::time::timeout(Duration::from_millis(300), first.tick()).await.is_err());
@@ -690,13 +691,13 @@ async fn launches_cut_off_by_a_crash_count_against_the_caps_after_the_restart() 
     let made = h.launches("a");
     assert!(made >= 1, "the first flockd launched nothing");
 
-    let unanswered = store.load().unwrap().launching;
+    let unanswered = flockd_core::store::load_state(&*store).await.unwrap().launching;
     assert_eq!(unanswered.len(), made as usize, "{unanswered:?}");
 
     // The restarted flockd asks again under the same keys, and the cloud
     // hands back the machines it made.
     cloud.answer_again();
-    let second = h.controller(store.clone());
+    let second = h.controller(store.clone()).await;
     let record = h.tick_at(&second, 10.0).await;
     assert_eq!(h.launches("a"), 2, "past a's max of 2 (first flockd made {made}): {:#?}", record.actions);
     let asked_again: Vec<&str> = record
@@ -733,7 +734,7 @@ async fn a_launch_that_timed_out_counts_against_the_caps_until_listed() {
             .collect(),
         terminations: vec![],
     });
-    let controller = h.controller(Arc::new(MemoryStore::default()));
+    let controller = h.controller(Arc::new(MemoryStore::default())).await;
 
     let record = h.tick_at(&controller, 0.0).await;
     assert!(record.actions.iter().all(|a| matches!(a, Action::Launch { outcome: Outcome::Failed(_), .. })));

@@ -332,9 +332,8 @@ pub async fn decisions(State(shared): State<Arc<Shared>>, Query(q): Query<Decisi
     let store = shared.controller.store().clone();
     let query = JournalQuery { limit: if q.acted { ACTED_SCAN } else { limit }, instance: q.instance };
     let acted = q.acted;
-    let read = tokio::task::spawn_blocking(move || store.journal(&query)).await;
-    match read {
-        Ok(Ok(records)) => {
+    match store.journal(&query).await {
+        Ok(records) => {
             let records: Vec<TickRecord> = records
                 .into_iter()
                 .filter(|r| !acted || !r.actions.is_empty() || !r.clamps.is_empty() || r.observation_error.is_some())
@@ -342,8 +341,7 @@ pub async fn decisions(State(shared): State<Arc<Shared>>, Query(q): Query<Decisi
                 .collect();
             Json(records).into_response()
         }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the journal: {e:#}\n")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the journal: {e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the journal: {e:#}\n")).into_response(),
     }
 }
 

@@ -77,7 +77,7 @@ impl Flockd {
             flockd::providers::ProviderMap::from([("sim".to_string(), Arc::new(cloud) as Arc<dyn CloudProvider>)]);
         let providers = providers.into();
         let source: Arc<dyn QueueSource> = Arc::new(queue.clone());
-        let started = flockd::run::start(&config, source, providers).expect("start flockd");
+        let started = flockd::run::start(&config, source, providers).await.expect("start flockd");
         let http = HttpServer::start(&config.http, started.controller.clone(), started.policies.clone())
             .await
             .expect("start HTTP");

@@ -23,7 +23,7 @@ use crate::naming;
 use crate::provider::{CloudProvider, CloudState, LaunchRequest, ProviderError, ProviderScope};
 use crate::provider_layers::{Measured, ProviderCallSink, Timed};
 use crate::queue_source::{QueueSource, SourceError, Worker};
-use crate::store::{HostState, StateStore};
+use crate::store::{HostState, RecordKind, Records, StateStore, changes};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueSpec {
@@ -135,6 +135,9 @@ pub struct Controller {
     config: ControllerConfig,
     seams: Seams,
     state: tokio::sync::Mutex<HostState>,
+    /// The records as the store last took them: a save writes only what
+    /// differs. Touched only while `state` is locked.
+    saved: Mutex<Records>,
     last: Mutex<Option<(Arc<Snapshot>, Arc<TickRecord>)>>,
     ready: AtomicBool,
     blindness: Mutex<Blindness>,
@@ -205,7 +208,8 @@ pub enum ObserveError {
 }
 
 impl Controller {
-    pub fn new(config: ControllerConfig, mut seams: Seams) -> anyhow::Result<Self> {
+    /// Checks the config against the seams and loads the host state.
+    pub async fn new(config: ControllerConfig, mut seams: Seams) -> anyhow::Result<Self> {
         for r in &config.resources {
             anyhow::ensure!(
                 seams.providers.contains_key(&r.provider),
@@ -224,7 +228,8 @@ impl Controller {
                 );
             }
         }
-        let state = seams.store.load()?;
+        let saved = seams.store.load().await?;
+        let state = HostState::from_records(&saved)?;
         // Every cloud call under its deadline, whatever provider it is.
         let (list, act) = (config.observe_timeout, config.action_timeout);
         for provider in seams.providers.values_mut() {
@@ -234,6 +239,7 @@ impl Controller {
             config,
             seams,
             state: tokio::sync::Mutex::new(state),
+            saved: Mutex::new(saved),
             last: Mutex::new(None),
             ready: AtomicBool::new(false),
             blindness: Mutex::new(Blindness::default()),
@@ -319,22 +325,7 @@ impl Controller {
     async fn tick_locked(&self, state: &mut HostState) -> Arc<TickRecord> {
         let started = Instant::now();
         let now = self.seams.clock.now();
-        let mut record = TickRecord {
-            tick: state.tick,
-            at: now,
-            snapshot_digest: None,
-            observation_error: None,
-            queues: Vec::new(),
-            plan: Plan::default(),
-            policies: Vec::new(),
-            clamps: Vec::new(),
-            actions: Vec::new(),
-            dry_run: self.config.dry_run,
-            required_failed: Vec::new(),
-            foreign_machines: Vec::new(),
-            unregistered: Vec::new(),
-            micros: 0,
-        };
+        let mut record = TickRecord { tick: state.tick, at: now, dry_run: self.config.dry_run, ..Default::default() };
         let ledger = Ledger::new(&self.config);
         let drained = self.drained(state);
         let reconciled = match self.observe(&drained).await {
@@ -418,10 +409,10 @@ impl Controller {
         }
 
         record.micros = started.elapsed().as_micros() as u64;
-        if let Err(e) = self.seams.store.save(state) {
+        if let Err(e) = self.save(state, None).await {
             tracing::error!("could not save host state: {e:#}");
         }
-        if let Err(e) = self.seams.store.append(&record) {
+        if let Err(e) = self.seams.store.append(&record).await {
             tracing::error!("could not append to the journal: {e:#}");
         }
         let failed = record
@@ -457,6 +448,23 @@ impl Controller {
             (None, None) => None,
         };
         record
+    }
+
+    /// Writes what changed in `state` since the last save, record by record
+    /// — only records of `kinds` when given (a launch's intent goes out on
+    /// its own, before the cloud call).
+    async fn save(&self, state: &HostState, kinds: Option<&[RecordKind]>) -> anyhow::Result<()> {
+        let now = state.records();
+        let mut writes = changes(&self.saved.lock().unwrap(), &now);
+        if let Some(kinds) = kinds {
+            writes.retain(|w| kinds.contains(&w.key().kind));
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.seams.store.write(&writes).await?;
+        crate::store::apply(&mut self.saved.lock().unwrap(), writes);
+        Ok(())
     }
 
     /// An observation failed at `now`: the spell starts or goes on, with a
@@ -623,7 +631,8 @@ impl Controller {
         // the answers come, the next start still counts these machines.
         let new_keys = ledger.intend(state, &slots, now);
         if !new_keys.is_empty()
-            && let Err(e) = self.seams.store.save(state)
+            && let Err(e) =
+                self.save(state, Some(&[RecordKind::Launching, RecordKind::OwnKey, RecordKind::Scope])).await
         {
             tracing::error!("could not save the launches before making them, so none is made: {e:#}");
             ledger.withdraw(state, &new_keys);

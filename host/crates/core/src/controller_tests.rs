@@ -48,12 +48,12 @@ impl Fixture {
         }
     }
 
-    fn controller(&self, decider: impl Fn(&Snapshot) -> Plan + Send + Sync + 'static) -> Controller {
-        self.controller_over(Arc::new(decider), self.store.clone())
+    async fn controller(&self, decider: impl Fn(&Snapshot) -> Plan + Send + Sync + 'static) -> Controller {
+        self.controller_over(Arc::new(decider), self.store.clone()).await
     }
 
     /// A controller with this decider and store over the fixture's world.
-    fn controller_over(&self, decider: Arc<dyn Decider>, store: Arc<dyn StateStore>) -> Controller {
+    async fn controller_over(&self, decider: Arc<dyn Decider>, store: Arc<dyn StateStore>) -> Controller {
         let seams = Seams {
             source: self.queues.clone(),
             providers: BTreeMap::from([("fake".to_string(), self.cloud.clone() as Arc<dyn CloudProvider>)]),
@@ -61,7 +61,7 @@ impl Fixture {
             store,
             clock: self.clock.clone(),
         };
-        Controller::new(self.config.clone(), seams).unwrap()
+        Controller::new(self.config.clone(), seams).await.unwrap()
     }
 
     /// `n` running machines of `a`, each with an idle registered worker.
@@ -133,7 +133,7 @@ fn outcomes(record: &TickRecord) -> BTreeMap<String, Outcome> {
 async fn a_worker_that_takes_a_task_during_a_slow_termination_batch_is_spared() {
     let f = Fixture::new(20);
     let ids = f.idle_fleet(10).await;
-    let controller = f.controller(terminate_all_idle);
+    let controller = f.controller(terminate_all_idle).await;
     // First tick sees them idle; they have been idle long enough for the
     // closure (it terminates any idle machine).
     f.cloud.set_terminate_delay(Duration::from_secs(5));
@@ -161,7 +161,7 @@ async fn a_worker_that_takes_a_task_during_a_slow_termination_batch_is_spared() 
 async fn a_machine_whose_worker_vanished_since_the_decision_is_not_terminated() {
     let f = Fixture::new(5);
     let ids = f.idle_fleet(2).await;
-    let controller = f.controller(terminate_all_idle);
+    let controller = f.controller(terminate_all_idle).await;
     f.cloud.set_terminate_delay(Duration::from_secs(5));
     let second = ids[1].clone();
     let queues = f.queues.clone();
@@ -185,7 +185,7 @@ async fn a_launch_cut_by_the_action_timeout_is_not_forgotten_while_the_cloud_hid
     f.config.launch_visibility_grace = f.config.action_timeout;
     f.cloud.script([LaunchAnswer::MadeThenHangs]);
     f.cloud.hide_new_machines(true);
-    let controller = f.controller(one_more_a);
+    let controller = f.controller(one_more_a).await;
 
     let first = controller.tick().await;
     assert!(matches!(&first.actions[..], [Action::Launch { outcome: Outcome::Failed(_), .. }]), "{:#?}", first.actions);
@@ -206,7 +206,7 @@ async fn a_launch_answered_with_an_unknown_outcome_keeps_counting() {
     let f = Fixture::new(1);
     f.cloud.script([LaunchAnswer::MadeThenFails(ProviderError::Other("HTTP 503 Service Unavailable".into()))]);
     f.cloud.hide_new_machines(true);
-    let controller = f.controller(one_more_a);
+    let controller = f.controller(one_more_a).await;
 
     controller.tick().await;
     ticks(&controller, 6).await;
@@ -223,7 +223,7 @@ async fn a_launch_answered_with_an_unknown_outcome_keeps_counting() {
 async fn a_definitely_refused_launch_does_not_hold_a_slot() {
     let f = Fixture::new(1);
     f.cloud.script([LaunchAnswer::Refuses(ProviderError::Capacity("none left".into()))]);
-    let controller = f.controller(one_more_a);
+    let controller = f.controller(one_more_a).await;
 
     controller.tick().await;
     assert!(controller.host_state().await.launching.is_empty());
@@ -238,7 +238,7 @@ async fn a_definitely_refused_launch_does_not_hold_a_slot() {
 async fn how_long_the_host_has_been_blind_is_known_until_it_sees_again() {
     let f = Fixture::new(2);
     f.idle_fleet(1).await;
-    let controller = f.controller(terminate_all_idle);
+    let controller = f.controller(terminate_all_idle).await;
     let mut reports = controller.subscribe();
     f.queues.go_down("connection refused");
 
@@ -303,7 +303,7 @@ async fn a_failed_required_policy_withholds_the_ticks_launches_but_not_its_termi
     let mut f = Fixture::new(5);
     f.config.required_policies = ["budget".to_string()].into();
     let ids = f.idle_fleet(1).await;
-    let controller = f.controller_over(Arc::new(BudgetFails), f.store.clone());
+    let controller = f.controller_over(Arc::new(BudgetFails), f.store.clone()).await;
 
     let record = controller.tick().await;
     assert_eq!(f.cloud.made(), 1, "launched although the required budget policy failed: {record:#?}");
@@ -313,7 +313,7 @@ async fn a_failed_required_policy_withholds_the_ticks_launches_but_not_its_termi
 
     // The same failure in a policy that is not required passes the plan on.
     f.config.required_policies.clear();
-    let controller = f.controller_over(Arc::new(BudgetFails), f.store.clone());
+    let controller = f.controller_over(Arc::new(BudgetFails), f.store.clone()).await;
     ticks(&controller, 1).await;
     assert_eq!(f.cloud.made(), 2);
 }
@@ -325,13 +325,13 @@ async fn a_failed_required_policy_withholds_the_ticks_launches_but_not_its_termi
 #[tokio::test(start_paused = true)]
 async fn a_machine_launched_by_another_writer_stops_launches() {
     let f = Fixture::new(5);
-    let first = f.controller(one_more_a);
+    let first = f.controller(one_more_a).await;
     first.tick().await;
     assert_eq!(f.cloud.made(), 1);
 
     // A second flockd on the same fleet with its own store adopts what it
     // finds at its first look, then launches on its own.
-    let second = f.controller_over(Arc::new(one_more_a), Arc::new(MemoryStore::default()));
+    let second = f.controller_over(Arc::new(one_more_a), Arc::new(MemoryStore::default())).await;
     tokio::time::advance(Duration::from_secs(10)).await;
     second.tick().await;
     assert_eq!(f.cloud.made(), 2);
@@ -360,7 +360,7 @@ async fn renaming_a_resource_does_not_open_room_under_the_cost_cap() {
     let mut f = Fixture::new(5);
     f.config.resources[0].price_per_hour = 10.0;
     f.config.limits.max_cost_per_hour = 15.0;
-    let before = f.controller(one_more_a);
+    let before = f.controller(one_more_a).await;
     before.tick().await;
     assert_eq!(f.cloud.made(), 1);
     drop(before);
@@ -368,10 +368,12 @@ async fn renaming_a_resource_does_not_open_room_under_the_cost_cap() {
     // Same store, resource `a` renamed `b` at the same price.
     f.config.resources[0].name = "b".into();
     f.config.queues[0].resources = vec!["b".into()];
-    let after = f.controller(|_: &Snapshot| Plan {
-        launches: vec![Launch { resource: "b".into(), count: 1, reason: "greedy".into() }],
-        terminations: vec![],
-    });
+    let after = f
+        .controller(|_: &Snapshot| Plan {
+            launches: vec![Launch { resource: "b".into(), count: 1, reason: "greedy".into() }],
+            terminations: vec![],
+        })
+        .await;
     tokio::time::advance(Duration::from_secs(10)).await;
     let record = after.tick().await;
     assert_eq!(f.cloud.made(), 1, "a second machine took the spend to 20/h against a cap of 15/h: {record:#?}");
@@ -385,10 +387,12 @@ async fn renaming_a_resource_does_not_open_room_under_the_cost_cap() {
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_launch_entries_for_one_resource_become_one_line() {
     let f = Fixture::new(3);
-    let controller = f.controller(|_: &Snapshot| Plan {
-        launches: vec![Launch { resource: "a".into(), count: 1, reason: "one more".into() }; 10_000],
-        terminations: vec![],
-    });
+    let controller = f
+        .controller(|_: &Snapshot| Plan {
+            launches: vec![Launch { resource: "a".into(), count: 1, reason: "one more".into() }; 10_000],
+            terminations: vec![],
+        })
+        .await;
     let record = controller.tick().await;
     assert_eq!(f.cloud.made(), 3, "the resource's cap still holds");
     assert_eq!(
@@ -417,7 +421,7 @@ async fn a_call_cut_by_its_deadline_is_measured_as_a_timeout() {
     let f = Fixture::new(1);
     f.cloud.script([LaunchAnswer::MadeThenHangs]);
     let sink = Arc::new(Kinds::default());
-    let controller = f.controller(one_more_a).with_call_sink(sink.clone());
+    let controller = f.controller(one_more_a).await.with_call_sink(sink.clone());
     controller.tick().await;
     let recorded = sink.0.lock().unwrap().clone();
     assert!(recorded.contains(&(ProviderCall::Launch, true)), "{recorded:?}");
@@ -438,12 +442,15 @@ async fn machines_in_a_scope_the_config_no_longer_names_count_and_are_retired() 
     let scope = |place: &str| ProviderScope { kind: "fake".into(), place: place.into(), settings: "{}".into() };
     f.config.scopes = BTreeMap::from([("fake".to_string(), scope("region A"))]);
     let greedy_and_idle = |s: &Snapshot| Plan { launches: one_more_a(s).launches, ..terminate_all_idle(s) };
-    let in_a = f.controller(greedy_and_idle);
+    let in_a = f.controller(greedy_and_idle).await;
     ticks(&in_a, 3).await;
     let machines_in_a: Vec<String> = f.cloud.alive().into_iter().map(|i| i.id).collect();
     assert_eq!(machines_in_a.len(), 2);
     drop(in_a);
-    assert!(f.store.load().unwrap().scopes.contains_key("fake: region A"), "the scope launched into is remembered");
+    assert!(
+        crate::store::load_state(&*f.store).await.unwrap().scopes.contains_key("fake: region A"),
+        "the scope launched into is remembered"
+    );
 
     let region_b = Arc::new(FakeCloud::new(f.clock.clone()).with_ids("b"));
     f.config.scopes = BTreeMap::from([("fake".to_string(), scope("region B"))]);
@@ -458,7 +465,7 @@ async fn machines_in_a_scope_the_config_no_longer_names_count_and_are_retired() 
         store: f.store.clone(),
         clock: f.clock.clone(),
     };
-    let in_b = Controller::new(f.config.clone(), seams).unwrap();
+    let in_b = Controller::new(f.config.clone(), seams).await.unwrap();
     ticks(&in_b, 3).await;
     assert_eq!(region_b.made(), 0, "region A's two machines count against max-instances 2");
 
@@ -470,4 +477,60 @@ async fn machines_in_a_scope_the_config_no_longer_names_count_and_are_retired() 
     ticks(&in_b, 3).await;
     assert_eq!(region_b.made(), 2, "region B launches once region A is empty");
     assert!(!in_b.host_state().await.scopes.contains_key("fake: region A"), "an empty retired scope is forgotten");
+}
+
+/// A memory store that keeps every write it was given.
+#[derive(Default)]
+struct WriteLog {
+    inner: MemoryStore,
+    writes: Mutex<Vec<Vec<crate::store::StateChange>>>,
+}
+
+#[async_trait::async_trait]
+impl StateStore for WriteLog {
+    async fn load(&self) -> anyhow::Result<crate::store::Records> {
+        self.inner.load().await
+    }
+    async fn write(&self, changes: &[crate::store::StateChange]) -> anyhow::Result<()> {
+        self.writes.lock().unwrap().push(changes.to_vec());
+        self.inner.write(changes).await
+    }
+    async fn append(&self, record: &TickRecord) -> anyhow::Result<()> {
+        self.inner.append(record).await
+    }
+    async fn journal(&self, query: &crate::store::JournalQuery) -> anyhow::Result<Vec<TickRecord>> {
+        self.inner.journal(query).await
+    }
+}
+
+/// Guard: the store is written record by record (controller `save`): the
+/// intent saved before a launch is that intent and its key alone — what a
+/// database store writes on its own under a leader's epoch — not the whole
+/// state (here 60 fresh idle timers), which follows at the tick's end; and
+/// a tick that changes nothing writes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_launch_intent_is_written_on_its_own_and_an_idle_tick_writes_nothing() {
+    let f = Fixture::new(300);
+    f.idle_fleet(60).await;
+    let store = Arc::new(WriteLog::default());
+    let launch_once = Arc::new(AtomicBool::new(true));
+    let decider = {
+        let launch_once = launch_once.clone();
+        move |s: &Snapshot| if launch_once.swap(false, Ordering::SeqCst) { one_more_a(s) } else { Plan::default() }
+    };
+    let controller = f.controller_over(Arc::new(decider), store.clone()).await;
+    controller.tick().await;
+    let writes = store.writes.lock().unwrap().clone();
+    assert_eq!(writes.len(), 2, "the intent, then the rest: {:?}", writes.iter().map(Vec::len).collect::<Vec<_>>());
+    let kinds: BTreeSet<RecordKind> = writes[0].iter().map(|w| w.key().kind).collect();
+    assert_eq!(kinds, BTreeSet::from([RecordKind::Launching, RecordKind::OwnKey]), "{:?}", writes[0]);
+    assert!(writes[1].iter().filter(|w| w.key().kind == RecordKind::IdleSince).count() == 60);
+
+    // The new machine is listed (its unlisted-launch record goes), then
+    // nothing moves: the tick number alone is written, not the fleet's 61
+    // launch keys each time they are seen.
+    ticks(&controller, 2).await;
+    let writes = store.writes.lock().unwrap().clone();
+    let last: Vec<RecordKind> = writes.last().unwrap().iter().map(|w| w.key().kind).collect();
+    assert_eq!(last, vec![RecordKind::Tick], "{:?}", writes.last());
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::decider::PolicyRun;
 use crate::model::{Millis, Plan, TerminationCause};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TickRecord {
     pub tick: u64,
     pub at: Millis,

@@ -52,6 +52,8 @@ pub struct Reconciled {
 /// How long a key this store wrote is remembered after it was last listed
 /// or intended: a listing that lags this much is no listing.
 const OWN_KEY_MEMORY: Millis = 24 * 3600 * 1000;
+/// How stale a kept key's last-seen mark may grow before it is refreshed.
+const OWN_KEY_REFRESH: Millis = 3600 * 1000;
 
 /// One machine the plan asks for, with the key it is launched under.
 #[derive(Clone, Debug, PartialEq)]
@@ -332,7 +334,11 @@ impl<'c> Ledger<'c> {
         foreign.sort();
         let launching = &state.launching;
         for (key, seen) in state.own_keys.iter_mut() {
-            if listed_keys.contains(key.as_str()) || launching.contains_key(key) {
+            // Refreshed hourly, not every tick: each refresh is a record
+            // written, and a day's memory needs no finer mark.
+            if now.saturating_sub(*seen) >= OWN_KEY_REFRESH
+                && (listed_keys.contains(key.as_str()) || launching.contains_key(key))
+            {
                 *seen = now;
             }
         }
