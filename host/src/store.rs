@@ -76,8 +76,10 @@ impl RedbStore {
             if let Some(blob) = blob {
                 let state: HostState = serde_json::from_slice(&blob)
                     .map_err(|e| anyhow::anyhow!("{}: the host state does not decode: {e}", path.display()))?;
-                for (k, v) in state.records() {
-                    records.insert((k.kind.as_str(), k.key.as_str()), v.as_str())?;
+                for record in state.records() {
+                    if let StateChange::Put(k, v) = record {
+                        records.insert((k.kind.as_str(), k.key.as_str()), v.as_str())?;
+                    }
                 }
             }
             tx.delete_table(STATE)?;

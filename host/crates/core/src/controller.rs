@@ -23,7 +23,7 @@ use crate::naming;
 use crate::provider::{CloudProvider, CloudState, LaunchRequest, ProviderError, ProviderScope};
 use crate::provider_layers::{Measured, ProviderCallSink, Timed};
 use crate::queue_source::{QueueSource, SourceError, Worker};
-use crate::store::{HostState, RecordKind, Records, StateStore, changes};
+use crate::store::{HostState, RecordKind, StateStore};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueSpec {
@@ -137,7 +137,7 @@ pub struct Controller {
     state: tokio::sync::Mutex<HostState>,
     /// The records as the store last took them: a save writes only what
     /// differs. Touched only while `state` is locked.
-    saved: Mutex<Records>,
+    saved: Mutex<HostState>,
     last: Mutex<Option<(Arc<Snapshot>, Arc<TickRecord>)>>,
     ready: AtomicBool,
     blindness: Mutex<Blindness>,
@@ -228,8 +228,8 @@ impl Controller {
                 );
             }
         }
-        let saved = seams.store.load().await?;
-        let state = HostState::from_records(&saved)?;
+        let state = crate::store::load_state(seams.store.as_ref()).await?;
+        let saved = state.clone();
         // Every cloud call under its deadline, whatever provider it is.
         let (list, act) = (config.observe_timeout, config.action_timeout);
         for provider in seams.providers.values_mut() {
@@ -454,8 +454,7 @@ impl Controller {
     /// — only records of `kinds` when given (a launch's intent goes out on
     /// its own, before the cloud call).
     async fn save(&self, state: &HostState, kinds: Option<&[RecordKind]>) -> anyhow::Result<()> {
-        let now = state.records();
-        let mut writes = changes(&self.saved.lock().unwrap(), &now);
+        let mut writes = state.changes_since(&self.saved.lock().unwrap());
         if let Some(kinds) = kinds {
             writes.retain(|w| kinds.contains(&w.key().kind));
         }
@@ -463,7 +462,7 @@ impl Controller {
             return Ok(());
         }
         self.seams.store.write(&writes).await?;
-        crate::store::apply(&mut self.saved.lock().unwrap(), writes);
+        self.saved.lock().unwrap().take_records(state, writes.iter().map(|w| w.key()));
         Ok(())
     }
 

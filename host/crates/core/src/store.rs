@@ -199,29 +199,70 @@ pub struct RecordError {
 }
 
 impl HostState {
-    /// Every record of this state.
-    pub fn records(&self) -> Records {
-        fn json<T: Serialize + ?Sized>(v: &T) -> String {
-            serde_json::to_string(v).expect("host state encodes")
+    /// The writes that take a store holding `saved` to this state, in key
+    /// order. The maps are compared entry by entry and only what differs is
+    /// encoded: a quiet tick at 10,000 machines writes one record.
+    pub fn changes_since(&self, saved: &HostState) -> Vec<StateChange> {
+        let mut out = Vec::new();
+        let o = &mut out;
+        scalar_change(o, RecordKind::Tick, &saved.tick, &self.tick);
+        scalar_change(o, RecordKind::OwnKeysComplete, &saved.own_keys_complete, &self.own_keys_complete);
+        scalar_change(o, RecordKind::Failures, &saved.failures, &self.failures);
+        map_changes(o, RecordKind::IdleSince, &saved.idle_since, &self.idle_since);
+        for k in self.registered.difference(&saved.registered) {
+            o.push(StateChange::Put(RecordKey { kind: RecordKind::Registered, key: k.clone() }, json(&true)));
         }
-        let mut out = Records::new();
-        let mut put = |kind, key: &str, value: String| {
-            out.insert(RecordKey { kind, key: key.to_string() }, value);
-        };
-        put(RecordKind::Tick, "", json(&self.tick));
-        put(RecordKind::OwnKeysComplete, "", json(&self.own_keys_complete));
-        put(RecordKind::Failures, "", json(&self.failures));
-        self.idle_since.iter().for_each(|(k, v)| put(RecordKind::IdleSince, k, json(v)));
-        self.registered.iter().for_each(|k| put(RecordKind::Registered, k, json(&true)));
-        self.last_boot_ok.iter().for_each(|(k, v)| put(RecordKind::LastBootOk, k, json(v)));
-        self.recent_launches.iter().for_each(|(k, v)| put(RecordKind::RecentLaunch, k, json(v)));
-        self.terminating.iter().for_each(|(k, v)| put(RecordKind::Terminating, k, json(v)));
-        self.worker_lost_since.iter().for_each(|(k, v)| put(RecordKind::WorkerLostSince, k, json(v)));
-        self.launching.iter().for_each(|(k, v)| put(RecordKind::Launching, k, json(v)));
-        self.own_keys.iter().for_each(|(k, v)| put(RecordKind::OwnKey, k, json(v)));
-        self.last_prices.iter().for_each(|(k, v)| put(RecordKind::LastPrice, k, json(v)));
-        self.scopes.iter().for_each(|(k, v)| put(RecordKind::Scope, k, json(v)));
+        for k in saved.registered.difference(&self.registered) {
+            o.push(StateChange::Delete(RecordKey { kind: RecordKind::Registered, key: k.clone() }));
+        }
+        map_changes(o, RecordKind::LastBootOk, &saved.last_boot_ok, &self.last_boot_ok);
+        map_changes(o, RecordKind::RecentLaunch, &saved.recent_launches, &self.recent_launches);
+        map_changes(o, RecordKind::Terminating, &saved.terminating, &self.terminating);
+        map_changes(o, RecordKind::WorkerLostSince, &saved.worker_lost_since, &self.worker_lost_since);
+        map_changes(o, RecordKind::Launching, &saved.launching, &self.launching);
+        map_changes(o, RecordKind::OwnKey, &saved.own_keys, &self.own_keys);
+        map_changes(o, RecordKind::LastPrice, &saved.last_prices, &self.last_prices);
+        map_changes(o, RecordKind::Scope, &saved.scopes, &self.scopes);
+        out.sort_by(|a, b| a.key().cmp(b.key()));
         out
+    }
+
+    /// Every record of this state (those at their default left out: they
+    /// read back as the default).
+    pub fn records(&self) -> Vec<StateChange> {
+        self.changes_since(&HostState::default())
+    }
+
+    /// Takes the records named by `keys` from `from`: what a store now
+    /// holds after those of `from` were written.
+    pub fn take_records<'a>(&mut self, from: &HostState, keys: impl IntoIterator<Item = &'a RecordKey>) {
+        fn entry<V: Clone>(to: &mut BTreeMap<String, V>, from: &BTreeMap<String, V>, key: &str) {
+            match from.get(key) {
+                Some(v) => drop(to.insert(key.to_string(), v.clone())),
+                None => drop(to.remove(key)),
+            }
+        }
+        for k in keys {
+            let key = k.key.as_str();
+            match k.kind {
+                RecordKind::Tick => self.tick = from.tick,
+                RecordKind::OwnKeysComplete => self.own_keys_complete = from.own_keys_complete,
+                RecordKind::Failures => self.failures = from.failures.clone(),
+                RecordKind::IdleSince => entry(&mut self.idle_since, &from.idle_since, key),
+                RecordKind::Registered => match from.registered.contains(key) {
+                    true => drop(self.registered.insert(key.to_string())),
+                    false => drop(self.registered.remove(key)),
+                },
+                RecordKind::LastBootOk => entry(&mut self.last_boot_ok, &from.last_boot_ok, key),
+                RecordKind::RecentLaunch => entry(&mut self.recent_launches, &from.recent_launches, key),
+                RecordKind::Terminating => entry(&mut self.terminating, &from.terminating, key),
+                RecordKind::WorkerLostSince => entry(&mut self.worker_lost_since, &from.worker_lost_since, key),
+                RecordKind::Launching => entry(&mut self.launching, &from.launching, key),
+                RecordKind::OwnKey => entry(&mut self.own_keys, &from.own_keys, key),
+                RecordKind::LastPrice => entry(&mut self.last_prices, &from.last_prices, key),
+                RecordKind::Scope => entry(&mut self.scopes, &from.scopes, key),
+            }
+        }
     }
 
     /// The state these records make (missing ones take their defaults).
@@ -258,23 +299,34 @@ impl HostState {
     }
 }
 
-/// The writes that take a store from `saved` to `now`, in key order.
-pub fn changes(saved: &Records, now: &Records) -> Vec<StateChange> {
-    let mut out = Vec::new();
-    for (k, v) in now {
-        if saved.get(k) != Some(v) {
-            out.push(StateChange::Put(k.clone(), v.clone()));
+fn json<T: Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).expect("host state encodes")
+}
+
+fn scalar_change<V: PartialEq + Serialize>(out: &mut Vec<StateChange>, kind: RecordKind, old: &V, new: &V) {
+    if old != new {
+        out.push(StateChange::Put(RecordKey { kind, key: String::new() }, json(new)));
+    }
+}
+
+fn map_changes<V: PartialEq + Serialize>(
+    out: &mut Vec<StateChange>,
+    kind: RecordKind,
+    old: &BTreeMap<String, V>,
+    new: &BTreeMap<String, V>,
+) {
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            out.push(StateChange::Put(RecordKey { kind, key: k.clone() }, json(v)));
         }
     }
-    for k in saved.keys().filter(|k| !now.contains_key(*k)) {
-        out.push(StateChange::Delete(k.clone()));
+    for k in old.keys().filter(|k| !new.contains_key(*k)) {
+        out.push(StateChange::Delete(RecordKey { kind, key: k.clone() }));
     }
-    out.sort_by(|a, b| a.key().cmp(b.key()));
-    out
 }
 
 /// `writes` applied to `records`.
-pub fn apply(records: &mut Records, writes: impl IntoIterator<Item = StateChange>) {
+fn apply(records: &mut Records, writes: impl IntoIterator<Item = StateChange>) {
     for w in writes {
         match w {
             StateChange::Put(k, v) => drop(records.insert(k, v)),
@@ -304,8 +356,8 @@ pub async fn load_state(store: &dyn StateStore) -> anyhow::Result<HostState> {
 
 /// Writes `state` whole over whatever `store` holds (tests, an upgrade).
 pub async fn replace_state(store: &dyn StateStore, state: &HostState) -> anyhow::Result<()> {
-    let held = store.load().await?;
-    store.write(&changes(&held, &state.records())).await
+    let held = load_state(store).await?;
+    store.write(&state.changes_since(&held)).await
 }
 
 /// For tests and the simulator: everything in memory.
@@ -380,7 +432,7 @@ pub mod contract {
         let mut next = state.clone();
         next.launching.insert("k2".into(), LaunchIntent { resource: "a".into(), at: 6 });
         next.idle_since.remove("i-1");
-        let writes = changes(&state.records(), &next.records());
+        let writes = next.changes_since(&state);
         assert_eq!(writes.len(), 2, "{writes:?}");
         store.write(&writes).await.unwrap();
         let store = reopen(store);
@@ -391,6 +443,34 @@ pub mod contract {
         }
         let newest = store.journal(&JournalQuery { limit: 2, instance: None }).await.unwrap();
         assert_eq!(newest.iter().map(|r| r.tick).collect::<Vec<_>>(), vec![5, 4], "newest first");
+    }
+
+    /// Guard: what `changes_since` writes, read back, is the new state, and
+    /// `take_records` over those keys brings the old one to it.
+    #[test]
+    fn the_changes_between_two_states_carry_one_to_the_other() {
+        let mut a = HostState { tick: 1, ..Default::default() };
+        a.idle_since.insert("i-1".into(), 10);
+        a.registered.insert("i-1".into());
+        a.own_keys.insert("k0".into(), 1);
+        let mut b = a.clone();
+        b.tick = 2;
+        b.idle_since.insert("i-1".into(), 11);
+        b.registered.remove("i-1");
+        b.registered.insert("i-2".into());
+        b.launching.insert("k1".into(), LaunchIntent { resource: "a".into(), at: 5 });
+        b.own_keys.clear();
+        b.failures.push(Failure { resource: "a".into(), kind: FailureKind::Auth, at: 3, message: String::new() });
+        let writes = b.changes_since(&a);
+        assert_eq!(writes.len(), 7, "{writes:?}");
+        let mut records = Records::new();
+        apply(&mut records, a.records());
+        apply(&mut records, writes.clone());
+        assert_eq!(HostState::from_records(&records).unwrap(), b);
+        let mut c = a.clone();
+        c.take_records(&b, writes.iter().map(StateChange::key));
+        assert_eq!(c, b);
+        assert!(b.changes_since(&b).is_empty());
     }
 
     #[tokio::test]
