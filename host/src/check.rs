@@ -67,11 +67,13 @@ pub fn check(path: &Path) -> Report {
     };
     let config = match Config::parse(&text, path) {
         Ok(c) => c,
-        Err(e) => {
-            return Report {
-                config: None,
-                diagnostics: vec![Diagnostic { severity: Severity::Error, file, at: e.at, message: e.message }],
-            };
+        Err(errors) => {
+            let diagnostics = errors
+                .0
+                .into_iter()
+                .map(|e| Diagnostic { severity: Severity::Error, file: file.clone(), at: e.at, message: e.message })
+                .collect();
+            return Report { config: None, diagnostics };
         }
     };
     let mut checker = Checker { file, text: &text, diagnostics: Vec::new() };

@@ -11,9 +11,6 @@ use flockd_wasm::{PolicyEngine, PolicyRuntime, Reloader};
 use crate::config::Config;
 use crate::store::RedbStore;
 
-/// Journal entries kept on disk.
-const JOURNAL_KEEP: u64 = 100_000;
-
 /// Policies: engine, chain and (if enabled) the watcher.
 pub fn start_policies(config: &Config) -> anyhow::Result<(Arc<PolicyRuntime>, Option<Reloader>)> {
     let mut engine = PolicyEngine::new(config.call_limits())?;
@@ -83,7 +80,8 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     // Scopes launched into before, which the config no longer names, are
     // still listed (and their machines retired) until they are empty.
     let remembered =
-        flockd_core::store::load_state(&RedbStore::open(&config.resolve(&config.state_dir), JOURNAL_KEEP)?).await?;
+        flockd_core::store::load_state(&RedbStore::open(&config.resolve(&config.state_dir), config.journal_limits())?)
+            .await?;
     providers.retired = crate::providers::retired(&remembered, &crate::providers::scopes(&config)).await?;
     serve(config, source, providers, shutdown, |addr| tracing::info!("dashboard and API on http://{addr}/")).await
 }
@@ -110,7 +108,7 @@ pub async fn start(
         tokio::task::spawn_blocking(move || start_policies(&config)).await??
     };
 
-    let store = Arc::new(RedbStore::open(&config.resolve(&config.state_dir), JOURNAL_KEEP)?);
+    let store = Arc::new(RedbStore::open(&config.resolve(&config.state_dir), config.journal_limits())?);
     let mut controller_config = config.controller_config();
     controller_config.scopes = crate::providers::scopes(config);
     let crate::providers::Providers { configured: mut seams_providers, retired } = providers;

@@ -18,9 +18,16 @@ const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 /// Schema 3: one row per record, keyed by (kind, key).
 const RECORDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("records");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+/// Schema 3: (instance, tick) for every instance a tick launched or acted
+/// on, so a query by instance reads only its ticks.
+const JOURNAL_BY_INSTANCE: TableDefinition<(&str, u64), ()> = TableDefinition::new("journal-by-instance");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const STATE_KEY: &str = "host";
 const SCHEMA_KEY: &str = "schema-version";
+/// The journal's size in bytes and in records (schema 3), kept with each
+/// write so pruning needs no scan.
+const JOURNAL_BYTES_KEY: &str = "journal-bytes";
+const JOURNAL_RECORDS_KEY: &str = "journal-records";
 
 /// The layout this code writes and reads.
 /// 1: release 0.1, no `meta` table: host state as one JSON value, the
@@ -30,6 +37,8 @@ const SCHEMA_KEY: &str = "schema-version";
 ///    (a store from 1 adopts the keys of its first listing).
 /// 3: the host state as records in a `records` table, written one by one;
 ///    the blob of 1 and 2 is split into records when the store is opened.
+///    The journal is indexed by instance and bounded in bytes as well as in
+///    records; both are built from the journal on the upgrade.
 /// An upgrade is done in place when the store is opened; a store written by
 /// a newer flockd is refused rather than half-read.
 pub const SCHEMA_VERSION: u64 = 3;
@@ -37,12 +46,25 @@ pub const SCHEMA_VERSION: u64 = 3;
 #[derive(Clone)]
 pub struct RedbStore {
     db: Arc<Database>,
-    /// Journal entries kept; older ones are pruned as new ones arrive.
-    keep: u64,
+    limits: JournalLimits,
+}
+
+/// How much journal is kept: the oldest records go as new ones arrive, once
+/// either bound is passed (the newest record is always kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalLimits {
+    pub max_records: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for JournalLimits {
+    fn default() -> Self {
+        JournalLimits { max_records: 100_000, max_bytes: 256 << 20 }
+    }
 }
 
 impl RedbStore {
-    pub fn open(dir: &Path, keep: u64) -> anyhow::Result<Self> {
+    pub fn open(dir: &Path, limits: JournalLimits) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create state dir {}: {e}", dir.display()))?;
         let path = dir.join("flockd.redb");
         let db = Database::create(&path).map_err(|e| match e {
@@ -83,13 +105,14 @@ impl RedbStore {
                 }
             }
             tx.delete_table(STATE)?;
+            index_journal(&tx)?;
         }
         drop(records);
         tx.commit()?;
         if found < SCHEMA_VERSION {
             tracing::info!(path = %path.display(), "store upgraded in place from schema {found} to {SCHEMA_VERSION}");
         }
-        Ok(RedbStore { db: Arc::new(db), keep: keep.max(1) })
+        Ok(RedbStore { db: Arc::new(db), limits })
     }
 
     pub fn schema_version(&self) -> anyhow::Result<u64> {
@@ -151,12 +174,35 @@ impl RedbStore {
         let bytes = serde_json::to_vec(record)?;
         let tx = self.db.begin_write()?;
         {
-            let mut table = tx.open_table(JOURNAL)?;
-            table.insert(record.tick, bytes.as_slice())?;
-            if record.tick > self.keep {
-                let cutoff = record.tick - self.keep;
-                table.retain_in(..=cutoff, |_, _| false)?;
+            let mut journal = tx.open_table(JOURNAL)?;
+            let mut index = tx.open_table(JOURNAL_BY_INSTANCE)?;
+            let mut meta = tx.open_table(META)?;
+            let mut total = meta.get(JOURNAL_BYTES_KEY)?.map_or(0, |v| v.value());
+            let mut count = meta.get(JOURNAL_RECORDS_KEY)?.map_or(0, |v| v.value());
+            // A tick replayed after a lost save replaces its record.
+            match journal.insert(record.tick, bytes.as_slice())? {
+                Some(old) => total = total.saturating_sub(old.value().len() as u64),
+                None => count += 1,
             }
+            total += bytes.len() as u64;
+            for instance in record.instances() {
+                index.insert((instance, record.tick), ())?;
+            }
+            while count > 1 && (count > self.limits.max_records || total > self.limits.max_bytes) {
+                let Some((tick, old)) = journal.pop_first()? else { break };
+                let (tick, old) = (tick.value(), old.value().to_vec());
+                count -= 1;
+                total = total.saturating_sub(old.len() as u64);
+                // An undecodable record leaves its index entries behind; a
+                // query skips ticks that are gone.
+                if let Ok(old) = serde_json::from_slice::<TickRecord>(&old) {
+                    for instance in old.instances() {
+                        index.remove((instance, tick))?;
+                    }
+                }
+            }
+            meta.insert(JOURNAL_BYTES_KEY, total)?;
+            meta.insert(JOURNAL_RECORDS_KEY, count)?;
         }
         tx.commit()?;
         Ok(())
@@ -164,28 +210,63 @@ impl RedbStore {
 
     fn journal_now(&self, query: &JournalQuery) -> anyhow::Result<Vec<TickRecord>> {
         let tx = self.db.begin_read()?;
-        let table = tx.open_table(JOURNAL)?;
+        let journal = tx.open_table(JOURNAL)?;
         let limit = if query.limit == 0 { usize::MAX } else { query.limit };
+        // One record that no longer decodes must not hide the rest.
+        let decode = |tick: u64, bytes: &[u8]| match serde_json::from_slice::<TickRecord>(bytes) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(tick, "skipping a journal record that does not decode: {e}");
+                None
+            }
+        };
         let mut out = Vec::new();
-        for entry in table.iter()?.rev() {
-            let (tick, v) = entry?;
-            // One record that no longer decodes must not hide the rest.
-            let record: TickRecord = match serde_json::from_slice(v.value()) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(tick = tick.value(), "skipping a journal record that does not decode: {e}");
-                    continue;
+        match query.instance.as_deref() {
+            None => {
+                for entry in journal.iter()?.rev() {
+                    let (tick, v) = entry?;
+                    out.extend(decode(tick.value(), v.value()));
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
-            };
-            if query.instance.as_deref().is_none_or(|i| record.mentions(i)) {
-                out.push(record);
-                if out.len() >= limit {
-                    break;
+            }
+            Some(instance) => {
+                let index = tx.open_table(JOURNAL_BY_INSTANCE)?;
+                for entry in index.range((instance, 0)..=(instance, u64::MAX))?.rev() {
+                    let tick = entry?.0.value().1;
+                    let Some(v) = journal.get(tick)? else { continue };
+                    out.extend(decode(tick, v.value()));
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// Builds the instance index and the size counters from the journal (the
+/// upgrade to schema 3).
+fn index_journal(tx: &redb::WriteTransaction) -> anyhow::Result<()> {
+    let journal = tx.open_table(JOURNAL)?;
+    let mut index = tx.open_table(JOURNAL_BY_INSTANCE)?;
+    let (mut total, mut count) = (0u64, 0u64);
+    for entry in journal.iter()? {
+        let (tick, v) = entry?;
+        total += v.value().len() as u64;
+        count += 1;
+        if let Ok(record) = serde_json::from_slice::<TickRecord>(v.value()) {
+            for instance in record.instances() {
+                index.insert((instance, tick.value()), ())?;
+            }
+        }
+    }
+    let mut meta = tx.open_table(META)?;
+    meta.insert(JOURNAL_BYTES_KEY, total)?;
+    meta.insert(JOURNAL_RECORDS_KEY, count)?;
+    Ok(())
 }
 
 #[async_trait]
@@ -245,10 +326,10 @@ mod tests {
     async fn the_redb_store_keeps_the_store_contract() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
-        let store = RedbStore::open(&path, 100).unwrap();
+        let store = RedbStore::open(&path, JournalLimits::default()).unwrap();
         flockd_core::store::contract::run(store, |s| {
             drop(s);
-            RedbStore::open(&path, 100).unwrap()
+            RedbStore::open(&path, JournalLimits::default()).unwrap()
         })
         .await;
     }
@@ -257,12 +338,12 @@ mod tests {
     async fn the_journal_survives_reopening_and_prunes_old_ticks() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = RedbStore::open(dir.path(), 3).unwrap();
+            let store = RedbStore::open(dir.path(), JournalLimits { max_records: 3, ..Default::default() }).unwrap();
             for t in 1..=5 {
                 store.append(&record(t, if t % 2 == 0 { "i-even" } else { "i-odd" })).await.unwrap();
             }
         }
-        let store = RedbStore::open(dir.path(), 3).unwrap();
+        let store = RedbStore::open(dir.path(), JournalLimits { max_records: 3, ..Default::default() }).unwrap();
         let all = store.journal(&JournalQuery { limit: 0, instance: None }).await.unwrap();
         assert_eq!(all.iter().map(|r| r.tick).collect::<Vec<_>>(), vec![5, 4, 3], "newest first, pruned to 3");
         let odd = store.journal(&JournalQuery { limit: 10, instance: Some("i-odd".into()) }).await.unwrap();
@@ -272,12 +353,42 @@ mod tests {
     /// A store written by release 0.1 (`tests/fixtures/stores/v0.1/flockd.redb`,
     /// made with that release's code) opens, keeps every unanswered launch,
     /// failure and idle timer, and is marked as the current schema.
+    /// Guard: the journal is bounded in bytes, not only in records (issue
+    /// 10, hole 11): ticks with long records push the oldest out, and the
+    /// instance index forgets what was pruned.
+    #[tokio::test]
+    async fn the_journal_is_bounded_in_bytes_and_indexed_by_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = JournalLimits { max_records: 1_000, max_bytes: 64 * 1024 };
+        let store = RedbStore::open(dir.path(), limits).unwrap();
+        for t in 1..=50 {
+            let mut r = record(t, if t <= 25 { "i-early" } else { "i-late" });
+            r.clamps = vec!["x".repeat(10_000)];
+            store.append(&r).await.unwrap();
+        }
+        let kept = store.journal(&JournalQuery { limit: 0, instance: None }).await.unwrap();
+        let bytes: usize = kept.iter().map(|r| serde_json::to_vec(r).unwrap().len()).sum();
+        assert!(bytes <= 64 * 1024, "{} records, {bytes} bytes kept", kept.len());
+        assert_eq!(kept.first().map(|r| r.tick), Some(50), "the newest stays");
+        assert_eq!(kept.len(), 6, "as many of the newest as fit");
+        let early = store.journal(&JournalQuery { limit: 0, instance: Some("i-early".into()) }).await.unwrap();
+        assert!(early.is_empty(), "pruned ticks are gone from the index too");
+        let late = store.journal(&JournalQuery { limit: 2, instance: Some("i-late".into()) }).await.unwrap();
+        assert_eq!(late.iter().map(|r| r.tick).collect::<Vec<_>>(), vec![50, 49]);
+        // The counters survive a reopen: the bound holds on.
+        drop(store);
+        let store = RedbStore::open(dir.path(), limits).unwrap();
+        store.append(&record(51, "i-late")).await.unwrap();
+        let kept = store.journal(&JournalQuery { limit: 0, instance: None }).await.unwrap();
+        assert_eq!(kept.len(), 7, "one small record more fits");
+    }
+
     #[tokio::test]
     async fn a_store_written_by_release_0_1_is_upgraded_in_place_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/stores/v0.1/flockd.redb");
         std::fs::copy(fixture, dir.path().join("flockd.redb")).unwrap();
-        let store = RedbStore::open(dir.path(), 100).unwrap();
+        let store = RedbStore::open(dir.path(), JournalLimits::default()).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         let state = flockd_core::store::load_state(&store).await.unwrap();
         assert_eq!(state.tick, 41);
@@ -295,15 +406,15 @@ mod tests {
     fn a_store_from_a_newer_flockd_is_refused_and_an_open_one_is_named() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = RedbStore::open(dir.path(), 10).unwrap();
-            let err = match RedbStore::open(dir.path(), 10) {
+            let store = RedbStore::open(dir.path(), JournalLimits::default()).unwrap();
+            let err = match RedbStore::open(dir.path(), JournalLimits::default()) {
                 Ok(_) => panic!("a store open twice"),
                 Err(e) => format!("{e:#}"),
             };
             assert!(err.contains("already open") && err.contains("another flockd"), "{err}");
             store.set_schema_version(SCHEMA_VERSION + 1).unwrap();
         }
-        let err = match RedbStore::open(dir.path(), 10) {
+        let err = match RedbStore::open(dir.path(), JournalLimits::default()) {
             Ok(_) => panic!("a newer schema must be refused"),
             Err(e) => format!("{e:#}"),
         };
@@ -313,7 +424,7 @@ mod tests {
     #[tokio::test]
     async fn an_undecodable_journal_record_is_skipped_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(dir.path(), 10).unwrap();
+        let store = RedbStore::open(dir.path(), JournalLimits::default()).unwrap();
         store.append(&record(1, "i-a")).await.unwrap();
         {
             let tx = store.db.begin_write().unwrap();

@@ -242,7 +242,8 @@ async fn sigterm_saves_the_last_tick_and_no_secret_leaks_anywhere() {
         .filter_map(|m| m["span"]["tick"].as_u64())
         .max()
         .expect("ticks logged with their span");
-    let store = flockd::store::RedbStore::open(&dir.path().join("state"), 1000).unwrap();
+    let store =
+        flockd::store::RedbStore::open(&dir.path().join("state"), flockd::store::JournalLimits::default()).unwrap();
     let journal = store.journal(&JournalQuery { limit: 0, instance: None }).await.unwrap();
     assert_eq!(
         journal.first().map(|r| r.tick),

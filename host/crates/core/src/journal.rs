@@ -74,12 +74,17 @@ pub enum Outcome {
 }
 
 impl TickRecord {
-    pub fn mentions(&self, instance: &str) -> bool {
-        self.actions.iter().any(|a| match a {
-            Action::Launch { instance: Some(i), .. } => i == instance,
-            Action::Terminate { instance: i, .. } => i == instance,
-            _ => false,
+    /// Every instance this tick launched or acted on (what the journal is
+    /// indexed by).
+    pub fn instances(&self) -> impl Iterator<Item = &str> {
+        self.actions.iter().filter_map(|a| match a {
+            Action::Launch { instance, .. } => instance.as_deref(),
+            Action::Terminate { instance, .. } => Some(instance.as_str()),
         })
+    }
+
+    pub fn mentions(&self, instance: &str) -> bool {
+        self.instances().any(|i| i == instance)
     }
 
     pub fn launched(&self) -> usize {

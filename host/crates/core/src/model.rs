@@ -306,3 +306,90 @@ mod tests {
         assert!(merged.launches[0].reason.ends_with('…'));
     }
 }
+
+/// Property test of what a policy may return (issue 10, hole 15): any plan —
+/// known and unknown resources and instances, counts from 0 to u32::MAX,
+/// repeats — is accepted only if it is valid, never panics, and merging its
+/// launches keeps one per resource with the (saturated) total. A long run:
+/// `PROPTEST_CASES=100000 cargo test -p flockd-core --lib model::proptests`.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let resource = |name: &str, max| Resource {
+            name: name.into(),
+            queues: vec!["q".into()],
+            max_instances: max,
+            price_per_hour: 1.0,
+            market: Market::OnDemand,
+            last_boot_ok: None,
+        };
+        let instance = |id: &str| Instance {
+            id: id.into(),
+            resource: "a".into(),
+            state: InstanceState::Running,
+            launched_at: 0,
+            worker: None,
+            busy: false,
+            idle_since: None,
+        };
+        Snapshot {
+            resources: vec![resource("a", 3), resource("b", u32::MAX)],
+            instances: vec![instance("i-1"), instance("i-2")],
+            ..Default::default()
+        }
+    }
+
+    /// Mostly names that exist (so whole plans get past the first check
+    /// and reach the later ones), sometimes anything.
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => prop::sample::select(vec!["a", "b", "i-1", "i-2"]).prop_map(str::to_string),
+            1 => Just(String::new()),
+            1 => ".{0,8}",
+        ]
+    }
+
+    fn plan() -> impl Strategy<Value = Plan> {
+        let count = prop_oneof![6 => 1u32..=3, 1 => Just(0u32), 1 => Just(u32::MAX), 1 => any::<u32>()];
+        let launch =
+            (name(), count, ".{0,16}").prop_map(|(resource, count, reason)| Launch { resource, count, reason });
+        let termination = (name(), ".{0,16}").prop_map(|(instance, reason)| Termination {
+            instance,
+            cause: TerminationCause::Idle,
+            reason,
+        });
+        (prop::collection::vec(launch, 0..4), prop::collection::vec(termination, 0..3))
+            .prop_map(|(launches, terminations)| Plan { launches, terminations })
+    }
+
+    proptest! {
+        #[test]
+        fn a_plan_is_accepted_only_when_valid(plan in plan()) {
+            let snapshot = snapshot();
+            if plan.validate(&snapshot).is_ok() {
+                for l in &plan.launches {
+                    let r = snapshot.resource(&l.resource);
+                    prop_assert!(r.is_some_and(|r| l.count >= 1 && l.count <= r.max_instances), "{l:?}");
+                }
+                let mut seen = std::collections::HashSet::new();
+                for t in &plan.terminations {
+                    prop_assert!(snapshot.instance(&t.instance).is_some() && seen.insert(&t.instance), "{t:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn merging_keeps_one_launch_per_resource_and_the_total(plan in plan()) {
+            let total = plan.launches.iter().fold(0u32, |sum, l| sum.saturating_add(l.count));
+            let merged = plan.with_launches_merged();
+            let mut names = std::collections::HashSet::new();
+            prop_assert!(merged.launches.iter().all(|l| names.insert(l.resource.clone())));
+            prop_assert_eq!(merged.total_launches(), total);
+            prop_assert!(merged.launches.iter().all(|l| l.reason.len() <= MAX_MERGED_REASON_BYTES + 64));
+        }
+    }
+}

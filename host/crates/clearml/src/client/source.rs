@@ -120,3 +120,145 @@ mod tests {
         );
     }
 }
+
+/// Property test of the response decoding (issue 10, hole 15): whatever a
+/// server answers — any JSON where queues, entries and workers go, timestamps
+/// of any shape and size — decoding either fails with an error or yields a
+/// queue state and workers; it never panics. A long run:
+/// `PROPTEST_CASES=100000 cargo test -p flockd-clearml --lib client::source::proptests`.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Any JSON value, a few levels deep, with numbers at their extremes.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,40}".prop_map(Value::from),
+            timestamp().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map(field(), inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// The names the decoders read, and others.
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "id",
+                "name",
+                "entries",
+                "task",
+                "added",
+                "queues",
+                "register_time",
+                "last_activity_time",
+            ])
+            .prop_map(str::to_string),
+            "[a-z_]{1,12}",
+        ]
+    }
+
+    /// Timestamps near and far from valid: any year, offsets, fractions.
+    fn timestamp() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![4 => 1900i32..2100, 1 => 0i32..10_000, 1 => any::<i32>()],
+            0u32..14,
+            0u32..33,
+            0u32..25,
+            0u32..61,
+            0u32..62,
+            "(\\.[0-9]{0,12})?",
+            "(Z|[+-][0-9]{2}:[0-9]{2})?",
+        )
+            .prop_map(|(y, mo, d, h, mi, s, frac, tz)| format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{tz}"))
+    }
+
+    /// Mostly what the field should hold (so whole answers decode and reach
+    /// the arithmetic), sometimes anything.
+    fn mostly(typical: impl Strategy<Value = Value> + 'static) -> impl Strategy<Value = Value> {
+        prop_oneof![4 => typical, 1 => any_json()]
+    }
+
+    fn text() -> impl Strategy<Value = Value> {
+        prop_oneof![".{0,24}".prop_map(Value::from), "[ -~]{0,12}".prop_map(Value::from)]
+    }
+
+    fn entry() -> impl Strategy<Value = Value> {
+        (mostly(text()), mostly(timestamp().prop_map(Value::from)), any::<bool>()).prop_map(
+            |(task, added, with_added)| {
+                let mut m = serde_json::Map::new();
+                m.insert("task".into(), task);
+                if with_added {
+                    m.insert("added".into(), added);
+                }
+                Value::Object(m)
+            },
+        )
+    }
+
+    fn queue() -> impl Strategy<Value = Value> {
+        (mostly(text()), mostly(text()), mostly(prop::collection::vec(entry(), 0..8).prop_map(Value::from)))
+            .prop_map(|(id, name, entries)| json!({"id": id, "name": name, "entries": entries}))
+    }
+
+    fn id_name() -> impl Strategy<Value = Value> {
+        (mostly(text()), mostly(text())).prop_map(|(id, name)| json!({"id": id, "name": name}))
+    }
+
+    fn worker() -> impl Strategy<Value = Value> {
+        (
+            mostly(text()),
+            prop_oneof![Just(Value::Null), id_name(), any_json()],
+            mostly(prop::collection::vec(id_name(), 0..4).prop_map(Value::from)),
+            mostly(timestamp().prop_map(Value::from)),
+        )
+            .prop_map(|(id, task, queues, registered)| {
+                json!({"id": id, "task": task, "queues": queues, "register_time": registered})
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn queue_answers_never_panic(
+            queue in queue(),
+            // The clock is ours; the timestamps are the server's.
+            now in 0i64..=4_102_444_800_000,
+        ) {
+            if let Ok(info) = serde_json::from_value::<QueueInfo>(queue) {
+                let state = queue_state(&info, now);
+                prop_assert_eq!(state.pending as usize, info.entries.len());
+            }
+        }
+
+        #[test]
+        fn worker_answers_never_panic(worker in worker()) {
+            if let Ok(info) = serde_json::from_value::<WorkerInfo>(worker) {
+                let w = to_worker(&info);
+                prop_assert!(!w.id.contains('\n'), "{:?}", w.id);
+            }
+        }
+
+        #[test]
+        fn any_timestamp_text_parses_or_is_refused(text in prop_oneof![timestamp(), ".{0,40}"]) {
+            let _ = parse_time(&text);
+        }
+
+        #[test]
+        fn any_envelope_decodes_or_is_refused(body in any_json()) {
+            let text = json!({"meta": {"result_code": 200}, "data": body}).to_string();
+            let _ = serde_json::from_str::<crate::wire::Envelope<Value>>(&text);
+        }
+    }
+}
