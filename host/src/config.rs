@@ -959,7 +959,11 @@ mod proptests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4096))]
+        // Cheap cases and a narrow target (one edit among ~50 lines): many
+        // of them, unless PROPTEST_CASES asks for a number.
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(4096)
+        ))]
 
         #[test]
         fn a_mangled_config_loads_or_says_where_it_is_wrong(
