@@ -190,6 +190,7 @@ pub(crate) fn cloud_instance(instance: &Instance) -> Option<CloudInstance> {
         state,
         launched_at: instance.launch_time().and_then(|t| t.to_millis().ok()).map_or(0, |ms| ms.max(0) as u64),
         launch_key: tag_value(instance, tags::LAUNCH_KEY).map(str::to_owned),
+        failure: None,
     })
 }
 

@@ -127,7 +127,7 @@ impl RunCall {
             error: ProviderError::Other("RunInstances answered without an instance".to_owned()),
         })?;
         // The answer need not echo the tags; we know what we asked for.
-        Ok(CloudInstance { resource: self.resource, launch_key: Some(self.launch_key), ..launched })
+        Ok(CloudInstance { resource: self.resource, launch_key: Some(self.launch_key), failure: None, ..launched })
     }
 }
 

@@ -344,10 +344,10 @@ impl Controller {
                 Some(reconciled)
             }
         };
-        let (snapshot, unlisted, stopped, listed_by) = match reconciled {
+        let (snapshot, unlisted, to_delete, listed_by) = match reconciled {
             Some(r) => {
                 record.foreign_machines = r.foreign;
-                (Some(r.snapshot), r.unlisted, r.stopped, r.listed_by)
+                (Some(r.snapshot), r.unlisted, r.to_delete, r.listed_by)
             }
             None => (None, Unlisted::default(), Vec::new(), BTreeMap::new()),
         };
@@ -404,7 +404,7 @@ impl Controller {
             // Launches may have taken a while: on an old picture, leave the
             // stopped machines for the next tick (someone may have restarted one).
             if self.still_fresh(now) {
-                self.delete_stopped(state, &by_id, &listed_by, &stopped, now, &mut record).await;
+                self.delete_on_its_own(state, &by_id, &listed_by, &to_delete, now, &mut record).await;
             }
         }
 
@@ -753,32 +753,38 @@ impl Controller {
     }
 
     /// Machines that powered off by themselves (the bootstrap powers a machine
-    /// off when its agent exits) run no agent but keep their disks and a
-    /// slot: delete them. A host rule, not a policy's: no plugin can forget
-    /// it, and it needs no worker re-check (nothing runs there).
-    async fn delete_stopped(
+    /// off when its agent exits) or that the cloud reports failed (a pod
+    /// that cannot be scheduled) run no agent but bill and hold a slot:
+    /// delete them. A host rule, not a policy's: no plugin can forget it,
+    /// and it needs no worker re-check (no agent runs there; a failed
+    /// machine whose worker is busy is not in the list).
+    async fn delete_on_its_own(
         &self,
         state: &mut HostState,
         by_id: &InstancesById<'_>,
         listed_by: &BTreeMap<String, String>,
-        stopped: &[String],
+        to_delete: &[crate::ledger::Deletion],
         now: Millis,
         record: &mut TickRecord,
     ) {
-        for id in stopped {
+        for deletion in to_delete {
+            let id = &deletion.instance;
             let Some(instance) = by_id.get(id.as_str()).copied() else { continue };
-            let t = Termination {
-                instance: id.clone(),
-                cause: TerminationCause::Other,
-                reason: "powered off (its agent exited): deleting it so it stops billing".into(),
+            let reason = match &deletion.failure {
+                Some(f) => format!("the cloud reports it failed ({}): deleting it", f.message),
+                None => "powered off (its agent exited): deleting it so it stops billing".into(),
             };
+            let t = Termination { instance: id.clone(), cause: TerminationCause::Other, reason };
             let outcome = if self.config.dry_run {
                 Outcome::Skipped
             } else {
                 let worker_id = naming::worker_id(&self.config.cluster, &instance.resource, &instance.id);
                 let outcome = self.terminate(state, listed_by, instance, &t, now, &worker_id).await;
-                if matches!(outcome, Outcome::Failed(_)) {
-                    Ledger::new(&self.config).deletion_failed(state, id, now);
+                let ledger = Ledger::new(&self.config);
+                match (&outcome, &deletion.failure) {
+                    (Outcome::Failed(_), _) => ledger.deletion_failed(state, id, now),
+                    (Outcome::Done, Some(failure)) => ledger.machine_failed(state, instance, failure, now),
+                    _ => {}
                 }
                 outcome
             };

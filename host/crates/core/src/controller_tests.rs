@@ -534,3 +534,27 @@ async fn a_launch_intent_is_written_on_its_own_and_an_idle_tick_writes_nothing()
     let last: Vec<RecordKind> = writes.last().unwrap().iter().map(|w| w.key().kind).collect();
     assert_eq!(last, vec![RecordKind::Tick], "{:?}", writes.last());
 }
+
+/// Guard: a machine the cloud reports failed after it was made (a pod that
+/// cannot be scheduled) is deleted by the host and its failure counts
+/// against its resource (ledger `reconcile` → `to_delete`, controller
+/// `delete_on_its_own`, ledger `machine_failed`) — unless its worker runs a
+/// task. Without it the machine would count as booting until
+/// spin-up-timeout gave up on it, holding its slot and billing.
+#[tokio::test(start_paused = true)]
+async fn a_machine_the_cloud_reports_failed_is_deleted_and_counts_as_a_failure() {
+    let f = Fixture::new(2);
+    let ids = f.idle_fleet(2).await;
+    f.queues.set_task(&worker_of(&ids[1]), Some("t1"));
+    let failure = |m: &str| crate::provider::MachineFailure { kind: FailureKind::Capacity, message: m.into() };
+    f.cloud.fail_machine(&ids[0], failure("0/3 nodes are available: insufficient nvidia.com/gpu"));
+    f.cloud.fail_machine(&ids[1], failure("evicted"));
+    let controller = f.controller(|_: &Snapshot| Plan::default()).await;
+    ticks(&controller, 1).await;
+    assert_eq!(f.cloud.terminated(), vec![ids[0].clone()], "the failed machine goes; the busy one stays");
+    ticks(&controller, 1).await;
+    let (snapshot, _) = controller.last().unwrap();
+    let failures: Vec<(&str, FailureKind)> = snapshot.failures.iter().map(|f| (f.resource.as_str(), f.kind)).collect();
+    assert_eq!(failures, vec![("a", FailureKind::Capacity)], "{:?}", snapshot.failures);
+    assert!(snapshot.failures[0].message.contains("insufficient nvidia.com/gpu"));
+}

@@ -13,7 +13,7 @@ use crate::controller::ControllerConfig;
 use crate::guardrails::Unlisted;
 use crate::model::*;
 use crate::naming;
-use crate::provider::{CloudInstance, CloudState, ProviderError};
+use crate::provider::{CloudInstance, CloudState, MachineFailure, ProviderError};
 use crate::queue_source::{QueueObservation, Worker};
 use crate::store::{HostState, LaunchIntent, RecentLaunch, RememberedScope};
 
@@ -36,8 +36,8 @@ pub struct Reconciled {
     pub snapshot: Snapshot,
     /// Machines that count against the caps but are not in the snapshot.
     pub unlisted: Unlisted,
-    /// Machines that powered off: the host deletes them.
-    pub stopped: Vec<String>,
+    /// Machines the host deletes on its own: powered off, or failed.
+    pub to_delete: Vec<Deletion>,
     /// Workers registered under this cluster whose machine is gone: they
     /// are not capacity, and the queue source is told to forget them
     /// (prior-art #4). Sorted.
@@ -47,6 +47,16 @@ pub struct Reconciled {
     pub foreign: Vec<String>,
     /// Instance id → the provider that listed it.
     pub listed_by: BTreeMap<String, String>,
+}
+
+/// A machine the host deletes without a policy asking: it runs no agent and
+/// never will, yet bills and holds a slot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Deletion {
+    pub instance: String,
+    /// What the cloud reported, for a machine that failed after it was
+    /// made; none for one that powered itself off.
+    pub failure: Option<MachineFailure>,
 }
 
 /// How long a key this store wrote is remembered after it was last listed
@@ -138,6 +148,7 @@ impl<'c> Ledger<'c> {
                     state: CloudState::Pending,
                     launched_at: l.at,
                     launch_key: Some(l.key.clone()),
+                    failure: None,
                 },
             );
         }
@@ -175,15 +186,24 @@ impl<'c> Ledger<'c> {
         // search per instance is most of the tick.
         let prices: HashMap<&str, f64> = config.resources.iter().map(|r| (r.name.as_str(), r.price_per_hour)).collect();
         let mut instances = Vec::with_capacity(cloud.len());
-        let mut stopped = Vec::new();
+        let mut to_delete = Vec::new();
         let mut cost = 0.0;
         for (id, c) in &cloud {
             let worker = ours.get(id);
             let mut launched_at = c.launched_at;
-            if c.state == CloudState::Stopped && !state.terminating.contains_key(id) {
-                stopped.push(id.clone());
+            // A failed machine whose worker runs a task after all is left
+            // alone: no busy worker is killed on the cloud's word.
+            let failed = c.failure.as_ref().filter(|_| worker.is_none_or(|w| w.task.is_none()));
+            if !state.terminating.contains_key(id) {
+                if c.state == CloudState::Stopped {
+                    to_delete.push(Deletion { instance: id.clone(), failure: None });
+                } else if let Some(f) = failed {
+                    tracing::warn!(instance = %id, resource = %c.resource, "the cloud reports it failed: {}", f.message);
+                    to_delete.push(Deletion { instance: id.clone(), failure: Some(f.clone()) });
+                }
             }
             let state_now = if matches!(c.state, CloudState::Stopping | CloudState::Stopped)
+                || failed.is_some()
                 || state.terminating.contains_key(id)
             {
                 InstanceState::Stopping
@@ -274,7 +294,7 @@ impl<'c> Ledger<'c> {
                 unmanaged_cost_per_hour: unmanaged_cost,
                 launching,
             },
-            stopped,
+            to_delete,
             zombie_workers,
             foreign,
             listed_by: observed.listed_by,
@@ -484,6 +504,18 @@ impl<'c> Ledger<'c> {
     pub fn deletion_failed(&self, state: &mut HostState, instance: &str, now: Millis) {
         state.terminating.insert(instance.to_string(), now);
     }
+
+    /// A machine the cloud reported failed is deleted: its failure counts
+    /// against its resource, so policies (spin-up-timeout's breaker,
+    /// scale-up's fallback) steer to another one.
+    pub fn machine_failed(&self, state: &mut HostState, instance: &Instance, failure: &MachineFailure, now: Millis) {
+        state.failures.push(Failure {
+            resource: instance.resource.clone(),
+            kind: failure.kind,
+            at: now,
+            message: format!("{}: {}", instance.id, failure.message),
+        });
+    }
 }
 
 #[cfg(test)]
@@ -516,6 +548,7 @@ mod tests {
             state: CloudState::Running,
             launched_at: 0,
             launch_key: key.map(str::to_string),
+            failure: None,
         }
     }
 

@@ -25,7 +25,9 @@ pub use decider::{Decider, Decision, PolicyRun};
 pub use guardrails::HardLimits;
 pub use journal::{Action, Outcome, TickRecord};
 pub use model::*;
-pub use provider::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError, ProviderScope};
+pub use provider::{
+    CloudInstance, CloudProvider, CloudState, LaunchRequest, MachineFailure, ProviderError, ProviderScope,
+};
 pub use provider_layers::{Measured, ProviderCall, ProviderCallSink, Retrying, ThrottleBackoff, Timed};
 pub use queue_source::{QueueObservation, QueueSource, QueueState, SourceError, Worker};
 pub use store::{HostState, JournalQuery, MemoryStore, StateStore};

@@ -45,6 +45,20 @@ pub struct CloudInstance {
     pub launched_at: Millis,
     /// The idempotency key it was launched with, if the cloud kept it.
     pub launch_key: Option<String>,
+    /// Why a machine the cloud made will never run its agent, when the cloud
+    /// says so after the create succeeded (a Kubernetes pod that cannot be
+    /// scheduled or cannot pull its image, a VM stuck in a failed state).
+    /// The host records it as a failure of its resource, so policies steer
+    /// away, and deletes the machine.
+    #[serde(default)]
+    pub failure: Option<MachineFailure>,
+}
+
+/// A failure the cloud reports for a machine it made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MachineFailure {
+    pub kind: FailureKind,
+    pub message: String,
 }
 
 /// Where a provider's machines live, as far as its listing goes: two

@@ -233,6 +233,7 @@ mod tests {
             state: CloudState::Pending,
             launched_at: 0,
             launch_key: Some("k".into()),
+            failure: None,
         }
     }
 

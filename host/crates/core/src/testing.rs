@@ -62,6 +62,14 @@ impl FakeCloud {
         FakeCloud { clock: Some(clock), ..Default::default() }
     }
 
+    /// The machine is listed as failed from now on (a pod that cannot be
+    /// scheduled).
+    pub fn fail_machine(&self, id: &str, failure: crate::provider::MachineFailure) {
+        if let Some(m) = self.inner.lock().unwrap().machines.get_mut(id) {
+            m.failure = Some(failure);
+        }
+    }
+
     /// Its instance ids start with `prefix`.
     pub fn with_ids(mut self, prefix: &str) -> Self {
         self.id_prefix = prefix.to_string();
@@ -122,6 +130,7 @@ impl FakeCloud {
             state: CloudState::Running,
             launched_at: now,
             launch_key: Some(request.idempotency_key.clone()),
+            failure: None,
         };
         m.by_key.insert(request.idempotency_key.clone(), id.clone());
         m.machines.insert(id.clone(), instance.clone());

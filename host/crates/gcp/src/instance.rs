@@ -150,5 +150,6 @@ pub fn cloud_instance(instance: &Instance) -> Option<CloudInstance> {
         state,
         launched_at,
         launch_key: metadata_value(instance, META_LAUNCH_KEY).map(str::to_owned),
+        failure: None,
     })
 }

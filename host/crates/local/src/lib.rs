@@ -184,6 +184,7 @@ fn instance_of(record: &MachineRecord) -> CloudInstance {
         state: CloudState::Running,
         launched_at: record.launched_at,
         launch_key: Some(record.launch_key.clone()),
+        failure: None,
     }
 }
 

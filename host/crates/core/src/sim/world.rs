@@ -412,6 +412,7 @@ impl SimWorld {
             state: CloudState::Pending,
             launched_at: now,
             launch_key: Some(request.idempotency_key.clone()),
+            failure: None,
         };
         w.launched_by_key.insert(request.idempotency_key.clone(), instance.clone());
         Ok(instance)
@@ -435,6 +436,7 @@ impl SimWorld {
                 },
                 launched_at: i.launched_at,
                 launch_key: Some(i.launch_key.clone()),
+                failure: None,
             })
             .collect())
     }
