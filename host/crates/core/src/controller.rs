@@ -135,8 +135,8 @@ pub struct Controller {
     config: ControllerConfig,
     seams: Seams,
     state: tokio::sync::Mutex<HostState>,
-    /// The records as the store last took them: a save writes only what
-    /// differs. Touched only while `state` is locked.
+    /// The state as the store last took it: a save writes only the records
+    /// that differ. Touched only while `state` is locked.
     saved: Mutex<HostState>,
     last: Mutex<Option<(Arc<Snapshot>, Arc<TickRecord>)>>,
     ready: AtomicBool,
