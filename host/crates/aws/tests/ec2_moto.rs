@@ -3,8 +3,6 @@
 //! idempotency, which moto itself lacks).
 
 mod moto;
-#[path = "../../../../tests/contract/provider_contract.rs"]
-mod provider_contract;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -13,9 +11,9 @@ use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
 use base64::Engine;
 use flockd_aws::{AwsCredentialRefs, AwsProvider, AwsProviderConfig, AwsResourceConfig, Market, SecretRef};
 use flockd_core::naming::{self, tags};
+use flockd_core::testing::provider_contract::{request, run_contract, wait_until_gone};
 use flockd_core::{CloudProvider, ProviderError};
 use moto::Moto;
-use provider_contract::{request, run_contract, wait_until_gone};
 use serde_json::json;
 
 const CLUSTER: &str = "test";

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod provider_contract;
+
 use crate::clock::Clock;
 use crate::provider::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError};
 use crate::queue_source::{QueueObservation, QueueSource, QueueState, SourceError, Worker};
@@ -51,6 +53,9 @@ struct CloudMachines {
     made: u32,
     machines: BTreeMap<String, CloudInstance>,
     by_key: HashMap<String, String>,
+    /// Instance id → the cluster it was launched for: a listing shows only
+    /// its own cluster's machines, as a real cloud's tag filter does.
+    cluster_of: HashMap<String, String>,
     /// Made but not listed yet (an eventually consistent listing).
     hidden: HashSet<String>,
     hide_new: bool,
@@ -133,6 +138,7 @@ impl FakeCloud {
             failure: None,
         };
         m.by_key.insert(request.idempotency_key.clone(), id.clone());
+        m.cluster_of.insert(id.clone(), request.cluster.clone());
         m.machines.insert(id.clone(), instance.clone());
         if m.hide_new {
             m.hidden.insert(id);
@@ -159,11 +165,12 @@ impl CloudProvider for FakeCloud {
         }
     }
 
-    async fn list(&self, _cluster: &str) -> Result<Vec<CloudInstance>, ProviderError> {
+    async fn list(&self, cluster: &str) -> Result<Vec<CloudInstance>, ProviderError> {
         let m = self.inner.lock().unwrap();
         Ok(m.machines
             .values()
             .filter(|i| i.state != CloudState::Terminated && !m.hidden.contains(&i.id))
+            .filter(|i| m.cluster_of.get(&i.id).is_some_and(|c| c == cluster))
             .cloned()
             .collect())
     }

@@ -2,16 +2,14 @@
 //! (tests/fake_gce), through the real google-cloud-compute-v1 client.
 
 mod fake_gce;
-#[path = "../../../../tests/contract/provider_contract.rs"]
-mod provider_contract;
 
 use std::collections::{BTreeMap, HashMap};
 
 use fake_gce::{FakeGce, Fault, FaultKind};
 use flockd_core::naming::{self, tags};
+use flockd_core::testing::provider_contract::{request, run_contract, wait_until_gone};
 use flockd_core::{CloudProvider, ProviderError};
 use flockd_gcp::{GcpAccelerator, GcpProvider, GcpProviderConfig, GcpResourceConfig, Provisioning};
-use provider_contract::{request, run_contract, wait_until_gone};
 
 const PROJECT: &str = "flockd-test";
 const CLUSTER: &str = "test";

@@ -1,16 +1,13 @@
 //! The local provider against real processes.
 
-#[path = "../../../../tests/contract/provider_contract.rs"]
-mod provider_contract;
-
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use flockd_core::testing::provider_contract::{request, run_contract, wait_until_gone};
 use flockd_core::{CloudProvider, ProviderError, naming};
 use flockd_local::{LocalProvider, LocalProviderConfig, LocalResourceConfig};
-use provider_contract::{request, run_contract, wait_until_gone};
 
 const CLUSTER: &str = "test";
 

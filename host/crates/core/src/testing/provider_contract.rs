@@ -1,10 +1,11 @@
-//! The contract every `flockd_core::CloudProvider` meets, as one async
-//! function each provider crate's tests call with its own provider (included
-//! with `#[path = "../../../../tests/contract/provider_contract.rs"] mod provider_contract;`).
+//! The contract every [`CloudProvider`] meets, as one async function each
+//! provider crate's tests call with its own provider (a dev-dependency on
+//! `flockd-core` with `features = ["testing"]`), and the fake cloud here
+//! meets too: a test on the fake proves nothing a real provider breaks.
 
 use std::time::Duration;
 
-use flockd_core::{CloudProvider, CloudState, LaunchRequest};
+use crate::provider::{CloudProvider, CloudState, LaunchRequest};
 
 pub fn request(cluster: &str, resource: &str, key: &str) -> LaunchRequest {
     LaunchRequest {
@@ -57,5 +58,19 @@ pub async fn wait_until_gone(provider: &dyn CloudProvider, cluster: &str, instan
         }
         assert!(tokio::time::Instant::now() < deadline, "{instance_id} still listed: {listed:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::clock::ManualClock;
+    use crate::testing::FakeCloud;
+
+    #[tokio::test]
+    async fn the_fake_cloud_keeps_the_provider_contract() {
+        let cloud = FakeCloud::new(Arc::new(ManualClock::new(1_767_225_600_000)));
+        super::run_contract(&cloud, "contract", "a").await;
     }
 }
