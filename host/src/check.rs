@@ -325,8 +325,8 @@ impl Checker<'_> {
                 }
             }
             ProviderKind::Simulated => {
-                self.settings::<flockd_core::sim::SimProviderSettings>(name, entry);
-                for (resource, settings) in self.resource_settings::<flockd_core::sim::SimResourceSettings>(config, name, entry.kind) {
+                self.settings::<flockd_sim::SimProviderSettings>(name, entry);
+                for (resource, settings) in self.resource_settings::<flockd_sim::SimResourceSettings>(config, name, entry.kind) {
                     if let Err(e) = settings.validate() {
                         self.error(&["resource", &resource, "simulated"], format!("[resource.{resource}.simulated] {e}"));
                     }

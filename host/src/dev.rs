@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use flockd_clearml::secret::{Secret, SecretRef};
 use flockd_clearml::server::{ClearmlServer, ServerConfig};
-use flockd_core::sim::{Agents, PulledTask, SimWorld};
 use flockd_core::{InstanceState, QueueSource, SystemClock};
+use flockd_sim::{Agents, PulledTask, SimWorld};
 use serde_json::json;
 
 use crate::config::ProviderKind;

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use flockd_core::sim::{SimProviderSettings, SimQueue, SimResourceSettings, SimWorld};
 use flockd_core::{
     Clock, CloudProvider, Controller, Decider, Decision, ManualClock, MemoryStore, Millis, Seams, Snapshot, naming,
 };
+use flockd_sim::{SimProviderSettings, SimQueue, SimResourceSettings, SimWorld};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ProviderKind};
@@ -364,7 +364,7 @@ impl Report {
     fn build(config: &Config, queue: &SimQueue, world: &SimWorld, end: Millis, ticks: u64, ended: Ended) -> Report {
         let stats = world.stats(end);
         let tasks = queue.tasks();
-        let started_on = |t: &flockd_core::sim::TaskRecord| {
+        let started_on = |t: &flockd_sim::TaskRecord| {
             t.first_started
                 .as_ref()
                 .and_then(|(_, w)| naming::parse_worker_id(&config.cluster, w))

@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flockd_core::sim::{SimProviderSettings, SimQueue, SimResourceSettings, SimWorld};
 use flockd_core::{
     CloudInstance, CloudProvider, Controller, ControllerConfig, HardLimits, LaunchRequest, ManualClock, Market,
     MemoryStore, Millis, ProviderError, QueueSpec, ResourceSpec, Seams, SystemClock,
 };
+use flockd_sim::{SimProviderSettings, SimQueue, SimResourceSettings, SimWorld};
 use flockd_wasm::{CallLimits, PolicyEngine, PolicyRuntime, PolicySpec};
 
 const T0: Millis = 1_767_225_600_000;

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use flockd_core::sim::{Agents, Outage, OutageError, SimProviderSettings, SimQueue, SimResourceSettings, SimWorld};
 use flockd_core::{
     Action, Clock, CloudProvider, Controller, ControllerConfig, Decider, HardLimits, JournalQuery, ManualClock, Market,
     MemoryStore, Millis, Outcome, ProviderError, QueueObservation, QueueSource, QueueSpec, ResourceSpec, Seams,
     SourceError, StateStore, TickRecord, Worker, naming,
 };
+use flockd_sim::{Agents, Outage, OutageError, SimProviderSettings, SimQueue, SimResourceSettings, SimWorld};
 use flockd_wasm::{CallLimits, PolicyEngine, PolicyRuntime, PolicySpec};
 
 const T0: Millis = 1_767_225_600_000;

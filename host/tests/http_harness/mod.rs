@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use flockd::config::Config;
 use flockd::http::HttpServer;
-use flockd_core::sim::{SimProviderSettings, SimQueue, SimResourceSettings, SimWorld};
 use flockd_core::{Clock, CloudProvider, Controller, QueueSource, SystemClock};
+use flockd_sim::{SimProviderSettings, SimQueue, SimResourceSettings, SimWorld};
 use flockd_wasm::PolicyRuntime;
 
 /// One queue `cpu` served by resource `cpu` on a simulated provider whose

@@ -13,7 +13,6 @@ pub mod naming;
 pub mod provider;
 pub mod provider_layers;
 pub mod queue_source;
-pub mod sim;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -11,12 +11,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
-use crate::clock::Clock;
-use crate::model::Millis;
-use crate::naming;
-use crate::provider::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError};
-use crate::sim::queue::Agents;
-use crate::sim::settings::{OutageError, SimProviderSettings, SimResourceSettings};
+use crate::queue::Agents;
+use crate::settings::{OutageError, SimProviderSettings, SimResourceSettings};
+use flockd_core::Clock;
+use flockd_core::Millis;
+use flockd_core::naming;
+use flockd_core::{CloudInstance, CloudProvider, CloudState, LaunchRequest, ProviderError};
 
 /// What happened to one resource's machines so far.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -190,7 +190,7 @@ impl SimWorld {
     }
 
     /// Steps the world every `every` on the runtime this is called from
-    /// (real-time mode: build the world on a [`crate::SystemClock`]). Abort
+    /// (real-time mode: build the world on a [`flockd_core::SystemClock`]). Abort
     /// the handle to stop.
     pub fn spawn_stepper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let world = self.clone();

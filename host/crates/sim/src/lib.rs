@@ -1,11 +1,11 @@
 //! A simulated cloud and queue server on a clock someone else moves.
 //!
 //! [`SimWorld`] holds every simulated machine. Its [`SimCloud`] handles are
-//! the [`crate::CloudProvider`]s; what the agent on a booted machine does
+//! the [`flockd_core::CloudProvider`]s; what the agent on a booted machine does
 //! goes through [`Agents`], which [`SimQueue`] implements together with
-//! [`crate::QueueSource`] (another implementation can put a real queue
+//! [`flockd_core::QueueSource`] (another implementation can put a real queue
 //! server behind the same machines). Nothing moves until [`SimWorld::step`]:
-//! a replay sets a [`crate::ManualClock`] and steps between ticks; real-time
+//! a replay sets a [`flockd_core::ManualClock`] and steps between ticks; real-time
 //! mode uses the system clock and [`SimWorld::spawn_stepper`].
 //!
 //! Same settings, same seed, same calls at the same clock readings: same

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use crate::clock::Clock;
-use crate::model::Millis;
-use crate::queue_source::{QueueObservation, QueueSource, QueueState, SourceError, Worker};
+use flockd_core::Clock;
+use flockd_core::Millis;
+use flockd_core::{QueueObservation, QueueSource, QueueState, SourceError, Worker};
 
 /// What the agent on a simulated machine does, against whatever plays the
 /// queue server: [`SimQueue`] in simulations and tests, the in-process
