@@ -249,3 +249,75 @@ pub fn resource_settings<T: DeserializeOwned>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use flockd_core::store::RememberedScope;
+    use flockd_core::{CloudState, LaunchRequest};
+
+    use super::*;
+
+    fn config(dir: &std::path::Path, state_dir: &str) -> Config {
+        let text = format!(
+            r#"
+cluster = "moved"
+[limits]
+max-instances = 2
+max-cost-per-hour = 1.0
+[[queue]]
+name = "cpu"
+resources = ["agent"]
+[provider.local]
+kind = "local"
+state-dir = "{state_dir}"
+terminate-grace-ms = 500
+[resource.agent]
+provider = "local"
+max-instances = 2
+[resource.agent.local]
+command = "/bin/sleep"
+args = ["30"]
+"#
+        );
+        Config::parse(&text, &dir.join("flockd.toml")).unwrap()
+    }
+
+    /// Guard (issue 10, hole 3, for the local provider): a machine started
+    /// under one `state-dir` is still listed — and terminated — through the
+    /// provider built from the remembered scope once the config names
+    /// another state-dir. The scope's place is the resolved path, so where
+    /// flockd is started from does not matter.
+    #[tokio::test]
+    async fn a_moved_state_dir_is_still_listed_and_its_machines_terminated() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = config(dir.path(), "machines-a");
+        let scripts = HashMap::new();
+        let providers = build(&before, &scripts, ProviderMap::new()).await.unwrap();
+        let request = LaunchRequest {
+            cluster: "moved".into(),
+            resource: "agent".into(),
+            queues: vec!["cpu".into()],
+            idempotency_key: "k1".into(),
+        };
+        let machine = providers.configured["local"].launch(&request).await.unwrap();
+        let scope = scopes(&before).remove("local").unwrap();
+        let resolved = dir.path().join("machines-a").display().to_string();
+        assert_eq!(scope.place, format!("state-dir {resolved}"));
+
+        let mut state = HostState::default();
+        state.scopes.insert(scope.key(), RememberedScope { provider: "local".into(), scope, since: 0 });
+        let after = config(dir.path(), "machines-b");
+        let old_scopes = retired(&state, &scopes(&after)).await.unwrap();
+        assert_eq!(old_scopes.len(), 1, "the old state-dir is retired: {:?}", old_scopes.keys().collect::<Vec<_>>());
+        let (_, old) = old_scopes.values().next().unwrap();
+        let listed = old.list("moved").await.unwrap();
+        assert_eq!(listed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec![machine.id.as_str()]);
+        old.terminate(&machine.id).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while old.list("moved").await.unwrap().iter().any(|i| i.state != CloudState::Terminated) {
+            assert!(std::time::Instant::now() < deadline, "the old state-dir's machine was not terminated");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(retired(&state, &scopes(&before)).await.unwrap().is_empty(), "a configured scope is not retired");
+    }
+}
