@@ -316,6 +316,54 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// toml's message, made to say which key and what to write: a wrong type
+/// names the key it was given for; a missing top-level section or field
+/// says what it is for and shows a minimal one.
+fn explain_parse_error(text: &str, span: Option<std::ops::Range<usize>>, message: &str) -> String {
+    if let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+        let hint = match field {
+            "cluster" => {
+                "cluster names this flockd's fleet and tags every machine it launches: add e.g. cluster = \"ml\" at the top of the file"
+            }
+            "limits" => {
+                "[limits] caps the whole fleet, whatever the policies ask: add e.g.\n  [limits]\n  max-instances = 10\n  max-cost-per-hour = 25.0"
+            }
+            "max-instances" => {
+                "max-instances is the most machines this section allows at once: add e.g. max-instances = 4"
+            }
+            "max-cost-per-hour" => {
+                "max-cost-per-hour is what the whole fleet may cost per hour at most: add e.g. max-cost-per-hour = 25.0"
+            }
+            "provider" => {
+                "provider names the [provider.NAME] section that launches this resource's machines: add e.g. provider = \"aws\""
+            }
+            "kind" => "kind says what launches machines: \"aws\", \"gcp\", \"local\" or \"simulated\"",
+            "name" => {
+                "add a name: a [[queue]]'s is its ClearML queue's (e.g. name = \"gpu\"), a [[policy]]'s a built-in's or its component's (e.g. name = \"idle\")"
+            }
+            "resources" => {
+                "every [[queue]] lists the resources that serve it, most preferred first: add e.g. resources = [\"gpu-spot\", \"gpu-on-demand\"]"
+            }
+            _ => return format!("{message}: add `{field} = …` here"),
+        };
+        return format!("{message}: {hint}");
+    }
+    if message.starts_with("invalid type") || message.starts_with("invalid value") {
+        // The key is on the line the value's span starts on.
+        let key = span.and_then(|s| {
+            let line_start = text[..s.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+            let (key, _) = text[line_start..].split_once('=')?;
+            let key = key.trim();
+            (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "-_.\"".contains(c)))
+                .then(|| key.to_string())
+        });
+        if let Some(key) = key {
+            return format!("{key}: {message}");
+        }
+    }
+    message.to_string()
+}
+
 /// Every problem found in one config file, in file order.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -369,7 +417,7 @@ impl Config {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
             file: file.clone(),
             at: e.span().map(|s| crate::toml_location::at_offset(text, s.start)),
-            message: e.message().trim_end().to_string(),
+            message: explain_parse_error(text, e.span(), e.message().trim_end()),
         })?;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let errors: Vec<ConfigError> = config
