@@ -473,6 +473,39 @@ pub mod contract {
         assert!(b.changes_since(&b).is_empty());
     }
 
+    /// Guard: every field of the host state is a record kind, and a state
+    /// with every field set survives records and back. A field added to
+    /// `HostState` without its record would silently not be kept.
+    #[test]
+    fn every_field_of_the_host_state_is_kept_as_records() {
+        let fields = serde_json::to_value(HostState::default()).unwrap().as_object().unwrap().len();
+        assert_eq!(fields, RecordKind::ALL.len(), "a HostState field without a RecordKind (or the reverse)");
+        let scope = ProviderScope { kind: "aws".into(), place: "region r".into(), settings: "{}".into() };
+        let mut full = HostState { tick: 9, own_keys_complete: true, ..Default::default() };
+        full.idle_since.insert("i".into(), 1);
+        full.registered.insert("i".into());
+        full.last_boot_ok.insert("a".into(), 2);
+        full.failures.push(Failure { resource: "a".into(), kind: FailureKind::Quota, at: 3, message: "m".into() });
+        full.recent_launches.insert("i".into(), RecentLaunch { resource: "a".into(), at: 4, key: "k".into() });
+        full.terminating.insert("i".into(), 5);
+        full.worker_lost_since.insert("i".into(), 6);
+        full.launching.insert("k".into(), LaunchIntent { resource: "a".into(), at: 7 });
+        full.own_keys.insert("k".into(), 8);
+        full.last_prices.insert("a".into(), 1.5);
+        full.scopes.insert(scope.key(), RememberedScope { provider: "aws".into(), scope, since: 0 });
+        for (name, value) in serde_json::to_value(&full).unwrap().as_object().unwrap() {
+            assert_ne!(value, &serde_json::to_value(HostState::default()).unwrap()[name], "{name} left at its default");
+        }
+        let writes = full.records();
+        assert_eq!(writes.len(), 13, "{writes:?}");
+        let mut records = Records::new();
+        apply(&mut records, writes.clone());
+        assert_eq!(HostState::from_records(&records).unwrap(), full);
+        let mut taken = HostState::default();
+        taken.take_records(&full, writes.iter().map(StateChange::key));
+        assert_eq!(taken, full);
+    }
+
     #[tokio::test]
     async fn the_memory_store_keeps_the_contract() {
         run(MemoryStore::default(), |s| s).await;
