@@ -84,6 +84,10 @@ pub enum Command {
     },
     /// Replay a task trace through the real controller and policies against a simulated cloud; report cost and waits.
     Simulate(crate::simulate::SimulateArgs),
+    /// Why an instance was launched or terminated: every tick that acted on it, from the journal.
+    Why(crate::journal_cli::WhyArgs),
+    /// The latest decisions from the journal (what each tick did and why).
+    Decisions(crate::journal_cli::DecisionsArgs),
     /// Work with policy components: inspect, test against case files, export a built-in.
     #[command(subcommand)]
     Policy(crate::policy_cli::PolicyCommand),
@@ -127,6 +131,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Simulate(args) => crate::simulate::command(args),
         Command::Policy(cmd) => crate::policy_cli::run(cmd),
+        Command::Why(args) => runtime()?.block_on(crate::journal_cli::why(args)),
+        Command::Decisions(args) => runtime()?.block_on(crate::journal_cli::decisions(args)),
     }
 }
 

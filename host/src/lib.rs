@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod http;
+pub mod journal_cli;
 pub mod policy_cases;
 pub mod policy_cli;
 pub mod providers;

@@ -63,20 +63,35 @@ impl Default for JournalLimits {
     }
 }
 
+/// Why a store could not be opened, where a caller decides by it: one held
+/// by a running flockd can be asked through its API instead.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpenError {
+    #[error(
+        "cannot open {}: it is already open (another flockd with the same state-dir is running; give each its own)",
+        path.display()
+    )]
+    AlreadyOpen { path: std::path::PathBuf },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
 impl RedbStore {
-    pub fn open(dir: &Path, limits: JournalLimits) -> anyhow::Result<Self> {
+    pub fn open(dir: &Path, limits: JournalLimits) -> Result<Self, StoreOpenError> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create state dir {}: {e}", dir.display()))?;
         let path = dir.join("flockd.redb");
         let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
-                "cannot open {}: it is already open (another flockd with the same state-dir is running; give each its own)",
-                path.display()
-            ),
-            other => anyhow::anyhow!(
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreOpenError::AlreadyOpen { path: path.clone() },
+            other => StoreOpenError::Other(anyhow::anyhow!(
                 "cannot open {}: {other} (the file is damaged or not a flockd store: move it away to start afresh)",
                 path.display()
-            ),
+            )),
         })?;
+        Ok(Self::prepare(db, &path, limits)?)
+    }
+
+    /// Brings an opened file to this schema (upgrading it in place).
+    fn prepare(db: Database, path: &Path, limits: JournalLimits) -> anyhow::Result<Self> {
         let tx = db.begin_write()?;
         tx.open_table(JOURNAL)?;
         let found = {

@@ -334,11 +334,7 @@ pub async fn decisions(State(shared): State<Arc<Shared>>, Query(q): Query<Decisi
     let acted = q.acted;
     match store.journal(&query).await {
         Ok(records) => {
-            let records: Vec<TickRecord> = records
-                .into_iter()
-                .filter(|r| !acted || !r.actions.is_empty() || !r.clamps.is_empty() || r.observation_error.is_some())
-                .take(limit)
-                .collect();
+            let records: Vec<TickRecord> = records.into_iter().filter(|r| !acted || r.acted()).take(limit).collect();
             Json(records).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the journal: {e:#}\n")).into_response(),

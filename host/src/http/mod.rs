@@ -8,7 +8,7 @@
 //! charts' one-hour history. Loopback by default; any other address needs a
 //! token, so a fleet's picture is never open to a network by accident.
 
-mod api;
+pub(crate) mod api;
 mod auth;
 mod dashboard;
 pub mod history;

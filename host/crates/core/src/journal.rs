@@ -87,6 +87,12 @@ impl TickRecord {
         self.instances().any(|i| i == instance)
     }
 
+    /// Whether the tick did or tried anything, or saw nothing: what
+    /// "acted" filters on.
+    pub fn acted(&self) -> bool {
+        !self.actions.is_empty() || !self.clamps.is_empty() || self.observation_error.is_some()
+    }
+
     pub fn launched(&self) -> usize {
         self.actions.iter().filter(|a| matches!(a, Action::Launch { outcome: Outcome::Done, .. })).count()
     }
