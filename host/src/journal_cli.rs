@@ -48,6 +48,10 @@ pub struct DecisionsArgs {
     /// Only ticks that acted on this resource.
     #[arg(long)]
     pub resource: Option<String>,
+    /// Only ticks since then: a time (`2026-12-03T14:00:00Z`) or how long
+    /// ago (`90s`, `30m`, `2h`, `1d`).
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<Since>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
@@ -67,7 +71,8 @@ pub async fn why(args: WhyArgs) -> anyhow::Result<ExitCode> {
 /// `flockd decisions`: the latest ticks, filtered.
 pub async fn decisions(args: DecisionsArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
-    let filtered = args.acted || args.resource.is_some();
+    let filtered = args.acted || args.resource.is_some() || args.since.is_some();
+    let since = args.since.map(|s| s.unix_ms(chrono::Utc::now().timestamp_millis().max(0) as u64));
     let limit = args.limit.max(1);
     let query = JournalQuery { limit: if filtered { SCAN } else { limit }, instance: None };
     let records: Vec<TickRecord> = read(&config, &query, args.acted)
@@ -75,6 +80,7 @@ pub async fn decisions(args: DecisionsArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|r| !args.acted || r.acted())
         .filter(|r| args.resource.as_deref().is_none_or(|res| touches(r, res)))
+        .filter(|r| since.is_none_or(|since| r.at >= since))
         .take(limit)
         .collect();
     print(&records, args.format)
@@ -130,6 +136,43 @@ async fn from_api(config: &Config, query: &JournalQuery, acted: bool) -> anyhow:
     Ok(response.json().await?)
 }
 
+/// `--since`: a moment, or how long before now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    At(u64),
+    Ago(u64),
+}
+
+impl Since {
+    fn unix_ms(self, now: u64) -> u64 {
+        match self {
+            Since::At(at) => at,
+            Since::Ago(ms) => now.saturating_sub(ms),
+        }
+    }
+}
+
+fn parse_since(text: &str) -> Result<Since, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(Since::At(t.timestamp_millis().max(0) as u64));
+    }
+    let unit = |u: &str| match u {
+        "s" => Some(1_000u64),
+        "m" => Some(60_000),
+        "h" => Some(3_600_000),
+        "d" => Some(86_400_000),
+        _ => None,
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (n, u) = text.split_at(split);
+    match (n.parse::<u64>(), unit(u)) {
+        (Ok(n), Some(ms)) => Ok(Since::Ago(n.saturating_mul(ms))),
+        _ => {
+            Err(format!("{text:?} is neither a time (e.g. 2026-12-03T14:00:00Z) nor a duration ago (90s, 30m, 2h, 1d)"))
+        }
+    }
+}
+
 fn touches(record: &TickRecord, resource: &str) -> bool {
     record.actions.iter().any(|a| match a {
         Action::Launch { resource: r, .. } | Action::Terminate { resource: r, .. } => r == resource,
@@ -183,5 +226,20 @@ fn outcome_text(o: &Outcome) -> String {
         Outcome::Skipped => "dry run".into(),
         Outcome::Failed(e) => format!("failed: {e}"),
         Outcome::Refused(e) => format!("refused: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_a_time_or_a_duration_ago() {
+        assert_eq!(parse_since("90s"), Ok(Since::Ago(90_000)));
+        assert_eq!(parse_since("2h"), Ok(Since::Ago(7_200_000)));
+        assert_eq!(parse_since("1970-01-01T00:00:01Z"), Ok(Since::At(1_000)));
+        assert!(parse_since("yesterday").unwrap_err().contains("neither a time"));
+        assert!(parse_since("5").is_err() && parse_since("m").is_err());
+        assert_eq!(Since::Ago(500).unix_ms(1_000), 500);
     }
 }

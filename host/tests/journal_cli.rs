@@ -56,9 +56,10 @@ async fn why_and_decisions_read_the_store_of_a_stopped_flockd() {
     {
         let store = RedbStore::open(&dir.path().join("state"), JournalLimits::default()).unwrap();
         store.append(&launch(1, "i-1")).await.unwrap();
-        store.append(&TickRecord { tick: 2, ..Default::default() }).await.unwrap();
+        store.append(&TickRecord { tick: 2, at: 1_767_225_602_000, ..Default::default() }).await.unwrap();
         let idle = TickRecord {
             tick: 3,
+            at: 1_767_225_603_000,
             actions: vec![Action::Terminate {
                 instance: "i-1".into(),
                 resource: "cpu".into(),
@@ -88,6 +89,12 @@ async fn why_and_decisions_read_the_store_of_a_stopped_flockd() {
     assert_eq!(ticks(&json), vec![4, 3, 1], "tick 2 did nothing");
     let (_, json, _) = flockd(&["decisions", "--resource", "cpu", "--limit", "1", "--format", "json"], &config);
     assert_eq!(ticks(&json), vec![4]);
+    // Ticks 1-4 are at 2026-01-01T00:00:01..04Z.
+    let (_, json, _) = flockd(&["decisions", "--since", "2026-01-01T00:00:03Z", "--format", "json"], &config);
+    assert_eq!(ticks(&json), vec![4, 3]);
+    let (code, _, err) = flockd(&["decisions", "--since", "last week"], &config);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("neither a time"), "{err}");
 }
 
 /// While flockd runs it holds the store: the commands ask its API instead.
