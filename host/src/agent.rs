@@ -5,65 +5,33 @@ use std::collections::HashMap;
 
 use flockd_clearml::bootstrap::{self, BootstrapSettings, S3Credentials};
 use flockd_clearml::secret::SecretRef;
-use serde::Deserialize;
 
-use crate::config::Config;
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct AgentSection {
-    /// The API server agents talk to; defaults to `[clearml] api-host`.
-    pub api_host: Option<String>,
-    pub web_host: Option<String>,
-    pub files_host: Option<String>,
-    /// Agent credentials; default to `[clearml]`'s.
-    pub access_key: Option<SecretRef>,
-    pub secret_key: Option<SecretRef>,
-    /// pip requirement for the agent, pinned (default clearml-agent==3.0.3).
-    pub agent_package: Option<String>,
-    /// Default docker image for tasks (`--docker`); a task's own container overrides it.
-    pub docker_image: Option<String>,
-    #[serde(default)]
-    pub cpu_only: bool,
-    pub git_user: Option<String>,
-    pub git_pass: Option<SecretRef>,
-    pub s3_key: Option<SecretRef>,
-    pub s3_secret: Option<SecretRef>,
-    pub s3_region: Option<String>,
-    /// Appended to clearml.conf verbatim.
-    pub extra_clearml_conf: Option<String>,
-    /// Run before the agent starts.
-    pub extra_bash_script: Option<String>,
-}
+use crate::config::{AgentSection, Config};
 
 /// Start-up scripts by resource, for providers that boot real machines.
 /// Empty when there is no `[agent]` section and no `[clearml]` to default from.
 pub fn startup_scripts(config: &Config) -> anyhow::Result<HashMap<String, String>> {
-    let clearml = config.clearml.as_ref().and_then(|v| v.as_table());
-    let section: AgentSection = match &config.agent {
-        Some(v) => v.clone().try_into().map_err(|e| anyhow::anyhow!("[agent]: {e}"))?,
-        None if clearml.is_none() => return Ok(HashMap::new()),
-        None => toml::Value::Table(Default::default()).try_into()?,
+    let clearml = config.clearml.as_ref();
+    let section = match (&config.agent, clearml) {
+        (Some(section), _) => section.clone(),
+        (None, None) => return Ok(HashMap::new()),
+        (None, Some(_)) => AgentSection::default(),
     };
-    let from_clearml = |key: &str| clearml.and_then(|t| t.get(key)).and_then(|v| v.as_str()).map(str::to_string);
-    let reference = |own: &Option<SecretRef>, key: &str| -> anyhow::Result<SecretRef> {
-        match own {
-            Some(r) => Ok(r.clone()),
-            None => from_clearml(key)
-                .ok_or_else(|| anyhow::anyhow!("[agent] {key} is not set and [clearml] has none to default from"))?
-                .parse()
-                .map_err(|e| anyhow::anyhow!("[clearml] {key}: {e}")),
-        }
-    };
+    let reference =
+        |own: &Option<SecretRef>, key: &str, from_clearml: Option<&SecretRef>| -> anyhow::Result<SecretRef> {
+            own.clone()
+                .or_else(|| from_clearml.cloned())
+                .ok_or_else(|| anyhow::anyhow!("[agent] {key} is not set and [clearml] has none to default from"))
+        };
     let api_host = section
         .api_host
         .clone()
-        .or_else(|| from_clearml("api-host"))
+        .or_else(|| clearml.map(|c| c.api_host.clone()))
         .ok_or_else(|| anyhow::anyhow!("[agent] api-host is not set and there is no [clearml] api-host"))?;
     let web_host = section.web_host.clone().unwrap_or_else(|| api_host.replace("api.", "app."));
     let files_host = section.files_host.clone().unwrap_or_else(|| api_host.replace("api.", "files."));
-    let access_key = reference(&section.access_key, "access-key")?.resolve()?;
-    let secret_key = reference(&section.secret_key, "secret-key")?.resolve()?;
+    let access_key = reference(&section.access_key, "access-key", clearml.map(|c| &c.access_key))?.resolve()?;
+    let secret_key = reference(&section.secret_key, "secret-key", clearml.map(|c| &c.secret_key))?.resolve()?;
     let mut settings = BootstrapSettings::new(api_host, web_host, files_host, access_key, secret_key);
     if let Some(p) = &section.agent_package {
         settings.agent_package = p.clone();

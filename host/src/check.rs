@@ -164,80 +164,60 @@ impl Checker<'_> {
     }
 
     /// A secret must be a reference. Returns false if it is not one.
-    fn secret(&mut self, key: &[&str], value: Option<&toml::Value>) -> bool {
-        let Some(value) = value else { return true };
+    /// Where a secret reference points: warned about when flockd could not
+    /// read it here. (A value where a reference belongs is refused when the
+    /// config is parsed, without echoing it.)
+    fn secret(&mut self, key: &[&str], value: Option<&SecretRef>) {
+        let Some(value) = value else { return };
         let label = format!("[{}] {}", key[..key.len() - 1].join("."), key[key.len() - 1]);
-        let Some(text) = value.as_str() else {
-            self.error(key, format!("{label} must be a reference string: `env:NAME` or `file:PATH`"));
-            return false;
-        };
-        match text.parse::<SecretRef>() {
-            Err(_) => {
-                // Never echo the value: it may be the secret itself.
-                self.error(
-                    key,
-                    format!(
-                        "{label} holds a value, not a reference: secrets are never written in the config. Put it in an environment variable or a file readable only by flockd, write `env:NAME` or `file:PATH` here, and rotate the secret (this file has held it)"
-                    ),
-                );
-                false
-            }
-            Ok(SecretRef::Env(name)) => {
-                if std::env::var_os(&name).is_none() {
+        match value {
+            SecretRef::Env(name) => {
+                if std::env::var_os(name).is_none() {
                     self.warn(key, format!("{label} = \"env:{name}\": {name} is not set here; flockd run fails unless it is set in its environment"));
                 }
-                true
             }
-            Ok(SecretRef::File(path)) => {
-                match std::fs::metadata(&path) {
-                    Err(e) => self.warn(
-                        key,
-                        format!(
-                            "{label}: cannot read {}: {e}; flockd run fails unless it exists where it runs",
-                            path.display()
-                        ),
+            SecretRef::File(path) => match std::fs::metadata(path) {
+                Err(e) => self.warn(
+                    key,
+                    format!(
+                        "{label}: cannot read {}: {e}; flockd run fails unless it exists where it runs",
+                        path.display()
                     ),
-                    #[cfg(unix)]
-                    Ok(meta) => {
-                        use std::os::unix::fs::PermissionsExt;
-                        if meta.permissions().mode() & 0o077 != 0 {
-                            self.warn(
-                                key,
-                                format!("{label}: {} can be read by other users: `chmod 600` it", path.display()),
-                            );
-                        }
+                ),
+                #[cfg(unix)]
+                Ok(meta) => {
+                    use std::os::unix::fs::PermissionsExt;
+                    if meta.permissions().mode() & 0o077 != 0 {
+                        self.warn(
+                            key,
+                            format!("{label}: {} can be read by other users: `chmod 600` it", path.display()),
+                        );
                     }
-                    #[cfg(not(unix))]
-                    Ok(_) => {}
                 }
-                true
-            }
+                #[cfg(not(unix))]
+                Ok(_) => {}
+            },
         }
     }
 
     fn clearml(&mut self, config: &Config) {
-        let Some(v) = &config.clearml else { return };
-        let mut ok = true;
-        for key in ["access-key", "secret-key"] {
-            ok &= self.secret(&["clearml", key], v.get(key));
-        }
-        if ok && let Err(e) = crate::config::clearml_config(v) {
-            self.error(&["clearml"], format!("{e}"));
-        }
+        let Some(c) = &config.clearml else { return };
+        self.secret(&["clearml", "access-key"], Some(&c.access_key));
+        self.secret(&["clearml", "secret-key"], Some(&c.secret_key));
     }
 
     fn agent(&mut self, config: &Config) {
-        let Some(v) = &config.agent else { return };
-        let mut ok = true;
-        for key in ["access-key", "secret-key", "git-pass", "s3-key", "s3-secret"] {
-            ok &= self.secret(&["agent", key], v.get(key));
+        let Some(a) = &config.agent else { return };
+        for (key, value) in [
+            ("access-key", &a.access_key),
+            ("secret-key", &a.secret_key),
+            ("git-pass", &a.git_pass),
+            ("s3-key", &a.s3_key),
+            ("s3-secret", &a.s3_secret),
+        ] {
+            self.secret(&["agent", key], value.as_ref());
         }
-        if ok && let Err(e) = v.clone().try_into::<crate::agent::AgentSection>() {
-            self.error(&["agent"], format!("[agent]: {}", e.message()));
-        }
-        if let Some(conf) = v.get("extra-clearml-conf").and_then(|c| c.as_str())
-            && conf.lines().any(looks_like_inline_secret)
-        {
+        if a.extra_clearml_conf.as_deref().is_some_and(|conf| conf.lines().any(looks_like_inline_secret)) {
             self.warn(
                 &["agent", "extra-clearml-conf"],
                 "[agent] extra-clearml-conf seems to set a secret inline: it goes into every machine's start-up data as written; give it by reference with [agent] git-pass, s3-key/s3-secret, access-key/secret-key instead",
@@ -276,10 +256,8 @@ impl Checker<'_> {
 
     fn http(&mut self, config: &Config) {
         let http = &config.http;
-        let mut has_token = false;
-        if let Some(token) = &http.token {
-            has_token = self.secret(&["http", "token"], Some(&toml::Value::String(token.clone())));
-        }
+        self.secret(&["http", "token"], http.token.as_ref());
+        let has_token = http.token.is_some();
         if !http.enabled {
             return;
         }

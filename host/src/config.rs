@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use flockd_clearml::secret::SecretRef;
 use flockd_core::{ControllerConfig, HardLimits, Market, QueueSpec, ResourceSpec};
 use flockd_wasm::PolicySpec;
 use serde::Deserialize;
@@ -34,10 +35,10 @@ pub struct Config {
     /// The ClearML server to watch. Without it, `flockd run` refuses to start
     /// (use `flockd dev` for the built-in server).
     #[serde(default)]
-    pub clearml: Option<toml::Value>,
+    pub clearml: Option<flockd_clearml::ClearmlConfig>,
     /// Start-up settings for launched machines' agents.
     #[serde(default)]
-    pub agent: Option<toml::Value>,
+    pub agent: Option<AgentSection>,
     #[serde(default, rename = "queue")]
     pub queues: Vec<QueueEntry>,
     #[serde(default, rename = "resource")]
@@ -265,7 +266,7 @@ pub struct HttpSection {
     pub listen: String,
     /// Bearer token reference (`env:NAME` or `file:PATH`).
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<SecretRef>,
     #[serde(default = "defaults::yes")]
     pub enabled: bool,
 }
@@ -286,6 +287,34 @@ pub struct ControllerSection {
     pub termination_retry_secs: Option<f64>,
     pub max_observation_age_secs: Option<f64>,
     pub action_timeout_secs: Option<f64>,
+}
+
+/// `[agent]`: how launched machines start their agent.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AgentSection {
+    /// The API server agents talk to; defaults to `[clearml] api-host`.
+    pub api_host: Option<String>,
+    pub web_host: Option<String>,
+    pub files_host: Option<String>,
+    /// Agent credentials; default to `[clearml]`'s.
+    pub access_key: Option<SecretRef>,
+    pub secret_key: Option<SecretRef>,
+    /// pip requirement for the agent, pinned (default clearml-agent==3.0.3).
+    pub agent_package: Option<String>,
+    /// Default docker image for tasks (`--docker`); a task's own container overrides it.
+    pub docker_image: Option<String>,
+    #[serde(default)]
+    pub cpu_only: bool,
+    pub git_user: Option<String>,
+    pub git_pass: Option<SecretRef>,
+    pub s3_key: Option<SecretRef>,
+    pub s3_secret: Option<SecretRef>,
+    pub s3_region: Option<String>,
+    /// Appended to clearml.conf verbatim.
+    pub extra_clearml_conf: Option<String>,
+    /// Run before the agent starts.
+    pub extra_bash_script: Option<String>,
 }
 
 /// `[journal]`: how much of the decision journal the store keeps.
@@ -348,20 +377,25 @@ fn explain_parse_error(text: &str, span: Option<std::ops::Range<usize>>, message
         };
         return format!("{message}: {hint}");
     }
-    if message.starts_with("invalid type") || message.starts_with("invalid value") {
-        // The key is on the line the value's span starts on.
-        let key = span.and_then(|s| {
-            let line_start = text[..s.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
-            let (key, _) = text[line_start..].split_once('=')?;
-            let key = key.trim();
-            (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "-_.\"".contains(c)))
-                .then(|| key.to_string())
-        });
-        if let Some(key) = key {
-            return format!("{key}: {message}");
-        }
+    // A value's error names its key, and the table it is in: the key is on
+    // the line the value's span starts on, the table on the last header
+    // above it.
+    let Some(start) = span.map(|s| s.start.min(text.len())) else { return message.to_string() };
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let Some((key, _)) = text[line_start..].split_once('=') else { return message.to_string() };
+    let key = key.trim();
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "-_.\"".contains(c)) {
+        return message.to_string();
     }
-    message.to_string()
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']') && !l.starts_with("[["));
+    match table {
+        Some(table) => format!("{table} {key}: {message}"),
+        None => format!("{key}: {message}"),
+    }
 }
 
 /// Every problem found in one config file, in file order.
@@ -475,19 +509,26 @@ impl Config {
                 ),
             ));
         }
-        if let Some(clearml) = self.clearml.as_ref().and_then(|c| c.as_table()) {
-            for key in ["api-host", "web-host", "files-host"] {
-                let Some(value) = clearml.get(key).and_then(|v| v.as_str()) else { continue };
-                let url_ok = url::Url::parse(value)
-                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
-                if !url_ok {
-                    errors.push(invalid(
-                        &["clearml", key],
-                        format!(
-                            "clearml.{key} = {value:?} is not an http(s) URL: write it with its scheme, e.g. \"https://api.clear.ml\" or \"http://clearml.internal:8008\""
-                        ),
-                    ));
-                }
+        let hosts = self.clearml.iter().map(|c| ("clearml", "api-host", Some(&c.api_host))).chain(
+            self.agent.iter().flat_map(|a| {
+                [
+                    ("agent", "api-host", a.api_host.as_ref()),
+                    ("agent", "web-host", a.web_host.as_ref()),
+                    ("agent", "files-host", a.files_host.as_ref()),
+                ]
+            }),
+        );
+        for (section, key, value) in hosts {
+            let Some(value) = value else { continue };
+            let url_ok =
+                url::Url::parse(value).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            if !url_ok {
+                errors.push(invalid(
+                    &[section, key],
+                    format!(
+                        "{section}.{key} = {value:?} is not an http(s) URL: write it with its scheme, e.g. \"https://api.clear.ml\" or \"http://clearml.internal:8008\""
+                    ),
+                ));
             }
         }
         if self.queues.is_empty() {
@@ -869,19 +910,6 @@ fn seconds_ok(v: f64, zero_ok: bool) -> bool {
 fn list<'a>(it: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<&str> = it.map(String::as_str).collect();
     if v.is_empty() { "none".into() } else { v.join(", ") }
-}
-
-/// `[clearml]` minus flockd's own keys, and whether to create missing queues.
-pub fn clearml_config(v: &toml::Value) -> anyhow::Result<(flockd_clearml::ClearmlConfig, bool)> {
-    let mut table = v.as_table().cloned().ok_or_else(|| anyhow::anyhow!("[clearml] must be a table"))?;
-    let create = match table.remove("create-missing-queues") {
-        None => false,
-        Some(toml::Value::Boolean(b)) => b,
-        Some(other) => anyhow::bail!("[clearml] create-missing-queues must be true or false, not {other}"),
-    };
-    let config: flockd_clearml::ClearmlConfig =
-        toml::Value::Table(table).try_into().map_err(|e| anyhow::anyhow!("[clearml]: {e}"))?;
-    Ok((config, create))
 }
 
 #[cfg(test)]

@@ -128,7 +128,6 @@ async fn from_api(config: &Config, query: &JournalQuery, acted: bool) -> anyhow:
     }
     let mut request = reqwest::Client::new().get(url.clone()).timeout(Duration::from_secs(10));
     if let Some(token) = &config.http.token {
-        let token: flockd_clearml::secret::SecretRef = token.parse()?;
         request = request.bearer_auth(token.resolve()?.expose());
     }
     let response = request.send().await.map_err(|e| anyhow::anyhow!("{url}: {e}"))?;

@@ -67,10 +67,9 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
             path.display()
         )
     })?;
-    let (clearml, create_missing) = crate::config::clearml_config(clearml)?;
-    let client = ClearmlClient::new(&clearml)?;
+    let client = ClearmlClient::new(clearml)?;
     let queues: Vec<String> = config.queues.iter().map(|q| q.name.clone()).collect();
-    let created = client.ensure_queues(&queues, create_missing).await?;
+    let created = client.ensure_queues(&queues, clearml.create_missing_queues).await?;
     if !created.is_empty() {
         tracing::info!("created missing queues: {}", created.join(", "));
     }

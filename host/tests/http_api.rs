@@ -191,12 +191,9 @@ async fn refuses_to_listen_off_loopback_without_a_token() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("token") && err.contains("0.0.0.0:0"), "{err}");
-    let inline = flockd::config::HttpSection {
-        listen: "127.0.0.1:0".into(),
-        token: Some("hunter2-inline-token".into()),
-        enabled: true,
-    };
-    let err = match flockd::http::Listen::resolve(&inline).await {
+    // A token written inline is refused when the config is read, unechoed.
+    let text = "cluster = \"c\"\n[limits]\nmax-instances = 1\nmax-cost-per-hour = 1.0\n[http]\ntoken = \"hunter2-inline-token\"\n";
+    let err = match flockd::config::Config::parse(text, std::path::Path::new("flockd.toml")) {
         Ok(_) => panic!("an inline token must be refused"),
         Err(e) => e.to_string(),
     };

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::routing::get;
-use flockd_clearml::secret::SecretRef;
 use flockd_core::Controller;
 use flockd_wasm::PolicyRuntime;
 use tokio::sync::broadcast::error::RecvError;
@@ -69,7 +68,6 @@ impl Listen {
         let token = match &section.token {
             None => None,
             Some(reference) => {
-                let reference: SecretRef = reference.parse().map_err(|e| anyhow::anyhow!("[http] token: {e}"))?;
                 Some(auth::Token::new(&reference.resolve().map_err(|e| anyhow::anyhow!("[http] token: {e}"))?))
             }
         };

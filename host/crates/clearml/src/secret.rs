@@ -23,8 +23,10 @@ pub enum SecretRef {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SecretError {
-    #[error("secret reference {0:?} is neither `env:NAME` nor `file:PATH`; write e.g. `env:CLEARML_SECRET_KEY`")]
-    BadReference(String),
+    #[error(
+        "holds a value, not a reference (`env:NAME` or `file:PATH`): secrets are never written in the config. Put it in an environment variable or a file readable only by flockd, write e.g. `env:CLEARML_SECRET_KEY` here, and rotate the secret if this file has held it"
+    )]
+    BadReference,
     #[error("secret {reference}: environment variable {name} is not set (or not valid UTF-8)")]
     EnvMissing { reference: String, name: String },
     #[error("secret {reference}: cannot read {path}: {reason}")]
@@ -69,16 +71,9 @@ impl FromStr for SecretRef {
             Some(("env", name)) if !name.is_empty() => Ok(SecretRef::Env(name.to_string())),
             Some(("file", path)) if !path.is_empty() => Ok(SecretRef::File(PathBuf::from(path))),
             // Do not echo the input: someone may have pasted the secret itself.
-            _ => Err(SecretError::BadReference(redact_guess(s))),
+            _ => Err(SecretError::BadReference),
         }
     }
-}
-
-/// Shows enough of a malformed reference to find it in the config without
-/// printing what might be a pasted secret.
-fn redact_guess(s: &str) -> String {
-    let head: String = s.chars().take(4).collect();
-    if s.chars().count() > 4 { format!("{head}…") } else { head }
 }
 
 impl fmt::Display for SecretRef {

@@ -29,6 +29,9 @@ pub struct ClearmlConfig {
     /// Workers silent for longer than this are not reported (`workers.get_all last_seen`).
     #[serde(default = "default_worker_last_seen_secs")]
     pub worker_last_seen_secs: u64,
+    /// Create configured queues the server does not have (at start).
+    #[serde(default)]
+    pub create_missing_queues: bool,
 }
 
 fn default_request_timeout_secs() -> u64 {
@@ -52,6 +55,7 @@ impl ClearmlConfig {
             request_timeout_secs: default_request_timeout_secs(),
             max_attempts: default_max_attempts(),
             worker_last_seen_secs: default_worker_last_seen_secs(),
+            create_missing_queues: false,
         }
     }
 }
