@@ -21,11 +21,16 @@ pub struct Providers {
     /// names (see [`retired`]): listed and terminated through, never
     /// launched into. Name → (scope key, provider).
     pub retired: BTreeMap<String, (String, Arc<dyn CloudProvider>)>,
+    /// Configured provider name → the real place it launches into (see
+    /// [`scopes`]); empty for simulated worlds (`dev`, `simulate`), whose
+    /// launches go nowhere worth remembering.
+    pub scopes: BTreeMap<String, ProviderScope>,
 }
 
 impl From<ProviderMap> for Providers {
+    /// Providers of a simulated world: no scope to remember.
     fn from(configured: ProviderMap) -> Self {
-        Providers { configured, retired: BTreeMap::new() }
+        Providers { configured, retired: BTreeMap::new(), scopes: BTreeMap::new() }
     }
 }
 
@@ -55,7 +60,7 @@ pub async fn build(
         };
         out.insert(name.clone(), provider);
     }
-    Ok(out.into())
+    Ok(Providers { configured: out, retired: BTreeMap::new(), scopes: scopes(config) })
 }
 
 /// A local provider's `state-dir` made absolute against the config's

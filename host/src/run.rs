@@ -81,7 +81,7 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let remembered =
         flockd_core::store::load_state(&RedbStore::open(&config.resolve(&config.state_dir), config.journal_limits())?)
             .await?;
-    providers.retired = crate::providers::retired(&remembered, &crate::providers::scopes(&config)).await?;
+    providers.retired = crate::providers::retired(&remembered, &providers.scopes).await?;
     serve(config, source, providers, shutdown, |addr| tracing::info!("dashboard and API on http://{addr}/")).await
 }
 
@@ -109,8 +109,8 @@ pub async fn start(
 
     let store = Arc::new(RedbStore::open(&config.resolve(&config.state_dir), config.journal_limits())?);
     let mut controller_config = config.controller_config();
-    controller_config.scopes = crate::providers::scopes(config);
-    let crate::providers::Providers { configured: mut seams_providers, retired } = providers;
+    let crate::providers::Providers { configured: mut seams_providers, retired, scopes } = providers;
+    controller_config.scopes = scopes;
     for (name, (key, provider)) in retired {
         controller_config.retired.insert(name.clone(), key);
         seams_providers.insert(name, provider);
