@@ -531,6 +531,30 @@ impl Config {
                 ));
             }
         }
+        if let Some(c) = &self.clearml {
+            for (key, value, range, meaning) in [
+                (
+                    "request-timeout-secs",
+                    c.request_timeout_secs,
+                    1..=600,
+                    "how long one request to the ClearML server may take",
+                ),
+                ("max-attempts", u64::from(c.max_attempts), 1..=20, "tries per call, the first included"),
+                (
+                    "worker-last-seen-secs",
+                    c.worker_last_seen_secs,
+                    10..=86_400,
+                    "how long a silent worker still counts as registered",
+                ),
+            ] {
+                if !range.contains(&value) {
+                    errors.push(invalid(
+                        &["clearml", key],
+                        format!("clearml.{key} = {value}: {meaning}; use {} to {}", range.start(), range.end()),
+                    ));
+                }
+            }
+        }
         if self.queues.is_empty() {
             errors.push(invalid(&[], "no [[queue]]: add at least one queue with the resources that serve it"));
         }
