@@ -342,7 +342,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         let store = RedbStore::open(&path, JournalLimits::default()).unwrap();
-        flockd_core::store::contract::run(store, |s| {
+        flockd_core::testing::store_contract::run(store, |s| {
             drop(s);
             RedbStore::open(&path, JournalLimits::default()).unwrap()
         })

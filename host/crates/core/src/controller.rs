@@ -399,12 +399,12 @@ impl Controller {
                 tracing::info!("guardrail: {c}");
             }
             record.clamps.extend(clamped.clamps);
-            let by_id = instances_by_id(snapshot);
-            self.act(state, &by_id, &listed_by, &clamped.plan, now, &mut record).await;
+            let fleet = Fleet::new(snapshot, &listed_by);
+            self.act(state, &fleet, &clamped.plan, now, &mut record).await;
             // Launches may have taken a while: on an old picture, leave the
             // stopped machines for the next tick (someone may have restarted one).
             if self.still_fresh(now) {
-                self.delete_on_its_own(state, &by_id, &listed_by, &to_delete, now, &mut record).await;
+                self.delete_on_its_own(state, &fleet, &to_delete, now, &mut record).await;
             }
         }
 
@@ -556,12 +556,8 @@ impl Controller {
 
     /// The provider to act on `instance` through: the one that listed it, or
     /// (a launch not listed yet) its resource's.
-    fn provider_of(
-        &self,
-        listed_by: &BTreeMap<String, String>,
-        instance: &Instance,
-    ) -> Option<&Arc<dyn CloudProvider>> {
-        let name = match listed_by.get(&instance.id) {
+    fn provider_of(&self, fleet: &Fleet<'_>, instance: &Instance) -> Option<&Arc<dyn CloudProvider>> {
+        let name = match fleet.listed_by.get(&instance.id) {
             Some(name) => name,
             None => &self.resource_spec(&instance.resource)?.provider,
         };
@@ -594,15 +590,7 @@ impl Controller {
         self.config.resources.iter().find(|r| r.name == name)
     }
 
-    async fn act(
-        &self,
-        state: &mut HostState,
-        by_id: &InstancesById<'_>,
-        listed_by: &BTreeMap<String, String>,
-        plan: &Plan,
-        now: Millis,
-        record: &mut TickRecord,
-    ) {
+    async fn act(&self, state: &mut HostState, fleet: &Fleet<'_>, plan: &Plan, now: Millis, record: &mut TickRecord) {
         let ledger = Ledger::new(&self.config);
         let mut slots = ledger.launch_slots(state, plan, now);
         for slot in slots.iter().filter(|s| s.resend) {
@@ -621,7 +609,7 @@ impl Controller {
             }
             for t in &plan.terminations {
                 tracing::info!(instance = %t.instance, "dry run, would terminate: {}", t.reason);
-                record.actions.push(termination_action(by_id, t, Outcome::Skipped));
+                record.actions.push(termination_action(fleet, t, Outcome::Skipped));
             }
             return;
         }
@@ -689,7 +677,7 @@ impl Controller {
         // another and each may take minutes, so a worker idle at the start
         // of the batch may have taken a task by the time its turn comes.
         for t in &plan.terminations {
-            let instance = *by_id.get(t.instance.as_str()).expect("guardrails dropped unknown instances");
+            let instance = fleet.get(&t.instance).expect("guardrails dropped unknown instances");
             let worker_id = naming::worker_id(&self.config.cluster, &instance.resource, &instance.id);
             let outcome = match self.worker_right_now(&worker_id).await {
                 Err(e) => Outcome::Refused(e),
@@ -701,12 +689,12 @@ impl Controller {
                 Ok(None) if instance.worker.is_some() => Outcome::Refused(format!(
                     "its worker {worker_id} is no longer registered, so it is not known to be idle"
                 )),
-                Ok(_) => self.terminate(state, listed_by, instance, t, now, &worker_id).await,
+                Ok(_) => self.terminate(state, fleet, instance, t, now, &worker_id).await,
             };
             if let Outcome::Refused(why) = &outcome {
                 tracing::info!(instance = %t.instance, "not terminated: {why}");
             }
-            record.actions.push(termination_action(by_id, t, outcome));
+            record.actions.push(termination_action(fleet, t, outcome));
         }
     }
 
@@ -723,13 +711,13 @@ impl Controller {
     async fn terminate(
         &self,
         state: &mut HostState,
-        listed_by: &BTreeMap<String, String>,
+        fleet: &Fleet<'_>,
         instance: &Instance,
         t: &Termination,
         now: Millis,
         worker_id: &str,
     ) -> Outcome {
-        let Some(provider) = self.provider_of(listed_by, instance) else {
+        let Some(provider) = self.provider_of(fleet, instance) else {
             return Outcome::Failed(format!("resource {:?} is not configured", instance.resource));
         };
         match provider.terminate(&instance.id).await {
@@ -761,15 +749,14 @@ impl Controller {
     async fn delete_on_its_own(
         &self,
         state: &mut HostState,
-        by_id: &InstancesById<'_>,
-        listed_by: &BTreeMap<String, String>,
+        fleet: &Fleet<'_>,
         to_delete: &[crate::ledger::Deletion],
         now: Millis,
         record: &mut TickRecord,
     ) {
         for deletion in to_delete {
             let id = &deletion.instance;
-            let Some(instance) = by_id.get(id.as_str()).copied() else { continue };
+            let Some(instance) = fleet.get(id) else { continue };
             let reason = match &deletion.failure {
                 Some(f) => format!("the cloud reports it failed ({}): deleting it", f.message),
                 None => "powered off (its agent exited): deleting it so it stops billing".into(),
@@ -779,7 +766,7 @@ impl Controller {
                 Outcome::Skipped
             } else {
                 let worker_id = naming::worker_id(&self.config.cluster, &instance.resource, &instance.id);
-                let outcome = self.terminate(state, listed_by, instance, &t, now, &worker_id).await;
+                let outcome = self.terminate(state, fleet, instance, &t, now, &worker_id).await;
                 let ledger = Ledger::new(&self.config);
                 match (&outcome, &deletion.failure) {
                     (Outcome::Failed(_), _) => ledger.deletion_failed(state, id, now),
@@ -788,7 +775,7 @@ impl Controller {
                 }
                 outcome
             };
-            record.actions.push(termination_action(by_id, &t, outcome));
+            record.actions.push(termination_action(fleet, &t, outcome));
         }
     }
 }
@@ -805,18 +792,28 @@ fn withhold_launches(plan: &mut Plan, record: &mut TickRecord, why: &str) {
     plan.launches.clear();
 }
 
-/// Per-instance lookups through a map, built once per tick: a plan may act
-/// on thousands.
-type InstancesById<'a> = HashMap<&'a str, &'a Instance>;
-
-fn instances_by_id(snapshot: &Snapshot) -> InstancesById<'_> {
-    snapshot.instances.iter().map(|i| (i.id.as_str(), i)).collect()
+/// The machines a tick acts on: looked up through a map built once per
+/// tick (a plan may name thousands), each with the provider that listed it.
+struct Fleet<'a> {
+    by_id: HashMap<&'a str, &'a Instance>,
+    /// Instance id → provider name (see [`Observation::listed_by`]).
+    listed_by: &'a BTreeMap<String, String>,
 }
 
-fn termination_action(by_id: &InstancesById<'_>, t: &Termination, outcome: Outcome) -> Action {
+impl<'a> Fleet<'a> {
+    fn new(snapshot: &'a Snapshot, listed_by: &'a BTreeMap<String, String>) -> Self {
+        Fleet { by_id: snapshot.instances.iter().map(|i| (i.id.as_str(), i)).collect(), listed_by }
+    }
+
+    fn get(&self, id: &str) -> Option<&'a Instance> {
+        self.by_id.get(id).copied()
+    }
+}
+
+fn termination_action(fleet: &Fleet<'_>, t: &Termination, outcome: Outcome) -> Action {
     Action::Terminate {
         instance: t.instance.clone(),
-        resource: by_id.get(t.instance.as_str()).map(|i| i.resource.clone()).unwrap_or_default(),
+        resource: fleet.get(&t.instance).map(|i| i.resource.clone()).unwrap_or_default(),
         cause: t.cause,
         reason: t.reason.clone(),
         outcome,
