@@ -86,25 +86,75 @@ pub fn check(path: &Path) -> Report {
     for (name, entry) in &config.providers {
         checker.provider(&config, name, entry);
     }
+    checker.simulated_tables(&config);
     let diagnostics = checker.diagnostics;
     Report { config: Some(config), diagnostics }
 }
 
+/// How `check` prints what it found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    /// `file:line:col: severity: message` on stderr, a summary on stdout.
+    #[default]
+    Text,
+    /// One JSON object on stdout, for CI pipelines: `ok`, `errors`,
+    /// `warnings`, `chain` and `diagnostics` (severity, file, line, column,
+    /// message).
+    Json,
+}
+
+impl Diagnostic {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "severity": match self.severity { Severity::Error => "error", Severity::Warning => "warning" },
+            "file": self.file,
+            "line": self.at.map(|a| a.line),
+            "column": self.at.map(|a| a.column),
+            "message": self.message,
+        })
+    }
+}
+
+impl Report {
+    /// The chain in effect, each policy once, "(required)" marked.
+    fn chain(&self) -> Option<Vec<String>> {
+        let config = self.config.as_ref()?;
+        Some(
+            config
+                .chain()
+                .into_iter()
+                .map(|p| if p.is_required() { format!("{} (required)", p.name) } else { p.name })
+                .collect(),
+        )
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let count = |s: Severity| self.diagnostics.iter().filter(|d| d.severity == s).count();
+        serde_json::json!({
+            "ok": !self.has_errors(),
+            "errors": count(Severity::Error),
+            "warnings": count(Severity::Warning),
+            "chain": self.chain().filter(|_| !self.has_errors()),
+            "diagnostics": self.diagnostics.iter().map(Diagnostic::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// `flockd check --config C`: exit 2 on any error, 0 otherwise.
-pub fn command(path: &Path) -> ExitCode {
+pub fn command(path: &Path, format: CheckFormat) -> ExitCode {
     let report = check(path);
+    let code = if report.has_errors() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+    if format == CheckFormat::Json {
+        println!("{}", report.to_json());
+        return code;
+    }
     for d in &report.diagnostics {
         eprintln!("{d}");
     }
     if report.has_errors() {
         ExitCode::from(2)
     } else {
-        if let Some(config) = &report.config {
-            let chain: Vec<String> = config
-                .chain()
-                .into_iter()
-                .map(|p| if p.is_required() { format!("{} (required)", p.name) } else { p.name })
-                .collect();
+        if let Some(chain) = report.chain() {
             println!("policy chain: {}", chain.join(" → "));
         }
         let warnings = report.diagnostics.len();
@@ -287,6 +337,27 @@ impl Checker<'_> {
         }
     }
 
+    /// `[resource.NAME.simulated]` on a real cloud's resource: `run` ignores
+    /// it, `simulate` and `dev` use it, so it must be right too.
+    fn simulated_tables(&mut self, config: &Config) {
+        for (resource, r) in &config.resources {
+            let Some(table) = &r.simulated else { continue };
+            let simulated = config.providers.get(&r.provider).is_some_and(|p| p.kind == ProviderKind::Simulated);
+            if simulated {
+                continue; // checked with its provider
+            }
+            let at = ["resource", resource.as_str(), "simulated"];
+            match table.clone().try_into::<flockd_sim::SimResourceSettings>() {
+                Ok(settings) => {
+                    if let Err(e) = settings.validate() {
+                        self.error(&at, format!("[resource.{resource}.simulated] {e}"));
+                    }
+                }
+                Err(e) => self.error(&at, format!("[resource.{resource}.simulated]: {}", e.message())),
+            }
+        }
+    }
+
     fn provider(&mut self, config: &Config, name: &str, entry: &crate::config::ProviderEntry) {
         match entry.kind {
             ProviderKind::Local => {
@@ -318,7 +389,7 @@ impl Checker<'_> {
                         self.error(&["resource", &resource, "aws"], format!("[resource.{resource}.aws]: {e}"));
                     }
                     let spot = matches!(settings.market, flockd_aws::Market::Spot);
-                    self.market_agrees(config, &resource, "aws", "market", spot);
+                    self.market_agrees(config, &resource, ProviderKind::Aws, spot);
                 }
             }
             #[cfg(feature = "gcp")]
@@ -329,7 +400,7 @@ impl Checker<'_> {
                         self.error(&["resource", &resource, "gcp"], format!("[resource.{resource}.gcp]: {e}"));
                     }
                     let spot = matches!(settings.provisioning, flockd_gcp::Provisioning::Spot);
-                    self.market_agrees(config, &resource, "gcp", "provisioning", spot);
+                    self.market_agrees(config, &resource, ProviderKind::Gcp, spot);
                 }
             }
             #[allow(unreachable_patterns)]
@@ -341,12 +412,26 @@ impl Checker<'_> {
     }
 
     /// Policies and the cost cap see `[resource.R] market`; the cloud launches
-    /// by the provider table's own setting. They must say the same thing.
+    /// by the provider table's setting, which follows it unless the table
+    /// repeats it. A repeat is redundant; a contradiction is an error.
     #[cfg(any(feature = "aws", feature = "gcp"))]
-    fn market_agrees(&mut self, config: &Config, resource: &str, kind: &str, key: &str, provider_spot: bool) {
+    fn market_agrees(&mut self, config: &Config, resource: &str, provider: ProviderKind, provider_spot: bool) {
         let Some(entry) = config.resources.get(resource) else { return };
+        let Some((key, _)) = entry.market_in(provider) else { return };
+        let kind = provider.to_string();
+        let kind = kind.as_str();
         let spot = entry.market == flockd_core::Market::Spot;
-        if spot != provider_spot {
+        if spot == provider_spot {
+            if entry.repeats_market(provider) {
+                self.warn(
+                    &["resource", resource, kind, key],
+                    format!(
+                        "[resource.{resource}.{kind}] {key} repeats [resource.{resource}] market: \
+                         remove it here, the resource's market is the one setting"
+                    ),
+                );
+            }
+        } else {
             let (said, launched) = if spot { ("spot", "on-demand") } else { ("on-demand", "spot") };
             self.error(
                 &["resource", resource, kind, key],
@@ -374,7 +459,7 @@ impl Checker<'_> {
     ) -> Vec<(String, T)> {
         let mut out = Vec::new();
         for (resource, entry) in config.resources.iter().filter(|(_, r)| r.provider == name) {
-            let Some(table) = entry.settings_for(kind).cloned() else {
+            let Some(table) = entry.settings_for(kind) else {
                 if kind != ProviderKind::Simulated {
                     self.error(
                         &["resource", resource],

@@ -147,13 +147,42 @@ impl ResourceEntry {
         self.price_per_hour.unwrap_or(0.0)
     }
 
-    pub fn settings_for(&self, kind: ProviderKind) -> Option<&toml::Value> {
+    /// Its `[resource.NAME.<kind>]` table as the provider reads it: the
+    /// market is written once, on the resource, and the cloud's own key for
+    /// it (aws `market`, gcp `provisioning`) follows it unless the table sets
+    /// it (which `check` warns about, and refuses when the two disagree).
+    pub fn settings_for(&self, kind: ProviderKind) -> Option<toml::Value> {
+        let mut table = match kind {
+            ProviderKind::Aws => self.aws.clone(),
+            ProviderKind::Gcp => self.gcp.clone(),
+            ProviderKind::Local => self.local.clone(),
+            ProviderKind::Simulated => self.simulated.clone(),
+        }?;
+        if let (Some((key, value)), toml::Value::Table(t)) = (self.market_in(kind), &mut table) {
+            t.entry(key).or_insert_with(|| toml::Value::String(value.to_owned()));
+        }
+        Some(table)
+    }
+
+    /// The provider kind's key for the market and its value for this
+    /// resource's market; none where the kind has no market.
+    pub fn market_in(&self, kind: ProviderKind) -> Option<(&'static str, &'static str)> {
+        let spot = self.market == Market::Spot;
         match kind {
+            ProviderKind::Aws => Some(("market", if spot { "spot" } else { "on-demand" })),
+            ProviderKind::Gcp => Some(("provisioning", if spot { "spot" } else { "standard" })),
+            ProviderKind::Local | ProviderKind::Simulated => None,
+        }
+    }
+
+    /// Whether `[resource.NAME.<kind>]` repeats the market itself.
+    pub fn repeats_market(&self, kind: ProviderKind) -> bool {
+        let table = match kind {
             ProviderKind::Aws => self.aws.as_ref(),
             ProviderKind::Gcp => self.gcp.as_ref(),
-            ProviderKind::Local => self.local.as_ref(),
-            ProviderKind::Simulated => self.simulated.as_ref(),
-        }
+            ProviderKind::Local | ProviderKind::Simulated => None,
+        };
+        matches!((table, self.market_in(kind)), (Some(toml::Value::Table(t)), Some((key, _))) if t.contains_key(key))
     }
 }
 
@@ -664,11 +693,13 @@ impl Config {
                     ),
                 ));
             }
+            // `.simulated` is allowed on every resource: `simulate` and `dev`
+            // replay a production config with its machines' boot times and
+            // outages; `run` ignores it.
             for (kind, present) in [
                 (ProviderKind::Aws, r.aws.is_some()),
                 (ProviderKind::Gcp, r.gcp.is_some()),
                 (ProviderKind::Local, r.local.is_some()),
-                (ProviderKind::Simulated, r.simulated.is_some()),
             ] {
                 if present && kind != p.kind {
                     errors.push(here(

@@ -244,7 +244,7 @@ pub fn resource_settings<T: DeserializeOwned>(
 ) -> anyhow::Result<HashMap<String, T>> {
     let mut out = HashMap::new();
     for (resource, entry) in config.resources.iter().filter(|(_, r)| r.provider == name) {
-        let table = entry.settings_for(kind).cloned().ok_or_else(|| {
+        let table = entry.settings_for(kind).ok_or_else(|| {
             anyhow::anyhow!(
                 "resource {resource:?} uses provider {name:?} ({kind}) but has no [resource.{resource}.{kind}] table"
             )
@@ -324,5 +324,69 @@ args = ["30"]
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         assert!(retired(&state, &scopes(&before)).await.unwrap().is_empty(), "a configured scope is not retired");
+    }
+
+    /// Issue 16, item 3: `market = "spot"` on the resource is what EC2 and
+    /// GCE are asked for; the provider tables need not (and should not)
+    /// repeat it.
+    #[cfg(all(feature = "aws", feature = "gcp"))]
+    #[test]
+    fn the_provider_tables_launch_in_the_market_the_resource_names() {
+        let config = Config::parse(
+            r#"
+cluster = "market"
+[limits]
+max-instances = 4
+max-cost-per-hour = 10.0
+[[queue]]
+name = "gpu"
+resources = ["ec2-spot", "ec2", "gce-spot", "gce"]
+[provider.ec2]
+kind = "aws"
+region = "eu-west-1"
+[provider.gce]
+kind = "gcp"
+project = "p"
+zones = ["europe-west4-a"]
+[resource.ec2-spot]
+provider = "ec2"
+max-instances = 1
+price-per-hour = 0.4
+market = "spot"
+[resource.ec2-spot.aws]
+ami = "ami-0123456789abcdef0"
+instance-type = "g5.xlarge"
+[resource.ec2]
+provider = "ec2"
+max-instances = 1
+price-per-hour = 1.0
+[resource.ec2.aws]
+ami = "ami-0123456789abcdef0"
+instance-type = "g5.xlarge"
+[resource.gce-spot]
+provider = "gce"
+max-instances = 1
+price-per-hour = 0.4
+market = "spot"
+[resource.gce-spot.gcp]
+machine-type = "n1-standard-4"
+boot-image = "projects/debian-cloud/global/images/family/debian-12"
+[resource.gce]
+provider = "gce"
+max-instances = 1
+price-per-hour = 1.0
+[resource.gce.gcp]
+machine-type = "n1-standard-4"
+boot-image = "projects/debian-cloud/global/images/family/debian-12"
+"#,
+            std::path::Path::new("market.toml"),
+        )
+        .unwrap();
+        let aws = resource_settings::<flockd_aws::AwsResourceConfig>(&config, "ec2", ProviderKind::Aws).unwrap();
+        assert_eq!(aws["ec2-spot"].market, flockd_aws::Market::Spot);
+        assert_eq!(aws["ec2"].market, flockd_aws::Market::OnDemand);
+        let gcp = resource_settings::<flockd_gcp::GcpResourceConfig>(&config, "gce", ProviderKind::Gcp).unwrap();
+        assert_eq!(gcp["gce-spot"].provisioning, flockd_gcp::Provisioning::Spot);
+        assert_eq!(gcp["gce"].provisioning, flockd_gcp::Provisioning::Standard);
     }
 }

@@ -146,7 +146,6 @@ pub enum Market {
 /// instance-type = "g5.xlarge"
 /// subnets = ["subnet-aaa", "subnet-bbb"]
 /// security-groups = ["sg-0123"]
-/// market = "spot"
 /// ebs-size-gb = 100
 /// tags = { team = "ml" }
 /// ```
@@ -185,7 +184,8 @@ pub struct AwsResourceConfig {
     /// "flockd-" are reserved. Default: none.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
-    /// "on-demand" or "spot". Default: "on-demand".
+    /// "on-demand" or "spot". flockd fills it from `[resource.NAME] market`
+    /// (the one place to write it); set here it must agree with that.
     #[serde(default)]
     pub market: Market,
     /// Highest spot price per hour in USD, e.g. "0.50". Default: the

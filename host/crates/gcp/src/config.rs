@@ -110,7 +110,6 @@ fn default_accelerator_count() -> i32 {
 /// accelerators = [{ type = "nvidia-tesla-t4", count = 1 }]
 /// boot-image = "projects/deeplearning-platform-release/global/images/family/common-cu121-debian-11"
 /// boot-disk-size-gb = 100
-/// provisioning = "spot"
 /// labels = { team = "ml" }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +153,8 @@ pub struct GcpResourceConfig {
     /// starting with "flockd-" are reserved. Default: none.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// "standard" or "spot". Default: "standard".
+    /// "standard" or "spot". flockd fills it from `[resource.NAME] market`
+    /// (the one place to write it); set here it must agree with that.
     #[serde(default)]
     pub provisioning: Provisioning,
 }
