@@ -19,7 +19,7 @@
 
 mod expect;
 mod file;
-mod report;
+pub mod report;
 mod run;
 
 pub use expect::Expect;

@@ -42,6 +42,10 @@ pub enum PolicyCommand {
         /// the config's `timeout-ms`.
         #[arg(long, default_value_t = default_timeout_ms())]
         timeout_ms: u64,
+        /// `text` for people; `json` or `junit` (XML) for CI pipelines, on
+        /// stdout. Exit codes are the same.
+        #[arg(long, value_enum, default_value_t = TestFormat::Text)]
+        format: TestFormat,
     },
     /// Write a built-in policy's component to a file (e.g. as a starting
     /// point, or to inspect it).
@@ -65,12 +69,12 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         }
         PolicyCommand::Inspect { file, settings, timeout_ms } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let engine = Arc::new(PolicyEngine::new(limits(timeout_ms))?);
+            let engine = Arc::new(cached(PolicyEngine::new(limits(timeout_ms))?));
             let inspection = inspect(&engine, &file, &bytes, &settings);
             print!("{}", inspection.render());
             Ok(if inspection.is_valid() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        PolicyCommand::Test { files, timeout_ms } => test(&files, limits(timeout_ms)),
+        PolicyCommand::Test { files, timeout_ms, format } => test(&files, limits(timeout_ms), format),
         PolicyCommand::Export { name, output, cases } => export(&name, &output, cases.as_deref()),
     }
 }
@@ -97,13 +101,46 @@ fn limits(timeout_ms: u64) -> CallLimits {
     CallLimits { timeout: std::time::Duration::from_millis(timeout_ms), ..CallLimits::default() }
 }
 
-fn test(files: &[PathBuf], limits: CallLimits) -> anyhow::Result<ExitCode> {
-    let engine = Arc::new(PolicyEngine::new(limits)?);
+/// Compiling a Python policy takes 10-15 s, so the edit-test loop keeps
+/// compiled components where `run` would: in a per-user cache folder
+/// (`FLOCKD_POLICY_CACHE`, else `$XDG_CACHE_HOME/flockd/policy-cache`, else
+/// `~/.cache/flockd/policy-cache`). Without one, every run compiles.
+fn cached(engine: PolicyEngine) -> PolicyEngine {
+    let Some(dir) = user_cache_dir() else { return engine };
+    match flockd_wasm::CompileCache::open(&dir) {
+        Ok(cache) => engine.with_compile_cache(cache),
+        Err(e) => {
+            eprintln!("warning: compiled policies will not be cached: {e}");
+            engine
+        }
+    }
+}
+
+fn user_cache_dir() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("FLOCKD_POLICY_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("flockd/policy-cache")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache/flockd/policy-cache")))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TestFormat {
+    Text,
+    Json,
+    Junit,
+}
+
+fn test(files: &[PathBuf], limits: CallLimits, format: TestFormat) -> anyhow::Result<ExitCode> {
+    let engine = Arc::new(cached(PolicyEngine::new(limits)?));
     let (mut unusable, mut failing) = (0, 0);
+    let mut results = Vec::new();
     for path in files {
-        match CaseFile::read(path).and_then(|file| run_file(&engine, &file)) {
+        let result = CaseFile::read(path).and_then(|file| run_file(&engine, &file));
+        match &result {
             Ok(outcome) => {
-                print!("{}", outcome.render());
+                if format == TestFormat::Text {
+                    print!("{}", outcome.render());
+                }
                 failing += usize::from(!outcome.all_passed());
             }
             Err(e) => {
@@ -111,6 +148,12 @@ fn test(files: &[PathBuf], limits: CallLimits) -> anyhow::Result<ExitCode> {
                 unusable += 1;
             }
         }
+        results.push((path.display().to_string(), result.map_err(|e| e.to_string())));
+    }
+    match format {
+        TestFormat::Text => {}
+        TestFormat::Json => println!("{}", crate::policy_cases::report::json(&results)),
+        TestFormat::Junit => print!("{}", crate::policy_cases::report::junit(&results)),
     }
     Ok(match (unusable, failing) {
         (0, 0) => ExitCode::SUCCESS,

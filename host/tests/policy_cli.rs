@@ -8,6 +8,9 @@ fn flockd(args: &[&str], cwd: &Path) -> Output {
         .args(args)
         .current_dir(cwd)
         .env("RUST_LOG", "warn")
+        // The edit-test loop's compile cache, per test folder: never the
+        // user's own ~/.cache.
+        .env("FLOCKD_POLICY_CACHE", cwd.join("policy-cache"))
         .output()
         .expect("run flockd")
 }
@@ -66,7 +69,14 @@ fn export_then_inspect_a_built_in_and_its_broken_copies() {
     }
     let out = flockd(&["policy", "inspect", "scale-up.wasm", "--settings", r#"{"cool-off-secs": "soon"}"#], dir.path());
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).0.contains("FAILED  configure("), "{:?}", text(&out));
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("FAILED  configure("), "{stdout}");
+    // Issue 16, item 7: the verdict first, then what to do, the imports last.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("verdict:  invalid: rejected its settings"), "{stdout}");
+    assert!(lines[1].starts_with("hint:") && lines[1].contains("--settings"), "{stdout}");
+    let imports = lines.iter().position(|l| *l == "imports:").expect("imports listed");
+    assert!(lines[imports..].iter().skip(1).all(|l| l.starts_with("  ")), "the import list is last:\n{stdout}");
 
     let out = flockd(&["policy", "inspect", "scale-up.wasm", "--timeout-ms", "5000"], dir.path());
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
@@ -109,6 +119,11 @@ fn test_exits_0_when_cases_pass_1_when_one_fails_2_when_a_file_is_bad() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("  ok      three pending over A max 2 and B"), "{stdout}");
+    // Issue 16, item 7: the second run of the edit-test loop does not
+    // compile again (12-15 s for a Python policy).
+    assert!(stdout.contains("; compiled and cached)"), "{stdout}");
+    let again = text(&flockd(&["policy", "test", "pass.toml"], dir.path())).0;
+    assert!(again.contains("; from the compile cache)"), "{again}");
 
     let out = flockd(&["policy", "test", "pass.toml", "fail.toml"], dir.path());
     let (stdout, _) = text(&out);
@@ -125,6 +140,24 @@ fn test_exits_0_when_cases_pass_1_when_one_fails_2_when_a_file_is_bad() {
         "{stderr}"
     );
     assert!(stdout.contains("FAILED"), "the good file still ran: {stdout}");
+
+    // Issue 16, item 10: the same run for a CI pipeline.
+    let out = flockd(&["policy", "test", "pass.toml", "fail.toml", "--format", "json"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(report["files"][0]["passed"], true, "{report:#}");
+    assert_eq!(report["files"][1]["cases"][0]["passed"], false, "{report:#}");
+    assert!(
+        report["files"][1]["cases"][0]["mismatches"][0].as_str().unwrap().contains("launches differ"),
+        "{report:#}"
+    );
+    let out = flockd(&["policy", "test", "pass.toml", "fail.toml", "--format", "junit"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let (xml, _) = text(&out);
+    assert!(
+        xml.starts_with("<?xml") && xml.contains(r#"tests="1" failures="1""#) && xml.contains("<failure "),
+        "{xml}"
+    );
 
     let out = flockd(&["policy", "test", "nowhere.toml"], dir.path());
     assert_eq!(out.status.code(), Some(2));

@@ -22,7 +22,7 @@ fn a_good_policy_is_valid_and_shows_its_world_imports_and_exports() {
     assert_eq!(host.members, ["log-level", "log"]);
     let rendered = inspection.render();
     assert!(rendered.contains("world:    flockd:policy/policy@0.1.0\n"), "{rendered}");
-    assert!(rendered.ends_with("verdict:  valid policy\n"), "{rendered}");
+    assert!(rendered.starts_with("verdict:  valid policy\n"), "the verdict comes first: {rendered}");
 }
 
 #[test]
@@ -43,6 +43,10 @@ fn each_broken_file_is_invalid_with_its_reason() {
         let got = inspection.reason().unwrap();
         assert!(got.contains(reason), "{what}: {got:?} should say {reason:?}");
         assert!(inspection.render().contains(&format!("verdict:  invalid: {got}")));
+        if what == "endless loop" {
+            let hint = inspection.hint.as_deref().unwrap_or_default();
+            assert!(hint.contains("--timeout-ms"), "a deadline failure says how to give it longer: {hint:?}");
+        }
     }
     // The foreign component still shows what it is.
     let other = inspect(&engine, Path::new("o.wasm"), &read(fixture::OTHER_WORLD), "{}");

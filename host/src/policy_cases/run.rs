@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use flockd_wasm::{Chain, Origin, PolicyEngine, PolicyRuntime, builtin, loader};
+use flockd_wasm::{CallError, Chain, Origin, PolicyEngine, PolicyRuntime, builtin, loader};
 
 use super::{CaseFile, CaseFileError, CaseOutcome, FileOutcome, PolicyRef};
 
@@ -28,7 +28,7 @@ pub fn run_file(engine: &Arc<PolicyEngine>, file: &CaseFile) -> Result<FileOutco
             (name, Origin::File(path.clone()), bytes)
         }
     };
-    let policy = loader::compile(engine, &name, origin, &bytes)
+    let (policy, cache) = loader::compile_cached(engine, &name, origin, &bytes)
         .map_err(|e| error(format!("cannot load policy {}: {e}", file.policy)))?;
     let runtime = PolicyRuntime::new(engine.clone(), Chain::default());
     let cases = file
@@ -37,9 +37,11 @@ pub fn run_file(engine: &Arc<PolicyEngine>, file: &CaseFile) -> Result<FileOutco
         .map(|case| {
             let configured = policy.with_settings(case.settings_json());
             let (result, report) = runtime.trial(&configured, &case.snapshot, &case.plan);
+            let timed_out = matches!(result, Err(CallError::Timeout(_)));
             let result = result.map_err(|e| e.to_string());
             CaseOutcome {
                 name: case.name.clone(),
+                timed_out,
                 mismatches: case.expect.mismatches(&result),
                 result,
                 logs: report.logs,
@@ -51,6 +53,7 @@ pub fn run_file(engine: &Arc<PolicyEngine>, file: &CaseFile) -> Result<FileOutco
         source: file.source.clone(),
         policy: file.policy.to_string(),
         digest: policy.digest.clone(),
+        cache,
         cases,
     })
 }

@@ -26,6 +26,9 @@ pub struct Inspection {
     pub shape: Option<ComponentShape>,
     /// In order; checking stops at the first failure.
     pub checks: Vec<Check>,
+    /// What to do about the failure, when flockd knows (settings to pass,
+    /// a longer deadline).
+    pub hint: Option<String>,
 }
 
 impl Inspection {
@@ -38,8 +41,21 @@ impl Inspection {
         self.checks.iter().find_map(|c| c.outcome.as_ref().err()).map(String::as_str)
     }
 
+    /// The verdict first, then what the component is, the checks, and the
+    /// long import list last.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        match self.reason() {
+            None => {
+                let _ = writeln!(out, "verdict:  valid policy");
+            }
+            Some(reason) => {
+                let _ = writeln!(out, "verdict:  invalid: {reason}");
+            }
+        }
+        if let Some(hint) = &self.hint {
+            let _ = writeln!(out, "hint:     {hint}");
+        }
         let _ = writeln!(out, "file:     {}", self.file);
         let _ = writeln!(out, "size:     {} bytes", self.size);
         let _ = writeln!(out, "digest:   {} (sha256, first 12 bytes)", self.digest);
@@ -51,16 +67,6 @@ impl Inspection {
                 "version:  {}",
                 shape.policy_version().unwrap_or("none (imports no flockd:policy interface)")
             );
-            let _ = writeln!(out, "imports:");
-            for item in &shape.imports {
-                let members =
-                    if item.members.is_empty() { String::new() } else { format!(": {}", item.members.join(", ")) };
-                let _ = writeln!(out, "  {} ({}){members}", item.name, item.kind);
-            }
-            let _ = writeln!(out, "exports:");
-            for item in &shape.exports {
-                let _ = writeln!(out, "  {}: {}", item.name, item.kind);
-            }
         }
         let _ = writeln!(out, "checks:");
         for check in &self.checks {
@@ -76,12 +82,16 @@ impl Inspection {
                 }
             }
         }
-        match self.reason() {
-            None => {
-                let _ = writeln!(out, "verdict:  valid policy");
+        if let Some(shape) = &self.shape {
+            let _ = writeln!(out, "exports:");
+            for item in &shape.exports {
+                let _ = writeln!(out, "  {}: {}", item.name, item.kind);
             }
-            Some(reason) => {
-                let _ = writeln!(out, "verdict:  invalid: {reason}");
+            let _ = writeln!(out, "imports:");
+            for item in &shape.imports {
+                let members =
+                    if item.members.is_empty() { String::new() } else { format!(": {}", item.members.join(", ")) };
+                let _ = writeln!(out, "  {} ({}){members}", item.name, item.kind);
             }
         }
         out
@@ -98,6 +108,7 @@ pub fn inspect(engine: &Arc<PolicyEngine>, file: &Path, bytes: &[u8], settings_j
         digest: loader::digest(bytes),
         shape: None,
         checks: Vec::new(),
+        hint: None,
     };
     let checks = &mut inspection.checks;
     match engine.describe(bytes) {
@@ -129,8 +140,18 @@ pub fn inspect(engine: &Arc<PolicyEngine>, file: &Path, bytes: &[u8], settings_j
     let configure = format!("configure({settings_json}) accepted");
     let decide = "decide(empty snapshot) returns a valid plan within the limits";
     match result {
-        Err(CallError::Settings(reason)) => push(checks, &configure, Err(format!("rejected its settings: {reason}"))),
+        Err(CallError::Settings(reason)) => {
+            push(checks, &configure, Err(format!("rejected its settings: {reason}")));
+            inspection.hint = Some(if settings_json.trim() == "{}" {
+                "this policy needs settings: pass the JSON of its [[policy]] settings, e.g. --settings '{\"resource\": \"cpu\"}'".into()
+            } else {
+                "fix the JSON given with --settings: it is what the [[policy]] entry's settings would be".into()
+            });
+        }
         Err(e) => {
+            if matches!(e, CallError::Timeout(_)) {
+                inspection.hint = Some("the call ran out of time: give it longer with --timeout-ms (large Python and JavaScript policies need more on a busy machine)".into());
+            }
             push(checks, &configure, Ok(String::new()));
             push(checks, decide, Err(e.to_string()));
         }

@@ -64,14 +64,27 @@ pub fn digest(bytes: &[u8]) -> String {
 /// [`LoadedPolicy::with_settings`]), for tools that run one component under
 /// many settings, like `flockd policy test`.
 pub fn compile(engine: &PolicyEngine, name: &str, origin: Origin, bytes: &[u8]) -> Result<LoadedPolicy, LoadError> {
-    Ok(LoadedPolicy {
+    compile_cached(engine, name, origin, bytes).map(|(policy, _)| policy)
+}
+
+/// [`compile`], saying whether the engine's compile cache served it (`None`
+/// without a cache).
+pub fn compile_cached(
+    engine: &PolicyEngine,
+    name: &str,
+    origin: Origin,
+    bytes: &[u8],
+) -> Result<(LoadedPolicy, Option<crate::CacheOutcome>), LoadError> {
+    let (compiled, outcome) = engine.compile_cached(bytes)?;
+    let policy = LoadedPolicy {
         name: name.to_string(),
         origin,
         digest: digest(bytes),
         settings_json: "{}".into(),
         loaded_at: SystemTime::now(),
-        compiled: engine.compile(bytes)?.with_timeout(engine.timeout_for(name)),
-    })
+        compiled: compiled.with_timeout(engine.timeout_for(name)),
+    };
+    Ok((policy, outcome))
 }
 
 /// Why one configured policy could not be loaded.
