@@ -96,6 +96,7 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
     }
     // flockd talks to its own server exactly as to a real one: over HTTP,
     // with credentials by reference.
+    let env_block = clearml_env_block(&server.url(), options.clearml_secret.as_ref());
     let secret = match options.clearml_secret {
         Some(reference) => reference,
         None => {
@@ -131,10 +132,8 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
     let code = if options.demo {
         demo(&config, source, providers, &handle, &world).await?
     } else {
-        println!(
-            "enqueue tasks with the clearml SDK (CLEARML_API_HOST={}) and watch them being served; Ctrl-C stops",
-            server.url()
-        );
+        println!("enqueue tasks with the clearml SDK and watch them being served; Ctrl-C stops. Its environment:");
+        print!("{env_block}");
         let shutdown = shutdown.expect("installed when not a demo");
         crate::run::serve(config, source, providers, shutdown, |addr| {
             println!("flockd dev: dashboard on http://{addr}/");
@@ -147,6 +146,21 @@ pub async fn dev(options: DevOptions) -> anyhow::Result<ExitCode> {
 }
 
 const DEV_ACCESS_KEY: &str = "flockd-dev";
+
+/// The `CLEARML_*` variables a clearml SDK or agent needs to talk to `dev`'s
+/// server, as `export` lines ready to paste. The secret itself appears only
+/// when it is the built-in development secret (which serves loopback only);
+/// a secret given by reference is pasted as that reference.
+fn clearml_env_block(url: &str, secret: Option<&SecretRef>) -> String {
+    let secret = match secret {
+        None => DEV_SECRET.to_string(),
+        Some(SecretRef::Env(name)) => format!("\"${name}\""),
+        Some(SecretRef::File(path)) => format!("\"$(cat '{}')\"", path.display().to_string().replace('\'', "'\\''")),
+    };
+    format!(
+        "  export CLEARML_API_HOST={url}\n  export CLEARML_WEB_HOST={url}\n  export CLEARML_FILES_HOST={url}\n  export CLEARML_API_ACCESS_KEY={DEV_ACCESS_KEY}\n  export CLEARML_API_SECRET_KEY={secret}\n"
+    )
+}
 
 fn write_key(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let path = dir.join("clearml-dev-access-key");
@@ -308,5 +322,23 @@ impl Agents for ServerAgents {
         // A machine that vanished sends nothing: like the real server, this
         // one keeps the worker until it times out, unless flockd
         // unregisters it (which it does for machines it terminates).
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_env_block_holds_only_the_builtin_secret_and_pastes_references_as_such() {
+        let url = "http://127.0.0.1:8008";
+        let builtin = clearml_env_block(url, None);
+        assert!(builtin.contains("export CLEARML_API_HOST=http://127.0.0.1:8008\n"), "{builtin}");
+        assert!(builtin.contains(&format!("export CLEARML_API_SECRET_KEY={DEV_SECRET}\n")), "{builtin}");
+        let env = clearml_env_block(url, Some(&SecretRef::Env("MY_SECRET".into())));
+        assert!(env.contains("export CLEARML_API_SECRET_KEY=\"$MY_SECRET\"\n"), "{env}");
+        assert!(!env.contains(DEV_SECRET), "{env}");
+        let file = clearml_env_block(url, Some(&SecretRef::File("/run/it's".into())));
+        assert!(file.contains(r#"export CLEARML_API_SECRET_KEY="$(cat '/run/it'\''s')""#), "{file}");
     }
 }
