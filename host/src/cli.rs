@@ -34,7 +34,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the autoscaler against a ClearML server and real clouds.
     Run {
-        #[arg(long, short)]
+        /// The flockd config (default ./flockd.toml, or FLOCKD_CONFIG).
+        #[arg(long, short, env = "FLOCKD_CONFIG", default_value = "flockd.toml")]
         config: PathBuf,
         /// Record what would be done in the journal; launch and terminate nothing.
         #[arg(long)]
@@ -42,8 +43,12 @@ pub enum Command {
     },
     /// Validate a config and its policies without any network call (exit 2 on error).
     Check {
-        #[arg(long, short)]
+        /// The flockd config (default ./flockd.toml, or FLOCKD_CONFIG).
+        #[arg(long, short, env = "FLOCKD_CONFIG", default_value = "flockd.toml")]
         config: PathBuf,
+        /// `text` for people, `json` for CI pipelines (exit codes are the same).
+        #[arg(long, value_enum, default_value_t = crate::check::CheckFormat::Text)]
+        format: crate::check::CheckFormat,
     },
     /// Everything on one machine: the built-in ClearML-compatible server, a
     /// simulated cloud in real time and the HTTP dashboard. No cloud account.
@@ -91,6 +96,11 @@ pub enum Command {
     /// Work with policy components: inspect, test against case files, export a built-in.
     #[command(subcommand)]
     Policy(crate::policy_cli::PolicyCommand),
+    /// Print a shell completion script, e.g. `flockd completions bash > /etc/bash_completion.d/flockd`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
 }
 
 pub fn init_logging(args: &GlobalArgs) {
@@ -99,7 +109,10 @@ pub fn init_logging(args: &GlobalArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = args.log_format == LogFormat::Json;
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal, never into a file or pipe.
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let stderr: Box<dyn tracing_subscriber::Layer<_> + Send + Sync> =
         if json { Box::new(stderr.json()) } else { Box::new(stderr) };
     // The dashboard's log tail gets the same lines as stderr.
@@ -110,7 +123,7 @@ pub fn init_logging(args: &GlobalArgs) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, dry_run } => runtime()?.block_on(crate::run::run(&config, dry_run)),
-        Command::Check { config } => Ok(crate::check::command(&config)),
+        Command::Check { config, format } => Ok(crate::check::command(&config, format)),
         Command::Dev { config, clearml_listen, clearml_secret, http_listen, demo, task_secs } => {
             let clearml_secret = secret_ref("--clearml-secret", clearml_secret)?;
             // A demo must not fail because a dev server already holds 8008.
@@ -129,8 +142,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let secret_key = secret_ref("--secret-key", secret_key)?;
             runtime()?.block_on(crate::dev::dev_server(listen, access_key, secret_key, persist))
         }
-        Command::Simulate(args) => crate::simulate::command(args),
+        Command::Simulate(args) => crate::simulate::command(args, &cli.global),
         Command::Policy(cmd) => crate::policy_cli::run(cmd),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "flockd",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Why(args) => runtime()?.block_on(crate::journal_cli::why(args)),
         Command::Decisions(args) => runtime()?.block_on(crate::journal_cli::decisions(args)),
     }
@@ -145,4 +167,37 @@ fn secret_ref(option: &str, value: Option<String>) -> anyhow::Result<Option<floc
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Issue 16, item 10: `--help` explains every option and argument of
+    /// every command.
+    #[test]
+    fn every_option_has_help_text() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (the command itself)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "flockd", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
 }

@@ -26,18 +26,21 @@ pub enum Format {
 pub struct WhyArgs {
     /// The instance id (as in status, the dashboard or the cloud console).
     pub instance: String,
-    #[arg(long)]
+    /// The flockd config (default ./flockd.toml, or FLOCKD_CONFIG).
+    #[arg(long, short, env = "FLOCKD_CONFIG", default_value = "flockd.toml")]
     pub config: PathBuf,
     /// At most this many ticks, newest first.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// `text` for people, `json` (the records as the status API serves them) for scripts.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct DecisionsArgs {
-    #[arg(long)]
+    /// The flockd config (default ./flockd.toml, or FLOCKD_CONFIG).
+    #[arg(long, short, env = "FLOCKD_CONFIG", default_value = "flockd.toml")]
     pub config: PathBuf,
     /// At most this many ticks, newest first.
     #[arg(long, default_value_t = 20)]
@@ -52,6 +55,7 @@ pub struct DecisionsArgs {
     /// ago (`90s`, `30m`, `2h`, `1d`).
     #[arg(long, value_parser = parse_since)]
     pub since: Option<Since>,
+    /// `text` for people, `json` (the records as the status API serves them) for scripts.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use flockd_core::guardrails::Cap;
 use flockd_core::{
     Clock, CloudProvider, Controller, Decider, Decision, ManualClock, MemoryStore, Millis, Seams, Snapshot, naming,
 };
@@ -22,19 +23,27 @@ use crate::config::{Config, ProviderKind};
 
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
-    /// The flockd config: queues, resources, limits, policies. Every provider
-    /// is simulated; `[resource.NAME.simulated]` tables tune its machines.
-    #[arg(long, short)]
+    /// The flockd config: queues, resources, limits, policies (default
+    /// ./flockd.toml, or FLOCKD_CONFIG). Every provider is simulated;
+    /// `[resource.NAME.simulated]` tables tune its machines.
+    #[arg(long, short, env = "FLOCKD_CONFIG", default_value = "flockd.toml")]
     pub config: PathBuf,
     /// Tasks to replay, one JSON object per line: {"at": s, "queue": "q", "duration": s}.
     #[arg(long, short)]
     pub trace: PathBuf,
+    /// `table` for people, `json` for scripts (keys in docs/simulate.md).
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     pub format: ReportFormat,
     /// Stop after this many simulated seconds (default: when every task has
     /// finished and the fleet is gone, at most 72 h after the last arrival).
     #[arg(long)]
     pub until_secs: Option<f64>,
+    /// When virtual time starts: RFC 3339 with an offset
+    /// ("2026-03-02T08:00:00+01:00"), or a date or date and time taken as
+    /// UTC ("2026-03-02", "2026-03-02T07:00"). Time-of-day policies see
+    /// the trace's `at` from here. Default: 2026-01-01T00:00:00Z, a Thursday.
+    #[arg(long, value_parser = parse_start)]
+    pub start: Option<Millis>,
     /// Show the controller's and the policies' logs (silenced by default).
     #[arg(long)]
     pub verbose: bool,
@@ -50,9 +59,34 @@ pub enum ReportFormat {
     Json,
 }
 
-/// Virtual time starts here (2026-01-01T00:00:00Z), so snapshots carry
-/// plausible unix times; reports count from it.
+/// Virtual time starts here unless `--start` says otherwise
+/// (2026-01-01T00:00:00Z, a Thursday), so snapshots carry plausible unix
+/// times; reports count from it.
 pub const ORIGIN: Millis = 1_767_225_600_000;
+
+/// `--start`: RFC 3339, or a date (and time) in UTC.
+pub fn parse_start(text: &str) -> Result<Millis, String> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    let utc = if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        t.to_utc()
+    } else if let Some(t) = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+    {
+        t.and_utc()
+    } else if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
+    } else {
+        return Err(format!(
+            "{text:?} is not a time: give RFC 3339 (2026-03-02T08:00:00+01:00) or a date and time in UTC (2026-03-02T07:00, 2026-03-02)"
+        ));
+    };
+    let ms = utc.timestamp_millis();
+    if ms < 0 {
+        return Err(format!("{text:?} is before 1970"));
+    }
+    Ok(ms as Millis)
+}
 /// Without `--until-secs`, how long after the last arrival the run may go on.
 const DRAIN_CAP_MS: Millis = 72 * 3600 * 1000;
 
@@ -74,14 +108,15 @@ fn one() -> u32 {
     1
 }
 
-pub fn command(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> {
+pub fn command(args: SimulateArgs, global: &crate::cli::GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
     let config = Config::load(&args.config)?;
     let trace = read_trace(&args.trace, &config)?;
     let until = match args.until_secs {
         Some(s) if !(s.is_finite() && s > 0.0) => anyhow::bail!("--until-secs {s}: give a number of seconds > 0"),
         s => s.map(secs_to_ms),
     };
-    let report = simulate(&config, &trace, until, args.verbose)?;
+    let logs = args.verbose.then(|| Logs { filter: global.log.clone() });
+    let report = simulate_with_logs(&config, &trace, Start { at: args.start.unwrap_or(ORIGIN), until }, logs)?;
     let text = match args.format {
         ReportFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
         ReportFormat::Table => report.table(),
@@ -175,48 +210,98 @@ pub fn simulated_providers(
     Ok(providers)
 }
 
-/// The policy chain, silenced unless verbose: a replay decides thousands of
-/// times and the report is what matters.
+/// The policy chain, logging where the replay logs (nowhere unless
+/// verbose: a replay decides thousands of times and the report is what
+/// matters). Its calls may run on another thread than the replay's.
 struct QuietDecider {
     inner: Arc<dyn Decider>,
-    dispatch: Option<tracing::Dispatch>,
+    dispatch: tracing::Dispatch,
 }
 
 impl Decider for QuietDecider {
     fn decide(&self, snapshot: &Arc<Snapshot>) -> Decision {
-        match &self.dispatch {
-            Some(d) => tracing::dispatcher::with_default(d, || self.inner.decide(snapshot)),
-            None => self.inner.decide(snapshot),
-        }
+        tracing::dispatcher::with_default(&self.dispatch, || self.inner.decide(snapshot))
     }
 }
 
-pub fn simulate(config: &Config, trace: &[TraceTask], until: Option<Millis>, verbose: bool) -> anyhow::Result<Report> {
-    let dispatch = (!verbose).then(tracing::Dispatch::none);
-    let run = || -> anyhow::Result<Report> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
-        runtime.block_on(replay(config, trace, until, dispatch.clone()))
-    };
-    match &dispatch {
-        Some(d) => tracing::dispatcher::with_default(d, run),
-        None => run(),
+/// When a replay starts and how long it may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// Virtual time of the trace's `at = 0` (unix ms).
+    pub at: Millis,
+    /// Stop this long after `at` (default: when drained, or the time cap).
+    pub until: Option<Millis>,
+}
+
+impl Default for Start {
+    fn default() -> Self {
+        Start { at: ORIGIN, until: None }
     }
+}
+
+/// `--verbose`: the controller's and the policies' logs on stderr.
+pub struct Logs {
+    /// An `EnvFilter` directive, e.g. `info` or `flockd=debug`.
+    pub filter: String,
+}
+
+/// Log lines stamped with the replay's virtual time, not the wall clock: a
+/// log line says when, in the simulated week, it happened.
+struct VirtualTime(Arc<ManualClock>);
+
+impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        w.write_str(&rfc3339(self.0.now()))
+    }
+}
+
+/// A replay with no logs.
+pub fn simulate(config: &Config, trace: &[TraceTask], start: Start, verbose: bool) -> anyhow::Result<Report> {
+    simulate_with_logs(config, trace, start, verbose.then(|| Logs { filter: "info".into() }))
+}
+
+pub fn simulate_with_logs(
+    config: &Config,
+    trace: &[TraceTask],
+    start: Start,
+    logs: Option<Logs>,
+) -> anyhow::Result<Report> {
+    let clock = Arc::new(ManualClock::new(start.at));
+    let dispatch = match logs {
+        None => tracing::Dispatch::none(),
+        Some(logs) => tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_new(&logs.filter)
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_timer(VirtualTime(clock.clone()))
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+                .finish(),
+        ),
+    };
+    tracing::dispatcher::with_default(&dispatch, || -> anyhow::Result<Report> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+        runtime.block_on(replay(config, trace, start, clock.clone(), dispatch.clone()))
+    })
 }
 
 async fn replay(
     config: &Config,
     trace: &[TraceTask],
-    until: Option<Millis>,
-    quiet: Option<tracing::Dispatch>,
+    start: Start,
+    clock: Arc<ManualClock>,
+    logs: tracing::Dispatch,
 ) -> anyhow::Result<Report> {
-    let clock = Arc::new(ManualClock::new(ORIGIN));
+    let origin = start.at;
     let queue = SimQueue::new(clock.clone());
     let world = SimWorld::new(clock.clone(), Arc::new(queue.clone()));
     let providers = simulated_providers(config, &world, true)?;
 
-    let mut last_arrival = ORIGIN;
+    let mut last_arrival = origin;
     for task in trace {
-        let at = ORIGIN + secs_to_ms(task.at);
+        let at = origin + secs_to_ms(task.at);
         last_arrival = last_arrival.max(at);
         for _ in 0..task.count {
             queue.enqueue(&task.queue, at, secs_to_ms(task.duration));
@@ -231,7 +316,7 @@ async fn replay(
     let chain = flockd_wasm::load_chain(&engine, &config.policy_specs())
         .map_err(|errors| anyhow::anyhow!(flockd_wasm::loader::lines(&errors, "\n")))?;
     let decider =
-        Arc::new(QuietDecider { inner: Arc::new(flockd_wasm::PolicyRuntime::new(engine, chain)), dispatch: quiet });
+        Arc::new(QuietDecider { inner: Arc::new(flockd_wasm::PolicyRuntime::new(engine, chain)), dispatch: logs });
 
     let mut controller_config = config.controller_config();
     // The point of a replay is to see what flockd would do.
@@ -249,14 +334,16 @@ async fn replay(
     .await?;
 
     let poll = secs_to_ms(config.poll_interval_secs).max(1);
-    let stop_at = until.map(|u| ORIGIN + u);
+    let stop_at = start.until.map(|u| origin + u);
     let cap = last_arrival + DRAIN_CAP_MS;
     let mut ticks = 0u64;
+    let mut why = WhyWaited::default();
     let ended = loop {
         let now = clock.now();
         world.step();
-        controller.tick().await;
+        let record = controller.tick().await;
         ticks += 1;
+        why.count(config, &record, &world.stats(now), poll);
         if stop_at.is_some_and(|s| now + poll > s) {
             break Ended::UntilSecs;
         }
@@ -276,7 +363,87 @@ async fn replay(
         }
         None => clock.now(),
     };
-    Ok(Report::build(config, &queue, &world, end, ticks, ended))
+    Ok(Report::build(config, &queue, &world, Span { origin, end }, ticks, ended, &why))
+}
+
+/// What held launches back, counted tick by tick.
+#[derive(Default)]
+struct WhyWaited {
+    /// Resource → launches cut by each cap.
+    cut: BTreeMap<String, LaunchesCut>,
+    /// Resource → time with as many machines as its max-instances.
+    at_own_cap_ms: BTreeMap<String, Millis>,
+    at_global_cap_ms: Millis,
+    at_cost_cap_ms: Millis,
+}
+
+impl WhyWaited {
+    /// One tick, which stands for the `poll` until the next: its trims, and
+    /// whether the fleet it left sits at a cap.
+    fn count(
+        &mut self,
+        config: &Config,
+        record: &flockd_core::TickRecord,
+        stats: &BTreeMap<String, flockd_sim::ResourceStats>,
+        poll: Millis,
+    ) {
+        for t in &record.trims {
+            let cut = self.cut.entry(t.resource.clone()).or_default();
+            let n = t.asked.saturating_sub(t.allowed);
+            match t.by {
+                Cap::ResourceInstances => cut.by_resource_max_instances += n,
+                Cap::GlobalInstances => cut.by_global_max_instances += n,
+                Cap::CostPerHour => cut.by_cost_cap += n,
+            }
+        }
+        let mut alive = 0;
+        let mut cost = 0.0;
+        for (name, r) in &config.resources {
+            let n = stats.get(name).map_or(0, |s| s.alive);
+            alive += n;
+            cost += f64::from(n) * r.price();
+            if n >= r.max_instances {
+                *self.at_own_cap_ms.entry(name.clone()).or_default() += poll;
+            }
+        }
+        if alive >= config.limits.max_instances {
+            self.at_global_cap_ms += poll;
+        }
+        // At the cost cap: not even the cheapest priced machine fits.
+        let cheapest = config.resources.values().map(|r| r.price()).filter(|p| *p > 0.0).min_by(f64::total_cmp);
+        if cheapest.is_some_and(|p| cost + p > config.limits.max_cost_per_hour + 1e-9) {
+            self.at_cost_cap_ms += poll;
+        }
+    }
+}
+
+/// Launches the guardrails cut, by the cap that cut them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LaunchesCut {
+    /// By the resource's own `max-instances`.
+    pub by_resource_max_instances: u32,
+    /// By `[limits] max-instances`.
+    pub by_global_max_instances: u32,
+    /// By `[limits] max-cost-per-hour`.
+    pub by_cost_cap: u32,
+}
+
+impl LaunchesCut {
+    fn add(self, o: LaunchesCut) -> LaunchesCut {
+        LaunchesCut {
+            by_resource_max_instances: self.by_resource_max_instances + o.by_resource_max_instances,
+            by_global_max_instances: self.by_global_max_instances + o.by_global_max_instances,
+            by_cost_cap: self.by_cost_cap + o.by_cost_cap,
+        }
+    }
+}
+
+/// A replay's virtual start and end.
+#[derive(Clone, Copy)]
+struct Span {
+    origin: Millis,
+    end: Millis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -293,6 +460,8 @@ pub enum Ended {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Report {
+    /// Virtual time of the trace's `at = 0`, RFC 3339 in UTC.
+    pub start: String,
     pub simulated_secs: f64,
     pub ticks: u64,
     pub ended: Ended,
@@ -327,6 +496,11 @@ pub struct ResourceReport {
     pub tasks_killed_by_termination: u32,
     #[serde(flatten)]
     pub waits: Waits,
+    /// Machine time with an agent and no task.
+    pub idle_hours: f64,
+    /// Time this resource had as many machines as its max-instances.
+    pub secs_at_max_instances: f64,
+    pub launches_cut: LaunchesCut,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -358,10 +532,25 @@ pub struct TotalReport {
     pub tasks_killed_by_termination: u32,
     #[serde(flatten)]
     pub waits: Waits,
+    pub idle_hours: f64,
+    /// Time the fleet had `[limits] max-instances` machines.
+    pub secs_at_global_max_instances: f64,
+    /// Time the fleet's cost left no room for even the cheapest machine.
+    pub secs_at_cost_cap: f64,
+    pub launches_cut: LaunchesCut,
 }
 
 impl Report {
-    fn build(config: &Config, queue: &SimQueue, world: &SimWorld, end: Millis, ticks: u64, ended: Ended) -> Report {
+    fn build(
+        config: &Config,
+        queue: &SimQueue,
+        world: &SimWorld,
+        span: Span,
+        ticks: u64,
+        ended: Ended,
+        why: &WhyWaited,
+    ) -> Report {
+        let end = span.end;
         let stats = world.stats(end);
         let tasks = queue.tasks();
         let started_on = |t: &flockd_sim::TaskRecord| {
@@ -391,6 +580,11 @@ impl Report {
                     tasks_interrupted: s.tasks_interrupted,
                     tasks_killed_by_termination: s.tasks_killed_by_termination,
                     waits: waits(mine.iter().filter_map(|t| t.wait_ms())),
+                    idle_hours: round3(s.idle_ms as f64 / 3_600_000.0),
+                    secs_at_max_instances: round3(
+                        why.at_own_cap_ms.get(name).copied().unwrap_or(0).min(end - span.origin) as f64 / 1000.0,
+                    ),
+                    launches_cut: why.cut.get(name).copied().unwrap_or_default(),
                 }
             })
             .collect();
@@ -430,8 +624,20 @@ impl Report {
             tasks_interrupted: sum(|r| r.tasks_interrupted),
             tasks_killed_by_termination: sum(|r| r.tasks_killed_by_termination),
             waits: waits(tasks.iter().filter_map(|t| t.wait_ms())),
+            idle_hours: round3(stats.values().map(|s| s.idle_ms as f64 / 3_600_000.0).sum()),
+            secs_at_global_max_instances: round3(why.at_global_cap_ms.min(end - span.origin) as f64 / 1000.0),
+            secs_at_cost_cap: round3(why.at_cost_cap_ms.min(end - span.origin) as f64 / 1000.0),
+            launches_cut: resources.iter().fold(LaunchesCut::default(), |a, r| a.add(r.launches_cut)),
         };
-        Report { simulated_secs: round3((end - ORIGIN) as f64 / 1000.0), ticks, ended, resources, queues, total }
+        Report {
+            start: rfc3339(span.origin),
+            simulated_secs: round3((end - span.origin) as f64 / 1000.0),
+            ticks,
+            ended,
+            resources,
+            queues,
+            total,
+        }
     }
 
     /// The human-readable form.
@@ -443,7 +649,13 @@ impl Report {
             Ended::UntilSecs => "--until-secs reached",
             Ended::TimeCap => "72 h after the last arrival, with work or machines left",
         };
-        let _ = writeln!(out, "simulated {:.1} h in {} ticks ({ended})\n", self.simulated_secs / 3600.0, self.ticks);
+        let _ = writeln!(
+            out,
+            "simulated {} from {} in {} ticks ({ended})\n",
+            duration(self.simulated_secs),
+            self.start,
+            self.ticks
+        );
         let _ = writeln!(
             out,
             "{:<20} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -475,9 +687,9 @@ impl Report {
                 r.peak_instances,
                 r.tasks_finished,
                 r.tasks_interrupted,
-                secs(r.waits.wait_p50_secs),
-                secs(r.waits.wait_p95_secs),
-                secs(r.waits.wait_max_secs)
+                duration(r.waits.wait_p50_secs),
+                duration(r.waits.wait_p95_secs),
+                duration(r.waits.wait_max_secs)
             );
         }
         let t = &self.total;
@@ -494,8 +706,8 @@ impl Report {
             t.peak_instances,
             t.tasks_finished,
             t.tasks_interrupted,
-            secs(t.waits.wait_p50_secs),
-            secs(t.waits.wait_p95_secs),
+            duration(t.waits.wait_p50_secs),
+            duration(t.waits.wait_p95_secs),
             wait_cell(t.waits.wait_max_secs, t.tasks_never_started)
         );
         let _ = writeln!(
@@ -511,11 +723,44 @@ impl Report {
                 q.tasks,
                 q.tasks_finished,
                 q.tasks_interrupted,
-                secs(q.waits.wait_p50_secs),
-                secs(q.waits.wait_p95_secs),
+                duration(q.waits.wait_p50_secs),
+                duration(q.waits.wait_p95_secs),
                 wait_cell(q.waits.wait_max_secs, q.tasks_never_started)
             );
         }
+        let _ = writeln!(
+            out,
+            "\n{:<20} {:>10} {:>12} {:>9} {:>11} {:>9}",
+            "why tasks waited", "idle-hours", "at-max-inst", "cut-own", "cut-global", "cut-cost"
+        );
+        for r in &self.resources {
+            let _ = writeln!(
+                out,
+                "{:<20} {:>10.3} {:>12} {:>9} {:>11} {:>9}",
+                r.name,
+                r.idle_hours,
+                duration(r.secs_at_max_instances),
+                r.launches_cut.by_resource_max_instances,
+                r.launches_cut.by_global_max_instances,
+                r.launches_cut.by_cost_cap
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<20} {:>10.3} {:>12} {:>9} {:>11} {:>9}",
+            "total",
+            t.idle_hours,
+            "",
+            t.launches_cut.by_resource_max_instances,
+            t.launches_cut.by_global_max_instances,
+            t.launches_cut.by_cost_cap
+        );
+        let _ = writeln!(
+            out,
+            "the fleet was at the global max-instances for {} and at the cost cap for {}",
+            duration(t.secs_at_global_max_instances),
+            duration(t.secs_at_cost_cap)
+        );
         if t.tasks_never_started > 0 {
             let _ = writeln!(out, "\n{} task(s) never started", t.tasks_never_started);
         }
@@ -533,11 +778,20 @@ impl Report {
 /// A wait column; where tasks never started, the longest wait is theirs
 /// (unbounded), so the cell says how many instead of a time.
 fn wait_cell(s: f64, never_started: u32) -> String {
-    if never_started > 0 { format!("{never_started} never") } else { secs(s) }
+    if never_started > 0 { format!("{never_started} never") } else { duration(s) }
 }
 
-fn secs(s: f64) -> String {
-    format!("{s:.1}s")
+/// A duration for people: 12.5s, 4m05s, 2h09m.
+fn duration(secs: f64) -> String {
+    if secs < 59.95 {
+        return format!("{:.1}s", if secs > 0.0 { secs } else { 0.0 });
+    }
+    let whole = secs.round() as u64;
+    if whole < 3600 {
+        format!("{}m{:02}s", whole / 60, whole % 60)
+    } else {
+        format!("{}h{:02}m", whole / 3600, whole % 3600 / 60)
+    }
 }
 
 /// Nearest-rank percentiles of waits, in seconds.
@@ -552,8 +806,15 @@ fn waits(ms: impl Iterator<Item = Millis>) -> Waits {
     Waits { wait_p50_secs: s(rank(0.50)), wait_p95_secs: s(rank(0.95)), wait_max_secs: s(*v.last().unwrap()) }
 }
 
+/// Three decimals, and never `-0`: a report shows no negative zero.
 fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
+    let r = (x * 1000.0).round() / 1000.0;
+    if r == 0.0 { 0.0 } else { r }
+}
+
+fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 fn secs_to_ms(s: f64) -> Millis {
@@ -563,6 +824,26 @@ fn secs_to_ms(s: f64) -> Millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        let cases =
+            [(0.0, "0.0s"), (-0.0, "0.0s"), (12.34, "12.3s"), (59.96, "1m00s"), (245.0, "4m05s"), (7740.0, "2h09m")];
+        for (secs, text) in cases {
+            assert_eq!(duration(secs), text, "{secs}");
+        }
+        assert!(round3(-0.0001).is_sign_positive(), "no -0 in a report");
+    }
+
+    #[test]
+    fn start_times_parse_with_an_offset_or_as_utc() {
+        assert_eq!(parse_start("2026-01-01T00:00:00Z"), Ok(ORIGIN));
+        assert_eq!(parse_start("2026-01-01"), Ok(ORIGIN));
+        assert_eq!(parse_start("2026-01-01T01:00:00+01:00"), Ok(ORIGIN));
+        assert_eq!(parse_start("2026-01-01T08:30"), Ok(ORIGIN + 8 * 3_600_000 + 30 * 60_000));
+        let err = parse_start("monday").unwrap_err();
+        assert!(err.contains("RFC 3339") && err.contains("\"monday\""), "{err}");
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

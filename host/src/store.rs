@@ -322,6 +322,7 @@ mod tests {
             plan: Plan::default(),
             policies: vec![],
             clamps: vec![],
+            trims: vec![],
             actions: vec![Action::Terminate {
                 instance: instance.into(),
                 resource: "r".into(),

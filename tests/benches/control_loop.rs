@@ -306,7 +306,7 @@ fn simulate_throughput(tasks: usize) {
         })
         .collect();
     let started = Instant::now();
-    let report = flockd::simulate::simulate(&config, &trace, None, false).unwrap();
+    let report = flockd::simulate::simulate(&config, &trace, Default::default(), false).unwrap();
     let wall = started.elapsed().as_secs_f64();
     let hours = report.simulated_secs / 3600.0;
     println!(

@@ -16,8 +16,8 @@ fn run_twice(trace: &str) -> (Config, Report) {
     let config = Config::load(&examples().join("simulate.toml")).unwrap();
     let tasks = read_trace(&examples().join("traces").join(trace), &config).unwrap();
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| simulate(&config, &tasks, None, false).unwrap());
-        let b = s.spawn(|| simulate(&config, &tasks, None, false).unwrap());
+        let a = s.spawn(|| simulate(&config, &tasks, Default::default(), false).unwrap());
+        let b = s.spawn(|| simulate(&config, &tasks, Default::default(), false).unwrap());
         (a.join().unwrap(), b.join().unwrap())
     });
     assert_eq!(

@@ -439,6 +439,7 @@ mod tests {
             plan: Default::default(),
             policies: vec![],
             clamps: vec![],
+            trims: vec![],
             actions: vec![],
             dry_run: false,
             required_failed: vec![],

@@ -399,6 +399,7 @@ impl Controller {
                 tracing::info!("guardrail: {c}");
             }
             record.clamps.extend(clamped.clamps);
+            record.trims.extend(clamped.trims);
             let fleet = Fleet::new(snapshot, &listed_by);
             self.act(state, &fleet, &clamped.plan, now, &mut record).await;
             // Launches may have taken a while: on an old picture, leave the

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::{InstanceState, Launch, Plan, Snapshot, Termination};
 
 /// Limits from the config, not from any plugin.
@@ -17,6 +19,31 @@ pub struct HardLimits {
 pub struct Clamped {
     pub plan: Plan,
     pub clamps: Vec<String>,
+    /// The launches cut, by the cap that cut them (also in `clamps`, as
+    /// sentences): what `simulate` counts to say why tasks waited.
+    pub trims: Vec<Trim>,
+}
+
+/// A launch the caps cut short.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Trim {
+    pub resource: String,
+    pub asked: u32,
+    pub allowed: u32,
+    pub by: Cap,
+}
+
+/// Which hard limit cut a launch (the tightest, when several did).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cap {
+    /// The resource's own `max-instances`.
+    ResourceInstances,
+    /// `[limits] max-instances`.
+    GlobalInstances,
+    /// `[limits] max-cost-per-hour`.
+    CostPerHour,
 }
 
 /// Machines of this cluster that bill, or may, but are not in the snapshot.
@@ -47,6 +74,7 @@ pub fn clamp(
     allow_terminations: bool,
 ) -> Clamped {
     let mut clamps = Vec::new();
+    let mut trims = Vec::new();
     let mut alive: HashMap<&str, u32> = HashMap::new();
     let prices: HashMap<&str, f64> = snapshot.resources.iter().map(|r| (r.name.as_str(), r.price_per_hour)).collect();
     let mut cost = 0.0;
@@ -81,18 +109,21 @@ pub fn clamp(
         let new = (launch.count - retry).min(by_resource).min(by_global).min(by_cost);
         let allowed = retry + new;
         if allowed < launch.count {
-            let (what, room) = [
-                (format!("{}'s max-instances {}", resource.name, resource.max_instances), by_resource),
-                (format!("the global max-instances {}", limits.max_instances), by_global),
-                (format!("the cost cap {:.2}/h (now {:.2}/h)", limits.max_cost_per_hour, cost), by_cost),
-            ]
-            .into_iter()
-            .min_by_key(|(_, room)| *room)
-            .unwrap();
+            let (cap, room) =
+                [(Cap::ResourceInstances, by_resource), (Cap::GlobalInstances, by_global), (Cap::CostPerHour, by_cost)]
+                    .into_iter()
+                    .min_by_key(|(_, room)| *room)
+                    .unwrap();
+            let what = match cap {
+                Cap::ResourceInstances => format!("{}'s max-instances {}", resource.name, resource.max_instances),
+                Cap::GlobalInstances => format!("the global max-instances {}", limits.max_instances),
+                Cap::CostPerHour => format!("the cost cap {:.2}/h (now {:.2}/h)", limits.max_cost_per_hour, cost),
+            };
             clamps.push(format!(
                 "launch of {} × {} cut to {allowed} by {what} (room {room})",
                 launch.count, resource.name
             ));
+            trims.push(Trim { resource: resource.name.clone(), asked: launch.count, allowed, by: cap });
         }
         if allowed > 0 {
             *have += new;
@@ -128,7 +159,7 @@ pub fn clamp(
             terminations.push(t.clone());
         }
     }
-    Clamped { plan: Plan { launches, terminations }, clamps }
+    Clamped { plan: Plan { launches, terminations }, clamps, trims }
 }
 
 #[cfg(test)]
@@ -170,6 +201,12 @@ mod tests {
         assert_eq!(out.plan.launches, vec![launch("a", 1), launch("b", 1)]);
         assert_eq!(out.clamps.len(), 3, "{:?}", out.clamps);
         assert!(out.clamps[1].contains("cost cap"), "{:?}", out.clamps);
+        let trim = |resource: &str, asked, allowed, by| Trim { resource: resource.into(), asked, allowed, by };
+        assert_eq!(
+            out.trims,
+            vec![trim("a", 1_000_000, 1, Cap::ResourceInstances), trim("b", 5, 1, Cap::CostPerHour)],
+            "the unknown resource is no trim"
+        );
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct TickRecord {
     pub policies: Vec<PolicyRun>,
     /// What the guardrails cut, and why.
     pub clamps: Vec<String>,
+    /// The launches among `clamps`, typed: which cap cut how many.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trims: Vec<crate::guardrails::Trim>,
     pub actions: Vec<Action>,
     pub dry_run: bool,
     /// Policies marked `required` that failed this tick: its launches were

@@ -23,6 +23,10 @@ use flockd_core::{CloudInstance, CloudProvider, CloudState, LaunchRequest, Provi
 pub struct ResourceStats {
     /// Machine time of every instance, alive ones counted up to the time asked.
     pub instance_ms: u64,
+    /// Machine time with the agent registered and no task: what the idle
+    /// rules trade against the next task's wait. Open spans count up to the
+    /// time asked.
+    pub idle_ms: u64,
     pub launches: u32,
     /// Launches refused (outages).
     pub launch_failures: u32,
@@ -76,6 +80,8 @@ struct SimInstance {
     launched_at: Millis,
     launch_key: String,
     agent: Agent,
+    /// When the agent last became free (`Agent::Idle`).
+    idle_since: Option<Millis>,
 }
 
 struct ResourceSim {
@@ -108,6 +114,24 @@ impl World {
 
     fn stats(&mut self, resource: &str) -> &mut ResourceStats {
         self.stats.entry(resource.to_string()).or_default()
+    }
+
+    /// The instance's agent is free from `now`.
+    fn idle_from(&mut self, id: &str, now: Millis) {
+        if let Some(i) = self.instances.get_mut(id) {
+            i.idle_since.get_or_insert(now);
+        }
+        self.idle.insert(id.to_string());
+    }
+
+    /// The instance's agent stops being free at `now` (a task, power-off or exit).
+    fn idle_until(&mut self, id: &str, now: Millis) {
+        self.idle.remove(id);
+        let Some(i) = self.instances.get_mut(id) else { return };
+        if let Some(since) = i.idle_since.take() {
+            let resource = i.resource.clone();
+            self.stats(&resource).idle_ms += now.saturating_sub(since);
+        }
     }
 
     fn alive_total(&self) -> u32 {
@@ -209,7 +233,9 @@ impl SimWorld {
         let w = self.state.lock().unwrap();
         let mut stats = w.stats.clone();
         for i in w.instances.values() {
-            stats.entry(i.resource.clone()).or_default().instance_ms += now.saturating_sub(i.launched_at);
+            let s = stats.entry(i.resource.clone()).or_default();
+            s.instance_ms += now.saturating_sub(i.launched_at);
+            s.idle_ms += i.idle_since.map_or(0, |since| now.saturating_sub(since));
         }
         stats
     }
@@ -236,7 +262,7 @@ impl SimWorld {
     pub fn power_off(&self, instance_id: &str) {
         let mut w = self.state.lock().unwrap();
         let now = w.now.max(self.clock.now());
-        w.idle.remove(instance_id);
+        w.idle_until(instance_id, now);
         let Some(i) = w.instances.get_mut(instance_id) else { return };
         let was = std::mem::replace(&mut i.agent, Agent::Off);
         if let Agent::Busy(task) = &was {
@@ -270,7 +296,7 @@ impl SimWorld {
                 }
                 i.agent = Agent::Idle;
                 self.agents.register(&i.worker, &i.queues, now);
-                w.idle.insert(id.clone());
+                w.idle_from(&id, now);
                 self.try_pull(w, &id);
             }
             Event::TaskDone { instance, task } => {
@@ -283,7 +309,7 @@ impl SimWorld {
                 self.agents.finish(&i.worker, &task, now);
                 let resource = i.resource.clone();
                 w.stats(&resource).tasks_finished += 1;
-                w.idle.insert(instance.clone());
+                w.idle_from(&instance, now);
                 self.try_pull(w, &instance);
             }
             Event::Reclaim(id) => {
@@ -321,13 +347,13 @@ impl SimWorld {
         }
         let Some(task) = self.agents.pull(&i.worker, &i.queues, now) else { return };
         i.agent = Agent::Busy(task.id.clone());
-        w.idle.remove(id);
+        w.idle_until(id, now);
         w.schedule(now + task.duration_ms, Event::TaskDone { instance: id.to_string(), task: task.id });
     }
 
     fn remove(&self, w: &mut World, id: &str, exit: Exit, now: Millis) -> bool {
+        w.idle_until(id, now);
         let Some(i) = w.instances.remove(id) else { return false };
-        w.idle.remove(id);
         let stats = w.stats(&i.resource);
         stats.instance_ms += now.saturating_sub(i.launched_at);
         stats.alive -= 1;
@@ -393,6 +419,7 @@ impl SimWorld {
                 launched_at: now,
                 launch_key: request.idempotency_key.clone(),
                 agent: if never_boots { Agent::Broken } else { Agent::Booting },
+                idle_since: None,
             },
         );
         if !never_boots {
