@@ -139,6 +139,8 @@ pub struct Controller {
     /// that differ. Touched only while `state` is locked.
     saved: Mutex<HostState>,
     last: Mutex<Option<(Arc<Snapshot>, Arc<TickRecord>)>>,
+    /// Spend so far today and this month, as of the last tick.
+    spent: Mutex<crate::spend::Spent>,
     ready: AtomicBool,
     blindness: Mutex<Blindness>,
     ticks: tokio::sync::broadcast::Sender<TickReport>,
@@ -230,6 +232,7 @@ impl Controller {
         }
         let state = crate::store::load_state(seams.store.as_ref()).await?;
         let saved = state.clone();
+        let spent = crate::spend::spent(&state.spend, seams.clock.now());
         // Every cloud call under its deadline, whatever provider it is.
         let (list, act) = (config.observe_timeout, config.action_timeout);
         for provider in seams.providers.values_mut() {
@@ -241,6 +244,7 @@ impl Controller {
             state: tokio::sync::Mutex::new(state),
             saved: Mutex::new(saved),
             last: Mutex::new(None),
+            spent: Mutex::new(spent),
             ready: AtomicBool::new(false),
             blindness: Mutex::new(Blindness::default()),
             ticks: tokio::sync::broadcast::channel(TICK_REPORTS_BUFFERED).0,
@@ -273,6 +277,12 @@ impl Controller {
     /// The last tick's snapshot (if it observed) and record.
     pub fn last(&self) -> Option<(Arc<Snapshot>, Arc<TickRecord>)> {
         self.last.lock().unwrap().clone()
+    }
+
+    /// What the fleet has cost today and this month (UTC), as of the last
+    /// tick; kept in the store across restarts.
+    pub fn spent(&self) -> crate::spend::Spent {
+        *self.spent.lock().unwrap()
     }
 
     /// Set while every observation fails (since when, and why).
@@ -409,6 +419,10 @@ impl Controller {
             }
         }
 
+        // The fleet's cost per hour as observed; when blind, the last one
+        // goes on (the machines bill whether or not flockd sees them).
+        crate::spend::meter(&mut state.spend, now, snapshot_arc.as_ref().map(|s| s.budget.cost_per_hour));
+        *self.spent.lock().unwrap() = crate::spend::spent(&state.spend, now);
         record.micros = started.elapsed().as_micros() as u64;
         if let Err(e) = self.save(state, None).await {
             tracing::error!("could not save host state: {e:#}");

@@ -527,12 +527,35 @@ async fn a_launch_intent_is_written_on_its_own_and_an_idle_tick_writes_nothing()
     assert!(writes[1].iter().filter(|w| w.key().kind == RecordKind::IdleSince).count() == 60);
 
     // The new machine is listed (its unlisted-launch record goes), then
-    // nothing moves: the tick number alone is written, not the fleet's 61
-    // launch keys each time they are seen.
+    // nothing moves: the tick number and today's spend alone are written,
+    // not the fleet's 61 launch keys each time they are seen.
     ticks(&controller, 2).await;
     let writes = store.writes.lock().unwrap().clone();
     let last: Vec<RecordKind> = writes.last().unwrap().iter().map(|w| w.key().kind).collect();
-    assert_eq!(last, vec![RecordKind::Tick], "{:?}", writes.last());
+    assert_eq!(last, vec![RecordKind::Tick, RecordKind::Spend], "{:?}", writes.last());
+}
+
+/// Guard: what the fleet cost today is metered tick by tick and kept in the
+/// store (controller `tick_locked` → `spend::meter`, `HostState.spend`): a
+/// restart continues the day's figure instead of starting from zero, which
+/// a daily budget or "spent today" would otherwise forget.
+#[tokio::test(start_paused = true)]
+async fn spend_so_far_today_is_metered_and_survives_a_restart() {
+    let f = Fixture::new(10);
+    f.idle_fleet(3).await;
+    let controller = f.controller(|_| Plan::default()).await;
+    controller.tick().await;
+    // Three machines at 1/h for 360 ticks of 10 s: an hour.
+    ticks(&controller, 360).await;
+    let spent = controller.spent();
+    assert!((spent.today - 3.0).abs() < 1e-9, "{spent:?}");
+    assert_eq!(spent.today, spent.this_month);
+    drop(controller);
+
+    let restarted = f.controller(|_| Plan::default()).await;
+    assert_eq!(restarted.spent(), spent, "read back from the store at start");
+    ticks(&restarted, 360).await;
+    assert!((restarted.spent().today - 6.0).abs() < 1e-9, "{:?}", restarted.spent());
 }
 
 /// Guard: a machine the cloud reports failed after it was made (a pod that

@@ -13,6 +13,7 @@ pub mod naming;
 pub mod provider;
 pub mod provider_layers;
 pub mod queue_source;
+pub mod spend;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

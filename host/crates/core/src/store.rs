@@ -71,6 +71,9 @@ pub struct HostState {
     /// the config no longer names is still listed, until it is empty.
     #[serde(default)]
     pub scopes: BTreeMap<String, RememberedScope>,
+    /// UTC day ("YYYY-MM-DD") → what the fleet cost that day, so far.
+    #[serde(default)]
+    pub spend: BTreeMap<String, crate::spend::DaySpend>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -121,10 +124,11 @@ pub enum RecordKind {
     OwnKeysComplete,
     LastPrice,
     Scope,
+    Spend,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 13] = [
+    pub const ALL: [RecordKind; 14] = [
         RecordKind::Tick,
         RecordKind::IdleSince,
         RecordKind::Registered,
@@ -138,6 +142,7 @@ impl RecordKind {
         RecordKind::OwnKeysComplete,
         RecordKind::LastPrice,
         RecordKind::Scope,
+        RecordKind::Spend,
     ];
 
     /// Its name in a store (stable: stores keep it).
@@ -156,6 +161,7 @@ impl RecordKind {
             RecordKind::OwnKeysComplete => "own-keys-complete",
             RecordKind::LastPrice => "last-price",
             RecordKind::Scope => "scope",
+            RecordKind::Spend => "spend",
         }
     }
 
@@ -223,6 +229,7 @@ impl HostState {
         map_changes(o, RecordKind::OwnKey, &saved.own_keys, &self.own_keys);
         map_changes(o, RecordKind::LastPrice, &saved.last_prices, &self.last_prices);
         map_changes(o, RecordKind::Scope, &saved.scopes, &self.scopes);
+        map_changes(o, RecordKind::Spend, &saved.spend, &self.spend);
         out.sort_by(|a, b| a.key().cmp(b.key()));
         out
     }
@@ -261,6 +268,7 @@ impl HostState {
                 RecordKind::OwnKey => entry(&mut self.own_keys, &from.own_keys, key),
                 RecordKind::LastPrice => entry(&mut self.last_prices, &from.last_prices, key),
                 RecordKind::Scope => entry(&mut self.scopes, &from.scopes, key),
+                RecordKind::Spend => entry(&mut self.spend, &from.spend, key),
             }
         }
     }
@@ -293,6 +301,7 @@ impl HostState {
                 RecordKind::OwnKey => drop(s.own_keys.insert(key, read(k, v)?)),
                 RecordKind::LastPrice => drop(s.last_prices.insert(key, read(k, v)?)),
                 RecordKind::Scope => drop(s.scopes.insert(key, read(k, v)?)),
+                RecordKind::Spend => drop(s.spend.insert(key, read(k, v)?)),
             }
         }
         Ok(s)
@@ -458,11 +467,12 @@ mod tests {
         full.own_keys.insert("k".into(), 8);
         full.last_prices.insert("a".into(), 1.5);
         full.scopes.insert(scope.key(), RememberedScope { provider: "aws".into(), scope, since: 0 });
+        full.spend.insert("2026-01-01".into(), crate::spend::DaySpend { cost: 1.0, until: 9, rate_per_hour: 2.0 });
         for (name, value) in serde_json::to_value(&full).unwrap().as_object().unwrap() {
             assert_ne!(value, &serde_json::to_value(HostState::default()).unwrap()[name], "{name} left at its default");
         }
         let writes = full.records();
-        assert_eq!(writes.len(), 13, "{writes:?}");
+        assert_eq!(writes.len(), 14, "{writes:?}");
         let mut records = Records::new();
         apply(&mut records, writes.clone());
         assert_eq!(HostState::from_records(&records).unwrap(), full);
