@@ -141,6 +141,20 @@ impl PolicyEntry {
     }
 }
 
+impl Config {
+    /// The ClearML web UI's address, when known: `[agent] web-host`, else the
+    /// api-host with "api." turned into "app." (as ClearML's hosted and
+    /// self-hosted servers name them), else none.
+    pub fn clearml_web_host(&self) -> Option<String> {
+        let agent = self.agent.as_ref();
+        agent.and_then(|a| a.web_host.clone()).or_else(|| {
+            let api =
+                agent.and_then(|a| a.api_host.clone()).or_else(|| self.clearml.as_ref().map(|c| c.api_host.clone()))?;
+            api.contains("api.").then(|| api.replace("api.", "app."))
+        })
+    }
+}
+
 impl ResourceEntry {
     /// Its price per hour (0 where none is needed: local and simulated).
     pub fn price(&self) -> f64 {

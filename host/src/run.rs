@@ -141,7 +141,7 @@ pub async fn serve(
     }
     let http = if config.http.enabled {
         let http =
-            crate::http::HttpServer::start(&config.http, started.controller.clone(), started.policies.clone()).await?;
+            crate::http::HttpServer::start(&config, started.controller.clone(), started.policies.clone()).await?;
         listening(http.addr());
         Some(http)
     } else {

@@ -65,7 +65,10 @@ async fn dashboard_shows_the_fleet_decisions_and_reloads_in_a_browser() {
     flockd.enqueue("cpu");
     to_browser.write_all(b"enqueued\n").await.unwrap();
     let booting = next().await;
-    assert!(booting.starts_with("saw-booting "), "{booting}");
+    if !booting.starts_with("saw-booting ") {
+        let _ = node.wait().await;
+        panic!("{booting}\n{}", stderr.await.unwrap());
+    }
     let instance = booting.trim_start_matches("saw-booting ").to_string();
     let fleet = flockd.controller.last().unwrap().0;
     assert!(fleet.instance(&instance).is_some(), "the page showed {instance}, which the controller does not know");

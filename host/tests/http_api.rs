@@ -8,6 +8,22 @@ use std::time::Duration;
 use http_harness::{Flockd, until};
 use serde_json::Value;
 
+/// Every object key holding an underscore, at any depth.
+fn snake_keys(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k.contains('_') {
+                    out.push(k.clone());
+                }
+                snake_keys(v, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| snake_keys(v, out)),
+        _ => {}
+    }
+}
+
 async fn get(url: &str) -> reqwest::Response {
     reqwest::get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
@@ -110,6 +126,21 @@ async fn status_decisions_and_metrics_follow_the_fleet() {
 
     let history: Value = get(&format!("{url}/api/v1/history")).await.json().await.unwrap();
     assert!(history.as_array().unwrap().iter().any(|s| s["booting"] == 1), "charts see the booting machine");
+    assert!(history[0]["pending"]["cpu"].is_u64(), "v1 keeps its shape for one release: {}", history[0]);
+
+    // Issue 16, item 10: /api/v2 answers with the config's kebab-case keys.
+    for path in ["status", "decisions", "history", "logs"] {
+        let v2: Value = get(&format!("{url}/api/v2/{path}")).await.json().await.unwrap();
+        let mut snake = Vec::new();
+        snake_keys(&v2, &mut snake);
+        assert!(snake.is_empty(), "/api/v2/{path} has snake_case keys {snake:?}");
+    }
+    let v2: Value = get(&format!("{url}/api/v2/status")).await.json().await.unwrap();
+    assert_eq!(v2["limits"]["max-instances"], 4, "{v2}");
+    assert_eq!(v2["cost-per-hour"], 0.5, "{v2}");
+    let v2: Value = get(&format!("{url}/api/v2/history")).await.json().await.unwrap();
+    assert_eq!(v2[0]["queues"][0]["name"], "cpu", "names are values, not keys: {}", v2[0]);
+    assert!(v2[0]["queues"][0]["oldest-wait-secs"].is_number(), "{}", v2[0]);
 
     let page = get(&format!("{url}/")).await;
     assert_eq!(page.status(), 200);
@@ -198,4 +229,39 @@ async fn refuses_to_listen_off_loopback_without_a_token() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("env:") && !err.contains("hunter2-inline"), "{err}");
+}
+
+/// Issue 16, item 11: what the dashboard answers from the status API: which
+/// ClearML task each busy machine runs, linked to the ClearML web UI when
+/// its address is known; spend so far today; the failures panel's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_machine_names_its_task_linked_to_the_web_ui_and_spend_counts() {
+    let flockd = Flockd::start_booting_in("[agent]\nweb-host = \"https://app.clear.example/\"\n", 0.3).await;
+    let url = flockd.url.clone();
+    let task = flockd.enqueue("cpu");
+    let status: Value = until(Duration::from_secs(30), "a busy machine with its task", || async {
+        let s: Value = get(&format!("{url}/api/v2/status")).await.json().await.unwrap();
+        s["fleet"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|i| i["activity"] == "busy" && i["task"].is_string()))
+            .then_some(s)
+    })
+    .await;
+    let busy = status["fleet"].as_array().unwrap().iter().find(|i| i["activity"] == "busy").unwrap();
+    assert_eq!(busy["task"], task.as_str(), "{busy}");
+    assert_eq!(
+        busy["task-url"],
+        format!("https://app.clear.example/projects/*/experiments/{task}/output/log").as_str(),
+        "{busy}"
+    );
+    assert_eq!(status["clearml-web"], "https://app.clear.example/", "{status}");
+    assert!(status["failures"].is_array(), "{status}");
+    let spent = until(Duration::from_secs(10), "spend to count the machine's time", || async {
+        let s: Value = get(&format!("{url}/api/v2/status")).await.json().await.unwrap();
+        let today = s["spend"]["today"].as_f64().unwrap();
+        (today > 0.0).then_some(s["spend"].clone())
+    })
+    .await;
+    assert!(spent["this-month"].as_f64().unwrap() >= spent["today"].as_f64().unwrap(), "{spent}");
+    flockd.stop().await;
 }

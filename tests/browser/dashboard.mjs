@@ -50,6 +50,17 @@ try {
   if (!why.includes(id)) problems.push(`the journal entries for ${id} do not name it: ${why}`);
   await page.waitForFunction(() => document.getElementById("log").textContent.includes("launched"), null, { timeout: STEP_MS });
   await page.waitForSelector("#chart-queues svg polyline", { timeout: STEP_MS });
+  // Issue 16, item 11: the waits chart, the instance cap drawn as a line,
+  // spend so far today, and the failures panel.
+  await page.waitForSelector("#chart-waits svg polyline", { timeout: STEP_MS });
+  // A horizontal line has no height, so playwright never calls it visible:
+  // check that it is drawn across the chart instead.
+  const cap = await page.waitForSelector("#chart-instances svg polyline[stroke-dasharray='4 3']", { state: "attached", timeout: STEP_MS });
+  const xs = (await cap.getAttribute("points")).split(" ").map(p => Number(p.split(",")[0]));
+  if (!(Math.max(...xs) - Math.min(...xs) > 400)) problems.push(`the max-instances cap is not drawn across the chart: ${xs}`);
+  const spend = await page.textContent("#spend");
+  if (!/spent today/.test(spend) || !/this month/.test(spend)) problems.push(`no spend card: ${spend}`);
+  await page.waitForSelector("#failures li", { timeout: STEP_MS });
   console.log("saw-booting " + id);
 
   await expectLine("swapped");

@@ -110,6 +110,7 @@ pub fn fleet_snapshot(queues: usize, instances: usize) -> Snapshot {
                 worker,
                 busy,
                 idle_since,
+                task: busy.then(|| format!("task-{i:05}")),
             }
         })
         .collect();

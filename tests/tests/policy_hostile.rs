@@ -82,6 +82,7 @@ fn the_engine_deadline_grows_with_the_snapshot_and_a_policys_own_does_not() {
             worker: None,
             busy: false,
             idle_since: None,
+            task: None,
         })
         .collect();
     let engine = engine_with_timeout(base);

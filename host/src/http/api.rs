@@ -12,7 +12,7 @@ use flockd_core::{Action, InstanceState, JournalQuery, Market, Millis, Outcome};
 use serde::{Deserialize, Serialize};
 
 use super::Shared;
-use super::history::Sample;
+use super::history::V1Sample;
 use super::logs::LogLine;
 
 pub async fn healthz() -> &'static str {
@@ -48,12 +48,27 @@ pub struct Status {
     pub last_tick: Option<LastTick>,
     pub limits: Limits,
     pub cost_per_hour: f64,
+    /// What the fleet has cost so far today and this month (UTC).
+    pub spend: flockd_core::spend::Spent,
+    /// The ClearML web UI, when its address is known.
+    pub clearml_web: Option<String>,
     pub queues: Vec<QueueStatus>,
     pub resources: Vec<ResourceStatus>,
     pub fleet: Vec<InstanceStatus>,
     pub policies: Vec<PolicyStatus>,
     /// Hot-reload events, newest first.
     pub reloads: Vec<ReloadStatus>,
+    /// Launch and boot failures the policies see (the retention window),
+    /// newest first.
+    pub failures: Vec<FailureStatus>,
+}
+
+#[derive(Serialize)]
+pub struct FailureStatus {
+    pub at: Millis,
+    pub resource: String,
+    pub kind: flockd_core::FailureKind,
+    pub message: String,
 }
 
 #[derive(Serialize)]
@@ -122,6 +137,10 @@ pub struct InstanceStatus {
     pub age_secs: f64,
     pub idle_secs: Option<f64>,
     pub worker: Option<String>,
+    /// The ClearML task its worker runs, when busy.
+    pub task: Option<String>,
+    /// That task in the ClearML web UI, when its address is known.
+    pub task_url: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -165,26 +184,31 @@ pub fn status(shared: &Shared) -> Status {
     let record = last.as_ref().map(|(_, r)| r.clone());
     let now = snapshot.as_ref().map_or(0, |s| s.now);
 
-    let fleet: Vec<InstanceStatus> = snapshot
-        .iter()
-        .flat_map(|s| s.instances.iter())
-        .map(|i| InstanceStatus {
-            id: i.id.clone(),
-            resource: i.resource.clone(),
-            state: i.state,
-            busy: i.busy,
-            activity: match (i.state, i.busy) {
-                (InstanceState::Booting, _) => "booting",
-                (InstanceState::Running, true) => "busy",
-                (InstanceState::Running, false) => "idle",
-                (InstanceState::Stopping, _) => "stopping",
-            },
-            launched_at: i.launched_at,
-            age_secs: secs(now.saturating_sub(i.launched_at)),
-            idle_secs: i.idle_since.map(|t| secs(now.saturating_sub(t))),
-            worker: i.worker.clone(),
-        })
-        .collect();
+    let fleet: Vec<InstanceStatus> =
+        snapshot
+            .iter()
+            .flat_map(|s| s.instances.iter())
+            .map(|i| InstanceStatus {
+                id: i.id.clone(),
+                resource: i.resource.clone(),
+                state: i.state,
+                busy: i.busy,
+                activity: match (i.state, i.busy) {
+                    (InstanceState::Booting, _) => "booting",
+                    (InstanceState::Running, true) => "busy",
+                    (InstanceState::Running, false) => "idle",
+                    (InstanceState::Stopping, _) => "stopping",
+                },
+                launched_at: i.launched_at,
+                age_secs: secs(now.saturating_sub(i.launched_at)),
+                idle_secs: i.idle_since.map(|t| secs(now.saturating_sub(t))),
+                worker: i.worker.clone(),
+                task: i.task.clone(),
+                task_url: i.task.as_ref().zip(shared.clearml_web.as_ref()).map(|(task, web)| {
+                    format!("{}/projects/*/experiments/{task}/output/log", web.trim_end_matches('/'))
+                }),
+            })
+            .collect();
     let count = |resource: &str, activity: &str| {
         fleet.iter().filter(|i| i.resource == resource && i.activity == activity).count() as u32
     };
@@ -300,6 +324,13 @@ pub fn status(shared: &Shared) -> Status {
             max_cost_per_hour: config.limits.max_cost_per_hour,
         },
         cost_per_hour: snapshot.as_ref().map_or(0.0, |s| s.budget.cost_per_hour),
+        spend: shared.controller.spent(),
+        clearml_web: shared.clearml_web.clone(),
+        failures: snapshot
+            .iter()
+            .flat_map(|s| s.failures.iter().rev())
+            .map(|f| FailureStatus { at: f.at, resource: f.resource.clone(), kind: f.kind, message: f.message.clone() })
+            .collect(),
         queues,
         resources,
         fleet,
@@ -327,22 +358,30 @@ pub struct DecisionsQuery {
 const ACTED_SCAN: usize = 5_000;
 pub const MAX_DECISIONS: usize = 1_000;
 
-pub async fn decisions(State(shared): State<Arc<Shared>>, Query(q): Query<DecisionsQuery>) -> Response {
+pub async fn decisions(state: State<Arc<Shared>>, query: Query<DecisionsQuery>) -> Response {
+    match decision_records(state, query).await {
+        Ok(records) => Json(records).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// The journal records a decisions query asks for, newest first.
+pub async fn decision_records(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<DecisionsQuery>,
+) -> Result<Vec<TickRecord>, Response> {
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_DECISIONS);
     let store = shared.controller.store().clone();
     let query = JournalQuery { limit: if q.acted { ACTED_SCAN } else { limit }, instance: q.instance };
     let acted = q.acted;
     match store.journal(&query).await {
-        Ok(records) => {
-            let records: Vec<TickRecord> = records.into_iter().filter(|r| !acted || r.acted()).take(limit).collect();
-            Json(records).into_response()
-        }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the journal: {e:#}\n")).into_response(),
+        Ok(records) => Ok(records.into_iter().filter(|r| !acted || r.acted()).take(limit).collect()),
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the journal: {e:#}\n")).into_response()),
     }
 }
 
-pub async fn history(State(shared): State<Arc<Shared>>) -> Json<Vec<Sample>> {
-    Json(shared.history.lock().unwrap().samples())
+pub async fn history(State(shared): State<Arc<Shared>>) -> Json<Vec<V1Sample>> {
+    Json(shared.history.lock().unwrap().samples().into_iter().map(V1Sample::from).collect())
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,48 @@ const MAX_SAMPLES: usize = 3_600;
 pub struct Sample {
     /// Unix ms of the observation.
     pub at: Millis,
+    /// Each queue's backlog, in config order.
+    pub queues: Vec<QueueSample>,
+    pub cost_per_hour: f64,
+    pub booting: u32,
+    pub running: u32,
+    pub stopping: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueueSample {
+    pub name: String,
+    pub pending: u32,
+    /// How long its oldest pending task has waited.
+    pub oldest_wait_secs: f64,
+}
+
+impl Sample {
+    pub fn of(snapshot: &Snapshot) -> Sample {
+        let count = |s: InstanceState| snapshot.instances.iter().filter(|i| i.state == s).count() as u32;
+        Sample {
+            at: snapshot.now,
+            queues: snapshot
+                .queues
+                .iter()
+                .map(|q| QueueSample {
+                    name: q.name.clone(),
+                    pending: q.pending,
+                    oldest_wait_secs: q.oldest_wait_ms as f64 / 1000.0,
+                })
+                .collect(),
+            cost_per_hour: snapshot.budget.cost_per_hour,
+            booting: count(InstanceState::Booting),
+            running: count(InstanceState::Running),
+            stopping: count(InstanceState::Stopping),
+        }
+    }
+}
+
+/// `/api/v1/history`'s sample, as it was: pending counts keyed by queue.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct V1Sample {
+    pub at: Millis,
     /// Queue → pending tasks.
     pub pending: BTreeMap<String, u32>,
     pub cost_per_hour: f64,
@@ -24,16 +66,15 @@ pub struct Sample {
     pub stopping: u32,
 }
 
-impl Sample {
-    pub fn of(snapshot: &Snapshot) -> Sample {
-        let count = |s: InstanceState| snapshot.instances.iter().filter(|i| i.state == s).count() as u32;
-        Sample {
-            at: snapshot.now,
-            pending: snapshot.queues.iter().map(|q| (q.name.clone(), q.pending)).collect(),
-            cost_per_hour: snapshot.budget.cost_per_hour,
-            booting: count(InstanceState::Booting),
-            running: count(InstanceState::Running),
-            stopping: count(InstanceState::Stopping),
+impl From<Sample> for V1Sample {
+    fn from(s: Sample) -> V1Sample {
+        V1Sample {
+            at: s.at,
+            pending: s.queues.into_iter().map(|q| (q.name, q.pending)).collect(),
+            cost_per_hour: s.cost_per_hour,
+            booting: s.booting,
+            running: s.running,
+            stopping: s.stopping,
         }
     }
 }
@@ -62,7 +103,7 @@ mod tests {
     use super::*;
 
     fn at(ms: Millis) -> Sample {
-        Sample { at: ms, pending: Default::default(), cost_per_hour: 0.0, booting: 0, running: 0, stopping: 0 }
+        Sample { at: ms, queues: vec![], cost_per_hour: 0.0, booting: 0, running: 0, stopping: 0 }
     }
 
     #[test]

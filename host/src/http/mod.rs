@@ -14,6 +14,7 @@ mod dashboard;
 pub mod history;
 pub mod logs;
 pub(crate) mod metrics;
+mod v2;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,9 @@ pub struct Shared {
     metrics: metrics::Metrics,
     history: Mutex<history::History>,
     logs: logs::LogTail,
+    /// The ClearML web UI, when its address is known: the dashboard links
+    /// each busy machine's task there.
+    clearml_web: Option<String>,
 }
 
 /// A running HTTP server; stops when [`HttpServer::shutdown`] is called or
@@ -85,10 +89,11 @@ impl HttpServer {
     /// Binds, starts serving, and starts following the controller's ticks.
     /// Call before the controller starts ticking so no tick is missed.
     pub async fn start(
-        section: &HttpSection,
+        flockd: &crate::config::Config,
         controller: Arc<Controller>,
         policies: Arc<PolicyRuntime>,
     ) -> anyhow::Result<HttpServer> {
+        let section = &flockd.http;
         let listen = Listen::resolve(section).await?;
         let listener = tokio::net::TcpListener::bind(listen.addrs.as_slice())
             .await
@@ -109,6 +114,7 @@ impl HttpServer {
             metrics,
             history: Mutex::new(history::History::default()),
             logs: logs::global().clone(),
+            clearml_web: flockd.clearml_web_host(),
         });
         let feeding = tokio::spawn(follow_ticks(shared.clone()));
 
@@ -160,6 +166,10 @@ fn router(shared: Arc<Shared>, token: Option<auth::Token>) -> Router {
         .route("/api/v1/decisions", get(api::decisions))
         .route("/api/v1/history", get(api::history))
         .route("/api/v1/logs", get(api::logs))
+        .route("/api/v2/status", get(v2::status))
+        .route("/api/v2/decisions", get(v2::decisions))
+        .route("/api/v2/history", get(v2::history))
+        .route("/api/v2/logs", get(v2::logs))
         .merge(dashboard::routes())
         .with_state(shared)
         .layer(axum::middleware::from_fn_with_state(token, auth::guard))

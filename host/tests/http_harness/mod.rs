@@ -64,13 +64,19 @@ pub struct Flockd {
 impl Flockd {
     /// Starts everything; `extra` is appended to [`CONFIG`].
     pub async fn start(extra: &str) -> Flockd {
+        Flockd::start_booting_in(extra, 3600.0).await
+    }
+
+    /// [`Flockd::start`] with machines that boot in `boot_secs` (and then
+    /// take tasks).
+    pub async fn start_booting_in(extra: &str, boot_secs: f64) -> Flockd {
         let dir = tempfile::tempdir().unwrap();
         let config =
             Config::parse(&format!("{CONFIG}\n{extra}"), &dir.path().join("flockd.toml")).expect("test config");
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let queue = SimQueue::new(clock.clone());
         let world = SimWorld::new(clock, Arc::new(queue.clone()));
-        let resources = [("cpu".to_string(), SimResourceSettings { boot_secs: 3600.0, ..Default::default() })].into();
+        let resources = [("cpu".to_string(), SimResourceSettings { boot_secs, ..Default::default() })].into();
         let cloud = world.cloud("sim", &SimProviderSettings::default(), &resources).unwrap();
         let stepper = world.spawn_stepper(Duration::from_millis(50));
         let providers =
@@ -78,9 +84,8 @@ impl Flockd {
         let providers = providers.into();
         let source: Arc<dyn QueueSource> = Arc::new(queue.clone());
         let started = flockd::run::start(&config, source, providers).await.expect("start flockd");
-        let http = HttpServer::start(&config.http, started.controller.clone(), started.policies.clone())
-            .await
-            .expect("start HTTP");
+        let http =
+            HttpServer::start(&config, started.controller.clone(), started.policies.clone()).await.expect("start HTTP");
         let url = format!("http://{}", http.addr());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let controller = started.controller.clone();

@@ -182,6 +182,7 @@ mod tests {
                 worker: Some("w".into()),
                 busy: true,
                 idle_since: None,
+                task: None,
             }],
             ..Default::default()
         }

@@ -243,6 +243,7 @@ impl<'c> Ledger<'c> {
                 worker: worker.map(|w| w.id.clone()),
                 busy,
                 idle_since,
+                task: worker.and_then(|w| w.task.clone()),
             });
         }
         state.idle_since.retain(|id, _| cloud.contains_key(id));

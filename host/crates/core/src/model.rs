@@ -99,6 +99,9 @@ pub struct Instance {
     pub busy: bool,
     #[serde(default)]
     pub idle_since: Option<Millis>,
+    /// The queue server's id of the task its worker runs, when busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -335,6 +338,7 @@ mod proptests {
             worker: None,
             busy: false,
             idle_since: None,
+            task: None,
         };
         Snapshot {
             resources: vec![resource("a", 3), resource("b", u32::MAX)],

@@ -29,14 +29,6 @@ function svg(tag, attrs, ...children) {
   return node;
 }
 
-function duration(secs) {
-  if (secs === null || secs === undefined) return "–";
-  secs = Math.max(0, Math.round(secs));
-  if (secs < 90) return secs + " s";
-  if (secs < 5400) return Math.round(secs / 60) + " min";
-  return (secs / 3600).toFixed(1) + " h";
-}
-
 function clock(ms) {
   return new Date(ms).toLocaleTimeString();
 }
@@ -57,19 +49,20 @@ function renderHeader(status) {
   document.getElementById("cluster").textContent = status.cluster;
   replace("badges",
     el("span", { class: "badge " + (status.ready ? "ok" : "warn") }, status.ready ? "ready" : "not ready"),
-    status.dry_run ? el("span", { class: "badge warn" }, "dry run") : null);
+    status["dry-run"] ? el("span", { class: "badge warn" }, "dry run") : null);
   renderBlind(status);
-  const t = status.last_tick;
+  const t = status["last-tick"];
   if (!t) return;
   const text = t.outcome === "ok"
     ? `tick ${t.tick} at ${clock(t.at)}: ${t.launched} launched, ${t.terminated} terminated, ${t.failed} failed, ${t.refused} refused, ${t.clamps.length} clamped (${(t.micros / 1000).toFixed(1)} ms)`
-    : `tick ${t.tick} at ${clock(t.at)}: observation failed, nothing decided: ${t.observation_error}`;
+    : `tick ${t.tick} at ${clock(t.at)}: observation failed, nothing decided: ${t["observation-error"]}`;
   const node = replace("tick", text);
   node.className = t.outcome === "ok" ? "muted" : "error";
 }
 
 function duration(secs) {
-  const s = Math.floor(secs);
+  if (secs === null || secs === undefined) return "–";
+  const s = Math.max(0, Math.floor(secs));
   if (s < 60) return `${s}s`;
   if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
   if (s < 86400) return `${Math.floor(s / 3600)}h${String(Math.floor(s % 3600 / 60)).padStart(2, "0")}m`;
@@ -81,10 +74,10 @@ function duration(secs) {
 function renderBlind(status) {
   const node = document.getElementById("blind");
   const b = status.blind;
-  const foreign = status.foreign_machines || [];
+  const foreign = status["foreign-machines"] || [];
   node.hidden = !b && foreign.length === 0;
   const lines = [];
-  if (b) lines.push(`Blind for ${duration(b.seconds)} (${b.failed_ticks} failed ticks): nothing is launched or terminated ` +
+  if (b) lines.push(`Blind for ${duration(b.seconds)} (${b["failed-ticks"]} failed ticks): nothing is launched or terminated ` +
     `while ${status.fleet.length} machine(s) keep billing. Last error: ${b.error}`);
   if (foreign.length) lines.push(`Another flockd is launching into this cluster (${foreign.length} machine(s) with launch keys ` +
     `this one never wrote: ${foreign.slice(0, 5).join(", ")}): launches are stopped until they are gone.`);
@@ -96,9 +89,12 @@ function renderSummary(status) {
   const card = (label, value, extra) => el("div", { class: "card" }, el("div", { class: "muted" }, label), el("div", { class: "value" }, value), extra ? el("div", { class: "muted" }, extra) : null);
   const byActivity = a => status.fleet.filter(i => i.activity === a).length;
   replace("summary",
-    card("instances", `${alive} / ${status.limits.max_instances}`,
+    card("instances", `${alive} / ${status.limits["max-instances"]}`,
       `${byActivity("booting")} booting · ${byActivity("busy")} busy · ${byActivity("idle")} idle · ${byActivity("stopping")} stopping`),
-    card("cost per hour", `${status.cost_per_hour.toFixed(2)} / ${status.limits.max_cost_per_hour.toFixed(2)}`),
+    card("cost per hour", `${status["cost-per-hour"].toFixed(2)} / ${status.limits["max-cost-per-hour"].toFixed(2)}`),
+    el("div", { class: "card", id: "spend" }, el("div", { class: "muted" }, "spent today (UTC)"),
+      el("div", { class: "value" }, status.spend.today.toFixed(2)),
+      el("div", { class: "muted" }, `${status.spend["this-month"].toFixed(2)} this month`)),
     card("pending tasks", status.queues.reduce((n, q) => n + q.pending, 0), status.queues.map(q => `${q.name}: ${q.pending}`).join(" · ")));
 }
 
@@ -109,9 +105,14 @@ function instanceRow(i) {
     },
     el("td", {}, el("span", { class: "dot " + i.activity }), i.activity),
     el("td", {}, i.id),
-    el("td", {}, duration(i.age_secs)),
-    el("td", {}, i.idle_secs === null ? "–" : duration(i.idle_secs)),
-    el("td", {}, i.worker || "–"));
+    el("td", {}, duration(i["age-secs"])),
+    el("td", {}, i["idle-secs"] === null ? "–" : duration(i["idle-secs"])),
+    el("td", {}, i.worker || "–"),
+    // The task a busy machine runs, in the ClearML web UI when its address
+    // is known. The link must not open "why is this machine up?".
+    el("td", { class: "task" }, !i.task ? "–" : i["task-url"]
+      ? el("a", { href: i["task-url"], target: "_blank", rel: "noopener", onclick: e => e.stopPropagation() }, i.task)
+      : i.task));
 }
 
 function renderFleet(status) {
@@ -122,16 +123,16 @@ function renderFleet(status) {
       const head = el("h3", {},
         `${name} `,
         el("span", { class: "muted" },
-          `${r ? r.market : ""} · ${r ? r.price_per_hour.toFixed(2) : "?"}/h · max ${r ? r.max_instances : "?"} · ` +
-          `${r ? r.booting : 0} booting, ${r ? r.running_busy : 0} busy, ${r ? r.running_idle : 0} idle, ${r ? r.stopping : 0} stopping`));
+          `${r ? r.market : ""} · ${r ? r["price-per-hour"].toFixed(2) : "?"}/h · max ${r ? r["max-instances"] : "?"} · ` +
+          `${r ? r.booting : 0} booting, ${r ? r["running-busy"] : 0} busy, ${r ? r["running-idle"] : 0} idle, ${r ? r.stopping : 0} stopping`));
       const table = instances.length === 0 ? el("p", { class: "muted" }, "no instances") :
-        el("table", {}, el("thead", {}, el("tr", {}, ["state", "instance", "age", "idle", "worker"].map(h => el("th", {}, h)))),
+        el("table", {}, el("thead", {}, el("tr", {}, ["state", "instance", "age", "idle", "worker", "task"].map(h => el("th", {}, h)))),
           el("tbody", {}, instances.map(instanceRow)));
       return el("div", { "data-resource": name }, head, table);
     });
     return el("div", { class: "queue", "data-queue": q.name },
       el("h3", {}, `queue ${q.name} `, el("span", { class: "muted" },
-        `${q.pending} pending, oldest waiting ${duration(q.oldest_wait_secs)}` + (q.external_idle_workers ? `, ${q.external_idle_workers} idle workers not ours` : ""))),
+        `${q.pending} pending, oldest waiting ${duration(q["oldest-wait-secs"])}` + (q["external-idle-workers"] ? `, ${q["external-idle-workers"]} idle workers not ours` : ""))),
       resources);
   });
   replace("fleet", sections);
@@ -149,9 +150,9 @@ function describeAction(a) {
 function describeRecord(r) {
   const items = r.actions.map(describeAction);
   for (const c of r.clamps) items.push(el("li", { class: "muted" }, "guardrail: " + c));
-  if (r.observation_error) items.push(el("li", { class: "error" }, "observation failed: " + r.observation_error));
+  if (r["observation-error"]) items.push(el("li", { class: "error" }, "observation failed: " + r["observation-error"]));
   return el("li", { "data-tick": r.tick },
-    el("span", { class: "muted" }, `${clock(r.at)} · tick ${r.tick}${r.dry_run ? " · dry run" : ""}`),
+    el("span", { class: "muted" }, `${clock(r.at)} · tick ${r.tick}${r["dry-run"] ? " · dry run" : ""}`),
     el("ul", {}, items));
 }
 
@@ -169,17 +170,32 @@ async function showWhy(instance) {
 
 async function refreshWhy() {
   if (!whyInstance) return;
-  const records = await getJSON("/api/v1/decisions?limit=50&instance=" + encodeURIComponent(whyInstance));
+  const records = await getJSON("/api/v2/decisions?limit=50&instance=" + encodeURIComponent(whyInstance));
   const relevant = records.map(r => ({ ...r, actions: r.actions.filter(a => a.instance === whyInstance), clamps: [] }));
   replace("why-entries", relevant.length ? relevant.map(describeRecord) : [el("li", { class: "muted" }, "no journal entry mentions this instance")]);
+}
+
+// What went wrong lately: the clouds' launch and boot failures the policies
+// act on (spin-up-timeout's breaker counts the boot timeouts), and the
+// policies' own errors.
+function renderFailures(status) {
+  const items = status.failures.map(f => el("li", { "data-failure": f.kind, "data-resource": f.resource },
+    el("span", { class: "muted" }, clock(f.at) + " "), el("strong", {}, `${f.resource}: ${f.kind}`),
+    f.kind === "boot-timeout" ? el("span", { class: "muted" }, " (counted by spin-up-timeout's breaker)") : null,
+    f.message ? " — " + f.message : null));
+  for (const p of status.policies.filter(p => p.errors > 0)) {
+    items.push(el("li", { class: "error", "data-policy-error": p.name },
+      el("strong", {}, `policy ${p.name}: ${p.errors} error(s)`), p["last-error"] ? " — " + p["last-error"] : null));
+  }
+  replace("failures", items.length ? items : [el("li", { class: "muted" }, "no failures in the retention window")]);
 }
 
 function renderPolicies(status) {
   const body = document.querySelector("#policies tbody");
   body.replaceChildren(...status.policies.map((p, n) => el("tr", { "data-policy": p.name },
     el("td", {}, n + 1), el("td", {}, p.name), el("td", {}, p.origin), el("td", {}, el("code", {}, p.version)),
-    el("td", {}, clock(p.loaded_at)), el("td", {}, p.calls), el("td", { class: p.errors ? "error" : "" }, p.errors),
-    el("td", { class: "error" }, p.last_error || ""))));
+    el("td", {}, clock(p["loaded-at"])), el("td", {}, p.calls), el("td", { class: p.errors ? "error" : "" }, p.errors),
+    el("td", { class: "error" }, p["last-error"] || ""))));
   replace("reloads", status.reloads.length ? status.reloads.map(e => el("li", {
       class: "outcome-" + e.outcome.split(" ")[0], "data-policy": e.policy, "data-outcome": e.outcome,
     },
@@ -213,20 +229,36 @@ function chart(series, options) {
   return [root, legend];
 }
 
+// A cap as a dashed line across the whole window: it held before the first
+// sample too.
+function capLine(value) {
+  const now = Date.now();
+  return { name: "cap", color: "#dc2626", dashed: true, points: [[now - 3599 * 1000, value], [now, value]] };
+}
+
 function renderCharts(samples, status) {
   const queues = status.queues.map(q => q.name);
-  replace("chart-queues", chart(queues.map((q, n) => ({
-    name: q, color: COLORS[n % COLORS.length], points: samples.map(s => [s.at, s.pending[q] || 0]),
-  })), { min_max: 2 }));
-  const cap = status.limits.max_cost_per_hour;
+  const perQueue = key => queues.map((q, n) => ({
+    name: q, color: COLORS[n % COLORS.length],
+    points: samples.map(s => [s.at, (s.queues.find(x => x.name === q) || {})[key] || 0]),
+  }));
+  replace("chart-queues", chart(perQueue("pending"), { min_max: 2 }));
+  replace("chart-waits", chart(perQueue("oldest-wait-secs").map(s => ({ ...s, points: s.points.map(([t, v]) => [t, v / 60]) })),
+    { min_max: 1, digits: 1 }));
+  replace("chart-instances", chart([
+    { name: "alive", color: COLORS[0], points: samples.map(s => [s.at, s.booting + s.running + s.stopping]) },
+    { name: "booting", color: COLORS[1], points: samples.map(s => [s.at, s.booting]) },
+    capLine(status.limits["max-instances"]),
+  ], { min_max: status.limits["max-instances"] }));
+  const cap = status.limits["max-cost-per-hour"];
   replace("chart-cost", chart([
-    { name: "cost/h", color: COLORS[0], points: samples.map(s => [s.at, s.cost_per_hour]) },
-    { name: "cap", color: "#dc2626", dashed: true, points: samples.length ? [[samples[0].at, cap], [Date.now(), cap]] : [] },
+    { name: "cost/h", color: COLORS[0], points: samples.map(s => [s.at, s["cost-per-hour"]]) },
+    capLine(cap),
   ], { min_max: cap, digits: 2 }));
 }
 
 async function refreshLog() {
-  const logs = await getJSON("/api/v1/logs?after=" + logNext);
+  const logs = await getJSON("/api/v2/logs?after=" + logNext);
   logNext = logs.next;
   if (!logs.lines.length) return;
   const pre = document.getElementById("log");
@@ -239,13 +271,14 @@ async function refreshLog() {
 async function refresh() {
   try {
     const [status, samples, decisions] = await Promise.all([
-      getJSON("/api/v1/status"), getJSON("/api/v1/history"), getJSON("/api/v1/decisions?acted=true&limit=30"),
+      getJSON("/api/v2/status"), getJSON("/api/v2/history"), getJSON("/api/v2/decisions?acted=true&limit=30"),
     ]);
     renderHeader(status);
     renderSummary(status);
     renderFleet(status);
     renderCharts(samples, status);
     renderDecisions(decisions);
+    renderFailures(status);
     renderPolicies(status);
     await refreshWhy();
     await refreshLog();
