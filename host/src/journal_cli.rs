@@ -32,7 +32,7 @@ pub struct WhyArgs {
     /// At most this many ticks, newest first.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
-    /// `text` for people, `json` (the records as the status API serves them) for scripts.
+    /// `text` for people, `json` (the records as /api/v2/decisions serves them) for scripts.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
@@ -55,7 +55,7 @@ pub struct DecisionsArgs {
     /// ago (`90s`, `30m`, `2h`, `1d`).
     #[arg(long, value_parser = parse_since)]
     pub since: Option<Since>,
-    /// `text` for people, `json` (the records as the status API serves them) for scripts.
+    /// `text` for people, `json` (the records as /api/v2/decisions serves them) for scripts.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
@@ -184,7 +184,10 @@ fn touches(record: &TickRecord, resource: &str) -> bool {
 
 fn print(records: &[TickRecord], format: Format) -> anyhow::Result<ExitCode> {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(records)?),
+        // As /api/v2/decisions answers: kebab-case keys, like the config.
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&crate::http::kebab(serde_json::to_value(records)?))?)
+        }
         Format::Text => {
             for r in records {
                 print!("{}", describe(r));
