@@ -100,6 +100,13 @@ pub struct Limits {
     pub max_instances: u32,
     /// Hard cap on the fleet's cost per hour (same currency as prices).
     pub max_cost_per_hour: f64,
+    /// What a UTC day may cost: a launch is refused once the day's spend
+    /// plus the fleet's cost until midnight would pass it.
+    #[serde(default)]
+    pub max_cost_per_day: Option<f64>,
+    /// Likewise for the UTC calendar month.
+    #[serde(default)]
+    pub max_cost_per_month: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -738,6 +745,18 @@ impl Config {
         if self.limits.max_cost_per_hour.is_nan() || self.limits.max_cost_per_hour <= 0.0 {
             errors.push(invalid(&["limits", "max-cost-per-hour"], "limits.max-cost-per-hour must be more than 0"));
         }
+        for (key, value) in
+            [("max-cost-per-day", self.limits.max_cost_per_day), ("max-cost-per-month", self.limits.max_cost_per_month)]
+        {
+            if let Some(v) = value
+                && !(v.is_finite() && v > 0.0)
+            {
+                errors.push(invalid(
+                    &["limits", key],
+                    format!("limits.{key} = {v}: give an amount more than 0 in the prices' currency, or leave it out for no such budget"),
+                ));
+            }
+        }
         let c = &self.controller;
         for (key, value, zero_ok) in [
             ("observe-timeout-secs", c.observe_timeout_secs, false),
@@ -882,7 +901,12 @@ impl Config {
                     market: r.market,
                 })
                 .collect(),
-            HardLimits { max_instances: self.limits.max_instances, max_cost_per_hour: self.limits.max_cost_per_hour },
+            HardLimits {
+                max_instances: self.limits.max_instances,
+                max_cost_per_hour: self.limits.max_cost_per_hour,
+                max_cost_per_day: self.limits.max_cost_per_day,
+                max_cost_per_month: self.limits.max_cost_per_month,
+            },
         );
         let s = &self.controller;
         let secs = |v: Option<f64>, d: Duration| v.map(Duration::from_secs_f64).unwrap_or(d);

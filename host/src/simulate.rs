@@ -394,6 +394,7 @@ impl WhyWaited {
                 Cap::ResourceInstances => cut.by_resource_max_instances += n,
                 Cap::GlobalInstances => cut.by_global_max_instances += n,
                 Cap::CostPerHour => cut.by_cost_cap += n,
+                Cap::CostPerDay | Cap::CostPerMonth => cut.by_day_or_month_budget += n,
             }
         }
         let mut alive = 0;
@@ -427,6 +428,8 @@ pub struct LaunchesCut {
     pub by_global_max_instances: u32,
     /// By `[limits] max-cost-per-hour`.
     pub by_cost_cap: u32,
+    /// By `[limits] max-cost-per-day` or `max-cost-per-month`.
+    pub by_day_or_month_budget: u32,
 }
 
 impl LaunchesCut {
@@ -435,6 +438,7 @@ impl LaunchesCut {
             by_resource_max_instances: self.by_resource_max_instances + o.by_resource_max_instances,
             by_global_max_instances: self.by_global_max_instances + o.by_global_max_instances,
             by_cost_cap: self.by_cost_cap + o.by_cost_cap,
+            by_day_or_month_budget: self.by_day_or_month_budget + o.by_day_or_month_budget,
         }
     }
 }

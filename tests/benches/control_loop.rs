@@ -87,7 +87,7 @@ async fn tick_cost(queues: usize, instances: usize, real_chain: bool) {
         "bench",
         queue_specs.clone(),
         resource_specs,
-        HardLimits { max_instances: 100_000, max_cost_per_hour: 1e9 },
+        HardLimits { max_instances: 100_000, max_cost_per_hour: 1e9, ..Default::default() },
     );
     for r in 0..resources {
         let name = format!("r{r:03}");
@@ -224,7 +224,7 @@ async fn enqueue_to_launch(samples: usize) {
             price_per_hour: 1.0,
             market: Market::OnDemand,
         }],
-        HardLimits { max_instances: 1000, max_cost_per_hour: 1e9 },
+        HardLimits { max_instances: 1000, max_cost_per_hour: 1e9, ..Default::default() },
     );
     let controller = Arc::new(
         Controller::new(

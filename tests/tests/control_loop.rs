@@ -70,7 +70,7 @@ impl Harness {
                     market: r.market,
                 })
                 .collect(),
-            HardLimits { max_instances: 100, max_cost_per_hour: 1000.0 },
+            HardLimits { max_instances: 100, max_cost_per_hour: 1000.0, ..Default::default() },
         );
         Harness { clock, queue, world, providers, decider: decider(policies), config }
     }
@@ -595,7 +595,7 @@ async fn a_restart_that_lost_its_last_save_still_launches_under_new_keys() {
 #[tokio::test]
 async fn guardrails_hold_against_a_greedy_chain() {
     let mut h = Harness::new(&[("q", &["a", "b"])], vec![res("a", 3), res("b", 10)]);
-    h.config.limits = HardLimits { max_instances: 5, max_cost_per_hour: 4.0 };
+    h.config.limits = HardLimits { max_instances: 5, max_cost_per_hour: 4.0, ..Default::default() };
     h.decider = Arc::new(|s: &flockd_core::Snapshot| flockd_core::Plan {
         launches: ["a", "b"]
             .iter()

@@ -101,6 +101,8 @@ pub struct LastTick {
 pub struct Limits {
     pub max_instances: u32,
     pub max_cost_per_hour: f64,
+    pub max_cost_per_day: Option<f64>,
+    pub max_cost_per_month: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -322,6 +324,8 @@ pub fn status(shared: &Shared) -> Status {
         limits: Limits {
             max_instances: config.limits.max_instances,
             max_cost_per_hour: config.limits.max_cost_per_hour,
+            max_cost_per_day: config.limits.max_cost_per_day,
+            max_cost_per_month: config.limits.max_cost_per_month,
         },
         cost_per_hour: snapshot.as_ref().map_or(0.0, |s| s.budget.cost_per_hour),
         spend: shared.controller.spent(),

@@ -28,6 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::config::HttpSection;
 
 pub use api::{Status, status};
+pub use v2::kebab;
 
 /// What every handler reads.
 pub struct Shared {

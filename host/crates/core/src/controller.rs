@@ -362,6 +362,13 @@ impl Controller {
             None => (None, Unlisted::default(), Vec::new(), BTreeMap::new()),
         };
         let snapshot_arc = snapshot.map(Arc::new);
+        // Spend up to now, before deciding: the daily and monthly budgets
+        // clamp on it. The fleet's cost per hour as observed; when blind,
+        // the last one goes on (the machines bill whether or not flockd
+        // sees them).
+        crate::spend::meter(&mut state.spend, now, snapshot_arc.as_ref().map(|s| s.budget.cost_per_hour));
+        let spent = crate::spend::spent(&state.spend, now);
+        *self.spent.lock().unwrap() = spent;
         if let Some(snapshot) = &snapshot_arc {
             self.ready.store(true, Ordering::Relaxed);
             record.snapshot_digest = Some(snapshot.digest());
@@ -404,7 +411,8 @@ impl Controller {
             // go (limits are re-checked against the same counts), but nothing
             // is terminated on an old picture.
             let fresh = self.still_fresh(now);
-            let clamped = guardrails::clamp(&plan, snapshot, &self.config.limits, &unlisted, fresh);
+            let periods = crate::spend::Periods::at(now, spent);
+            let clamped = guardrails::clamp(&plan, snapshot, &self.config.limits, &unlisted, &periods, fresh);
             for c in &clamped.clamps {
                 tracing::info!("guardrail: {c}");
             }
@@ -419,10 +427,6 @@ impl Controller {
             }
         }
 
-        // The fleet's cost per hour as observed; when blind, the last one
-        // goes on (the machines bill whether or not flockd sees them).
-        crate::spend::meter(&mut state.spend, now, snapshot_arc.as_ref().map(|s| s.budget.cost_per_hour));
-        *self.spent.lock().unwrap() = crate::spend::spent(&state.spend, now);
         record.micros = started.elapsed().as_micros() as u64;
         if let Err(e) = self.save(state, None).await {
             tracing::error!("could not save host state: {e:#}");

@@ -37,7 +37,7 @@ impl Fixture {
                 price_per_hour: 1.0,
                 market: Market::OnDemand,
             }],
-            HardLimits { max_instances: 100, max_cost_per_hour: 1000.0 },
+            HardLimits { max_instances: 100, max_cost_per_hour: 1000.0, ..Default::default() },
         );
         Fixture {
             cloud: Arc::new(FakeCloud::new(clock.clone())),
@@ -580,4 +580,25 @@ async fn a_machine_the_cloud_reports_failed_is_deleted_and_counts_as_a_failure()
     let failures: Vec<(&str, FailureKind)> = snapshot.failures.iter().map(|f| (f.resource.as_str(), f.kind)).collect();
     assert_eq!(failures, vec![("a", FailureKind::Capacity)], "{:?}", snapshot.failures);
     assert!(snapshot.failures[0].message.contains("insufficient nvidia.com/gpu"));
+}
+
+/// Guard: the daily budget reaches the guardrails with the day's spend so
+/// far (controller `tick_locked` → `spend::Periods` → `guardrails::clamp`):
+/// a launch whose machine would take the day past it is refused, with the
+/// reason in the journal; a looser budget lets it through.
+#[tokio::test(start_paused = true)]
+async fn a_launch_that_would_pass_the_daily_budget_is_refused() {
+    let hours_left = crate::spend::Periods::at(T0 + 10_000, Default::default()).day_hours_left;
+    for (limit, launched) in [(3.5 * hours_left, 0), (4.0 * hours_left + 0.5, 1)] {
+        let mut f = Fixture::new(10);
+        f.config.limits.max_cost_per_day = Some(limit);
+        f.idle_fleet(3).await;
+        let controller = f.controller(one_more_a).await;
+        tokio::time::advance(POLL).await;
+        let record = controller.tick().await;
+        assert_eq!(record.launched(), launched, "budget {limit:.2}: {:?}", record.clamps);
+        if launched == 0 {
+            assert!(record.clamps.iter().any(|c| c.contains("daily budget")), "{:?}", record.clamps);
+        }
+    }
 }

@@ -538,7 +538,7 @@ mod tests {
                 price_per_hour: 2.0,
                 market: Market::OnDemand,
             }],
-            HardLimits { max_instances: 10, max_cost_per_hour: 100.0 },
+            HardLimits { max_instances: 10, max_cost_per_hour: 100.0, ..Default::default() },
         )
     }
 

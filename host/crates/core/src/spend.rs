@@ -59,6 +59,29 @@ pub fn meter(days: &mut BTreeMap<String, DaySpend>, now: Millis, rate: Option<f6
     days.retain(|day, _| *day >= oldest);
 }
 
+/// Spend so far in the UTC day and month of a moment, and the hours left in
+/// each: what the daily and monthly budgets clamp launches on.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Periods {
+    pub spent: Spent,
+    pub day_hours_left: f64,
+    pub month_hours_left: f64,
+}
+
+impl Periods {
+    pub fn at(now: Millis, spent: Spent) -> Periods {
+        let day_end = (now / DAY_MS + 1) * DAY_MS;
+        let (y, m, _) = civil_from_days((now / DAY_MS) as i64);
+        let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        let month_end = days_from_civil(ny, nm, 1) as Millis * DAY_MS;
+        Periods {
+            spent,
+            day_hours_left: (day_end - now) as f64 / HOUR_MS,
+            month_hours_left: (month_end - now) as f64 / HOUR_MS,
+        }
+    }
+}
+
 /// Spend of the UTC day and month `now` falls in.
 pub fn spent(days: &BTreeMap<String, DaySpend>, now: Millis) -> Spent {
     let today = day_of(now);
@@ -88,6 +111,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// (year, month, day) → days since 1970-01-01 (Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -135,6 +169,19 @@ mod tests {
         meter(&mut days, JAN_1 + DAY_MS + HOUR, Some(1.0));
         let spent = spent(&days, JAN_1 + DAY_MS + HOUR);
         assert_eq!((spent.today, spent.this_month), (1.0, 25.0));
+    }
+
+    #[test]
+    fn the_hours_left_run_to_utc_midnight_and_the_first_of_next_month() {
+        let p = Periods::at(JAN_1 + 6 * HOUR, Spent::default());
+        assert_eq!(p.day_hours_left, 18.0);
+        assert_eq!(p.month_hours_left, 31.0 * 24.0 - 6.0);
+        let dec_31 = Periods::at(JAN_1 - HOUR, Spent::default());
+        assert_eq!((dec_31.day_hours_left, dec_31.month_hours_left), (1.0, 1.0));
+        for days in [0, 31, 59, 365, 10_000, 20_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
     }
 
     #[test]

@@ -84,6 +84,11 @@ function renderBlind(status) {
   node.textContent = lines.join(" ");
 }
 
+// " / 100.00" when a budget is set.
+function budget(limit) {
+  return limit === null || limit === undefined ? "" : ` / ${limit.toFixed(2)}`;
+}
+
 function renderSummary(status) {
   const alive = status.fleet.length;
   const card = (label, value, extra) => el("div", { class: "card" }, el("div", { class: "muted" }, label), el("div", { class: "value" }, value), extra ? el("div", { class: "muted" }, extra) : null);
@@ -93,8 +98,8 @@ function renderSummary(status) {
       `${byActivity("booting")} booting · ${byActivity("busy")} busy · ${byActivity("idle")} idle · ${byActivity("stopping")} stopping`),
     card("cost per hour", `${status["cost-per-hour"].toFixed(2)} / ${status.limits["max-cost-per-hour"].toFixed(2)}`),
     el("div", { class: "card", id: "spend" }, el("div", { class: "muted" }, "spent today (UTC)"),
-      el("div", { class: "value" }, status.spend.today.toFixed(2)),
-      el("div", { class: "muted" }, `${status.spend["this-month"].toFixed(2)} this month`)),
+      el("div", { class: "value" }, status.spend.today.toFixed(2) + budget(status.limits["max-cost-per-day"])),
+      el("div", { class: "muted" }, `${status.spend["this-month"].toFixed(2)}${budget(status.limits["max-cost-per-month"])} this month`)),
     card("pending tasks", status.queues.reduce((n, q) => n + q.pending, 0), status.queues.map(q => `${q.name}: ${q.pending}`).join(" · ")));
 }
 
