@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use flockd_clearml::bootstrap::{self, BootstrapSettings, S3Credentials};
 use flockd_clearml::secret::SecretRef;
 
-use crate::config::{AgentSection, Config};
+use crate::config::{AgentSection, Config, ResourceAgent};
 
 /// Start-up scripts by resource, for providers that boot real machines.
 /// Empty when there is no `[agent]` section and no `[clearml]` to default from.
@@ -52,13 +52,109 @@ pub fn startup_scripts(config: &Config) -> anyhow::Result<HashMap<String, String
 
     let controller = config.controller_config();
     let mut scripts = HashMap::new();
-    for resource in config.resources.keys() {
+    for (resource, entry) in &config.resources {
         let queues: Vec<String> =
             config.queues.iter().filter(|q| q.resources.contains(resource)).map(|q| q.name.clone()).collect();
         let prefix = flockd_core::naming::worker_id_prefix(&controller.cluster, resource);
+        let settings = match &entry.agent {
+            Some(own) => overridden(&settings, own),
+            None => settings.clone(),
+        };
         let script = bootstrap::render_startup_script(&settings, &queues, &prefix)
             .map_err(|e| anyhow::anyhow!("start-up script for resource {resource:?}: {e}"))?;
         scripts.insert(resource.clone(), script);
     }
     Ok(scripts)
+}
+
+/// `[agent]`'s settings with a resource's own keys in their place.
+fn overridden(fleet: &BootstrapSettings, own: &ResourceAgent) -> BootstrapSettings {
+    let mut s = fleet.clone();
+    if let Some(p) = &own.agent_package {
+        s.agent_package = p.clone();
+    }
+    if let Some(image) = &own.docker_image {
+        s.docker_image = Some(image.clone()).filter(|i| !i.trim().is_empty());
+    }
+    if let Some(cpu_only) = own.cpu_only {
+        s.cpu_only = cpu_only;
+    }
+    if let Some(conf) = &own.extra_clearml_conf {
+        s.extra_clearml_conf = Some(conf.clone());
+    }
+    if let Some(script) = &own.extra_bash_script {
+        s.extra_bash_script = Some(script.clone());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(text: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(text)
+    }
+
+    /// Issue 15, item 3: a fleet mixing CPU and GPU machines sets the
+    /// docker image, cpu-only and the extra script per resource; the rest
+    /// comes from `[agent]`.
+    #[test]
+    fn a_resource_overrides_the_fleets_agent_settings_key_by_key() {
+        let secrets = tempfile::tempdir().unwrap();
+        let (key, secret) = (secrets.path().join("key"), secrets.path().join("secret"));
+        std::fs::write(&key, "access").unwrap();
+        std::fs::write(&secret, "secret").unwrap();
+        let config = Config::parse(
+            &format!(
+                r#"
+cluster = "mixed"
+[limits]
+max-instances = 4
+max-cost-per-hour = 10.0
+[clearml]
+api-host = "https://api.clear.example"
+access-key = "file:{}"
+secret-key = "file:{}"
+[agent]
+docker-image = "python:3.11"
+extra-bash-script = "echo fleet"
+[[queue]]
+name = "q"
+resources = ["cpu", "gpu", "bare"]
+[provider.sim]
+kind = "simulated"
+[resource.cpu]
+provider = "sim"
+max-instances = 1
+[resource.cpu.agent]
+cpu-only = true
+[resource.gpu]
+provider = "sim"
+max-instances = 1
+[resource.gpu.agent]
+docker-image = "nvidia/cuda:12.4.1-runtime-ubuntu22.04"
+extra-bash-script = "nvidia-smi"
+[resource.bare]
+provider = "sim"
+max-instances = 1
+[resource.bare.agent]
+docker-image = ""
+"#,
+                key.display(),
+                secret.display()
+            ),
+            std::path::Path::new("mixed.toml"),
+        )
+        .unwrap();
+        let scripts = startup_scripts(&config).unwrap();
+        let (cpu, gpu, bare) = (&scripts["cpu"], &scripts["gpu"], &scripts["bare"]);
+        assert!(cpu.contains(&b64("python:3.11")) && cpu.contains("--cpu-only"), "cpu keeps the fleet's image");
+        assert!(cpu.contains(&b64("echo fleet")), "and the fleet's script");
+        assert!(gpu.contains(&b64("nvidia/cuda:12.4.1-runtime-ubuntu22.04")) && !gpu.contains(&b64("python:3.11")));
+        assert!(gpu.contains(&b64("nvidia-smi")) && !gpu.contains(&b64("echo fleet")), "the script replaced");
+        assert!(!gpu.contains("--cpu-only"));
+        assert!(!bare.contains("--docker"), "an empty image runs without docker");
+    }
 }

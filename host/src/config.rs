@@ -139,6 +139,9 @@ pub struct ResourceEntry {
     pub local: Option<toml::Value>,
     #[serde(default)]
     pub simulated: Option<toml::Value>,
+    /// `[resource.NAME.agent]`: overrides of `[agent]`, key by key.
+    #[serde(default)]
+    pub agent: Option<ResourceAgent>,
 }
 
 impl PolicyEntry {
@@ -364,6 +367,21 @@ pub struct AgentSection {
     /// Appended to clearml.conf verbatim.
     pub extra_clearml_conf: Option<String>,
     /// Run before the agent starts.
+    pub extra_bash_script: Option<String>,
+}
+
+/// `[resource.NAME.agent]`: this resource's machines start their agent as
+/// `[agent]` says, but for the keys given here (a GPU resource's docker
+/// image, a CPU resource's `cpu-only`). Hosts and credentials are the
+/// fleet's: set them in `[agent]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ResourceAgent {
+    pub agent_package: Option<String>,
+    /// "" runs this resource's tasks without docker, whatever `[agent]` says.
+    pub docker_image: Option<String>,
+    pub cpu_only: Option<bool>,
+    pub extra_clearml_conf: Option<String>,
     pub extra_bash_script: Option<String>,
 }
 
