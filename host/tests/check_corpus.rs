@@ -131,3 +131,52 @@ fn valid_configs_and_the_examples_pass_with_their_warnings() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// Issue 15, item 11: every TOML block in the README, docs/ and the READMEs
+/// under examples/ and plugins/ is either a config `flockd check` accepts or
+/// is marked a fragment (```` ```toml fragment ````), so no example a reader
+/// copies fails at their first `check`.
+#[test]
+fn every_toml_block_in_the_docs_passes_check_or_is_marked_a_fragment() {
+    let root = repo();
+    let mut files = vec![root.join("README.md")];
+    let markdown = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "md")).collect())
+            .unwrap_or_default()
+    };
+    files.extend(markdown(&root.join("docs")));
+    for parent in ["examples", "examples/policies", "plugins"] {
+        for entry in std::fs::read_dir(root.join(parent)).unwrap() {
+            files.extend(markdown(&entry.unwrap().path()));
+        }
+    }
+    files.sort();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut checked, mut failures) = (0, Vec::new());
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut lines = text.lines().enumerate();
+        while let Some((n, line)) = lines.next() {
+            let Some(info) = line.trim_start().strip_prefix("```toml") else { continue };
+            let block: Vec<&str> =
+                lines.by_ref().map(|(_, l)| l).take_while(|l| !l.trim_start().starts_with("```")).collect();
+            if info.split_whitespace().any(|w| w == "fragment") {
+                continue;
+            }
+            let config = dir.path().join(format!("block-{checked}.toml"));
+            std::fs::write(&config, block.join("\n")).unwrap();
+            checked += 1;
+            let (code, _, stderr) = check(&config);
+            if code != 0 {
+                failures.push(format!(
+                    "{}:{}: this TOML block fails `flockd check` (exit {code}); fix it, or mark it ```toml fragment:\n{stderr}",
+                    file.display(),
+                    n + 1
+                ));
+            }
+        }
+    }
+    assert!(checked >= 1, "no complete config found in {files:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
