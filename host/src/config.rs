@@ -152,6 +152,11 @@ impl PolicyEntry {
 }
 
 impl Config {
+    /// How long the on-shutdown terminations may take.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.controller.shutdown_timeout_secs.unwrap_or(60.0))
+    }
+
     /// The ClearML web UI's address, when known: `[agent] web-host`, else the
     /// api-host with "api." turned into "app." (as ClearML's hosted and
     /// self-hosted servers name them), else none.
@@ -340,6 +345,13 @@ pub struct ControllerSection {
     pub termination_retry_secs: Option<f64>,
     pub max_observation_age_secs: Option<f64>,
     pub action_timeout_secs: Option<f64>,
+    /// What to terminate on SIGTERM: nothing (default), the idle machines,
+    /// or every machine whose worker is not busy.
+    #[serde(default)]
+    pub on_shutdown: flockd_core::OnShutdown,
+    /// How long that may take before flockd exits anyway (default 60 s,
+    /// within systemd's default 90 s stop timeout).
+    pub shutdown_timeout_secs: Option<f64>,
 }
 
 /// `[agent]`: how launched machines start their agent.
@@ -784,6 +796,7 @@ impl Config {
             // 0 would refuse every termination, silently: not a setting.
             ("max-observation-age-secs", c.max_observation_age_secs, false),
             ("action-timeout-secs", c.action_timeout_secs, false),
+            ("shutdown-timeout-secs", c.shutdown_timeout_secs, false),
         ] {
             if let Some(v) = value
                 && !seconds_ok(v, zero_ok)

@@ -149,6 +149,19 @@ pub async fn serve(
     };
     tracing::info!(cluster = %config.cluster, interval = ?config.poll_interval(), "flockd running");
     started.controller.run(config.poll_interval(), shutdown).await;
+    let mode = config.controller.on_shutdown;
+    if mode != flockd_core::OnShutdown::Leave {
+        tracing::info!(on_shutdown = mode.as_str(), "stopping: terminating what on-shutdown names");
+        match tokio::time::timeout(config.shutdown_timeout(), started.controller.shutdown_fleet(mode)).await {
+            Ok(Some(record)) => {
+                tracing::info!(terminated = record.terminated(), "on-shutdown terminations done")
+            }
+            Ok(None) => {}
+            Err(_) => tracing::warn!(
+                "on-shutdown terminations did not finish within shutdown-timeout-secs: exiting; the next flockd sees what is left"
+            ),
+        }
+    }
     if let Some(http) = http {
         http.shutdown().await;
     }

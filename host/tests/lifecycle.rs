@@ -65,6 +65,11 @@ price-per-hour = 0.25
 command = "sleep"
 args = ["30"]
 
+# The two tests run side by side: a debug build's first policy calls can
+# pass the 50 ms default on 2 busy cores.
+[policies]
+timeout-ms = 2000
+
 [[policy]]
 name = "scale-up"
 
@@ -281,5 +286,52 @@ async fn sigterm_saves_the_last_tick_and_no_secret_leaks_anywhere() {
             assert!(!bytes.windows(s.len()).any(|w| w == s.as_bytes()), "{} contains the secret {s:?}", path.display());
         }
     }
+    server.shutdown().await.unwrap();
+}
+
+/// Issue 15, item 2: with `on-shutdown = "all"`, SIGTERM terminates every
+/// machine whose worker is not busy (here one still booting) before flockd
+/// exits, and the journal's last tick says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_on_shutdown_all_terminates_the_fleet_before_exiting() {
+    let server =
+        ClearmlServer::start(ServerConfig::new("127.0.0.1:0".parse().unwrap(), ACCESS_KEY, Secret::new(SECRET_KEY)))
+            .await
+            .unwrap();
+    let handle = server.handle();
+    handle.create_queue("cpu").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("flockd.toml");
+    let text = config(&server.url()).replace("timeout-secs = 2", "timeout-secs = 600")
+        + "\n[controller]\non-shutdown = \"all\"\nshutdown-timeout-secs = 20\n";
+    std::fs::write(&config_path, text).unwrap();
+    let run = Run::start(flockd(dir.path(), &["run", "--config", config_path.to_str().unwrap()], SECRET_KEY));
+    let task = handle.create_task("shutdown test task").unwrap();
+    handle.enqueue(&task, "cpu").unwrap();
+    run.wait_for_line("for a launch", Duration::from_secs(60), |l| l.contains("launched:")).await;
+
+    let pid = run.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut run = run;
+    let status = tokio::time::timeout(Duration::from_secs(30), run.child.wait())
+        .await
+        .expect("flockd exits within 30 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}:\n{}", run.all());
+    run.wait_for_line("the on-shutdown terminations", Duration::from_secs(5), |l| {
+        l.contains("on-shutdown terminations done") && l.contains("\"terminated\":1")
+    })
+    .await;
+    let store =
+        flockd::store::RedbStore::open(&dir.path().join("state"), flockd::store::JournalLimits::default()).unwrap();
+    let journal = store.journal(&JournalQuery { limit: 1, instance: None }).await.unwrap();
+    let last = &journal[0];
+    assert!(
+        last.actions.iter().any(|a| matches!(a,
+            flockd_core::Action::Terminate { reason, outcome: flockd_core::Outcome::Done, .. } if reason.contains("on-shutdown = all"))),
+        "the last tick terminated the booting machine: {:?}",
+        last.actions
+    );
+    drop(store);
     server.shutdown().await.unwrap();
 }

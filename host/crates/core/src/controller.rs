@@ -14,7 +14,7 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::decider::Decider;
+use crate::decider::{Decider, Decision};
 use crate::guardrails::{self, HardLimits, Unlisted};
 use crate::journal::{Action, Outcome, QueueLine, TickRecord};
 use crate::ledger::{Ledger, Observation};
@@ -144,6 +144,29 @@ pub struct Controller {
     ready: AtomicBool,
     blindness: Mutex<Blindness>,
     ticks: tokio::sync::broadcast::Sender<TickReport>,
+}
+
+/// What flockd terminates as it stops (`[controller] on-shutdown`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnShutdown {
+    /// Nothing: the next flockd adopts the fleet (today's behaviour).
+    #[default]
+    Leave,
+    /// The machines whose worker is idle.
+    Idle,
+    /// Every machine whose worker is not busy, booting ones included.
+    All,
+}
+
+impl OnShutdown {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnShutdown::Leave => "leave",
+            OnShutdown::Idle => "idle",
+            OnShutdown::All => "all",
+        }
+    }
 }
 
 /// What a finished tick hands to observers (metrics, the dashboard).
@@ -329,10 +352,45 @@ impl Controller {
             failed = tracing::field::Empty,
             clamps = tracing::field::Empty
         );
-        self.tick_locked(&mut state).instrument(span).await
+        self.tick_locked(&mut state, None).instrument(span).await
     }
 
-    async fn tick_locked(&self, state: &mut HostState) -> Arc<TickRecord> {
+    /// What flockd does to the fleet as it stops (`[controller]
+    /// on-shutdown`): one last tick, on a fresh observation, whose plan
+    /// terminates the machines `mode` names instead of asking the policies.
+    /// The guardrails hold as on any tick: a busy machine is never
+    /// terminated, nor anything on a failed observation.
+    pub async fn shutdown_fleet(&self, mode: OnShutdown) -> Option<Arc<TickRecord>> {
+        let wanted: fn(&Instance) -> bool = match mode {
+            OnShutdown::Leave => return None,
+            OnShutdown::Idle => |i| i.state == InstanceState::Running && !i.busy,
+            OnShutdown::All => |i| i.state != InstanceState::Stopping && !i.busy,
+        };
+        let plan = move |snapshot: &Snapshot| Plan {
+            launches: vec![],
+            terminations: snapshot
+                .instances
+                .iter()
+                .filter(|i| wanted(i))
+                .map(|i| Termination {
+                    instance: i.id.clone(),
+                    cause: TerminationCause::Other,
+                    reason: format!("on-shutdown = {}: flockd is stopping", mode.as_str()),
+                })
+                .collect(),
+        };
+        let mut state = self.state.lock().await;
+        state.tick += 1;
+        let span = tracing::info_span!("shutdown", tick = state.tick, mode = mode.as_str());
+        Some(self.tick_locked(&mut state, Some(&plan)).instrument(span).await)
+    }
+
+    /// One tick; `plan`, when given, stands in for the policy chain.
+    async fn tick_locked(
+        &self,
+        state: &mut HostState,
+        plan: Option<&(dyn Fn(&Snapshot) -> Plan + Sync)>,
+    ) -> Arc<TickRecord> {
         let started = Instant::now();
         let now = self.seams.clock.now();
         let mut record = TickRecord { tick: state.tick, at: now, dry_run: self.config.dry_run, ..Default::default() };
@@ -375,13 +433,18 @@ impl Controller {
             record.queues =
                 snapshot.queues.iter().map(|q| QueueLine { name: q.name.clone(), pending: q.pending }).collect();
 
-            let decider = self.seams.decider.clone();
-            let input = snapshot.clone();
-            let decision = match tokio::task::spawn_blocking(move || decider.decide(&input)).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!("the policy chain panicked; acting on nothing this tick: {e}");
-                    Default::default()
+            let decision = match plan {
+                Some(plan) => Decision { plan: plan(snapshot), runs: vec![] },
+                None => {
+                    let decider = self.seams.decider.clone();
+                    let input = snapshot.clone();
+                    match tokio::task::spawn_blocking(move || decider.decide(&input)).await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::error!("the policy chain panicked; acting on nothing this tick: {e}");
+                            Default::default()
+                        }
+                    }
                 }
             };
             // One launch per resource from here on: a plan of thousands of

@@ -602,3 +602,40 @@ async fn a_launch_that_would_pass_the_daily_budget_is_refused() {
         }
     }
 }
+
+/// Guard: `[controller] on-shutdown` (controller `shutdown_fleet`): `leave`
+/// terminates nothing, `idle` the idle machines, `all` every machine whose
+/// worker is not busy (booting ones too); a busy machine never, whatever the
+/// mode, and each termination says why in the journal.
+#[tokio::test(start_paused = true)]
+async fn on_shutdown_terminates_what_its_mode_names_and_never_a_busy_machine() {
+    for (mode, left) in [(OnShutdown::Leave, 4), (OnShutdown::Idle, 2), (OnShutdown::All, 1)] {
+        let f = Fixture::new(10);
+        f.idle_fleet(2).await;
+        let launch = |key: &str| LaunchRequest {
+            cluster: CLUSTER.into(),
+            resource: "a".into(),
+            queues: vec!["q".into()],
+            idempotency_key: key.into(),
+        };
+        let busy = f.cloud.launch(&launch("busy")).await.unwrap();
+        f.queues.register(&worker_of(&busy.id), &["q"], Some("task-1"));
+        f.cloud.launch(&launch("booting")).await.unwrap();
+        let controller = f.controller(|_| Plan::default()).await;
+        ticks(&controller, 1).await;
+        assert_eq!(f.cloud.alive().len(), 4);
+
+        let record = controller.shutdown_fleet(mode).await;
+        let alive: Vec<String> = f.cloud.alive().into_iter().map(|i| i.id).collect();
+        assert_eq!(alive.len(), left, "{mode:?}: {alive:?}");
+        assert!(alive.contains(&busy.id), "{mode:?}: the busy machine is never terminated");
+        if let Some(record) = record {
+            assert_eq!(record.terminated(), 4 - left, "{:?}", record.actions);
+            let reasons = record.actions.iter().filter_map(|a| match a {
+                Action::Terminate { reason, .. } => Some(reason.as_str()),
+                Action::Launch { .. } => None,
+            });
+            assert!(reasons.clone().all(|r| r.contains("on-shutdown")), "{:?}", reasons.collect::<Vec<_>>());
+        }
+    }
+}

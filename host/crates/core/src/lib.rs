@@ -20,7 +20,7 @@ pub mod testing;
 pub mod text;
 
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
-pub use controller::{Controller, ControllerConfig, QueueSpec, ResourceSpec, Seams};
+pub use controller::{Controller, ControllerConfig, OnShutdown, QueueSpec, ResourceSpec, Seams};
 pub use decider::{Decider, Decision, PolicyRun};
 pub use guardrails::HardLimits;
 pub use journal::{Action, Outcome, TickRecord};
