@@ -6,11 +6,17 @@ use std::collections::HashMap;
 use flockd_clearml::bootstrap::{self, BootstrapSettings, S3Credentials};
 use flockd_clearml::secret::SecretRef;
 
-use crate::config::{AgentSection, Config, ResourceAgent};
+use crate::config::{AgentSection, Config, ProviderKind, ResourceAgent};
 
 /// Start-up scripts by resource, for providers that boot real machines.
-/// Empty when there is no `[agent]` section and no `[clearml]` to default from.
+/// Empty when no provider is a real cloud, or there is no `[agent]` section
+/// and no `[clearml]` to default from.
 pub fn startup_scripts(config: &Config) -> anyhow::Result<HashMap<String, String>> {
+    // Only machines of a real cloud boot from a start-up script.
+    let real_cloud = config.providers.values().any(|p| matches!(p.kind, ProviderKind::Aws | ProviderKind::Gcp));
+    if !real_cloud {
+        return Ok(HashMap::new());
+    }
     let clearml = config.clearml.as_ref();
     let section = match (&config.agent, clearml) {
         (Some(section), _) => section.clone(),
@@ -28,8 +34,12 @@ pub fn startup_scripts(config: &Config) -> anyhow::Result<HashMap<String, String
         .clone()
         .or_else(|| clearml.map(|c| c.api_host.clone()))
         .ok_or_else(|| anyhow::anyhow!("[agent] api-host is not set and there is no [clearml] api-host"))?;
-    let web_host = section.web_host.clone().unwrap_or_else(|| api_host.replace("api.", "app."));
-    let files_host = section.files_host.clone().unwrap_or_else(|| api_host.replace("api.", "files."));
+    let (web_host, files_host) = match config.clearml_web_and_files_hosts() {
+        (Some(web), Some(files)) => (web, files),
+        _ => anyhow::bail!(
+            "[agent] web-host and files-host cannot be derived from api-host {api_host:?} (neither an api. host name nor a self-hosted server on port 8008): set both in [agent]"
+        ),
+    };
     let access_key = reference(&section.access_key, "access-key", clearml.map(|c| &c.access_key))?.resolve()?;
     let secret_key = reference(&section.secret_key, "secret-key", clearml.map(|c| &c.secret_key))?.resolve()?;
     let mut settings = BootstrapSettings::new(api_host, web_host, files_host, access_key, secret_key);
@@ -123,22 +133,35 @@ extra-bash-script = "echo fleet"
 [[queue]]
 name = "q"
 resources = ["cpu", "gpu", "bare"]
-[provider.sim]
-kind = "simulated"
+[provider.ec2]
+kind = "aws"
+region = "eu-west-1"
 [resource.cpu]
-provider = "sim"
+provider = "ec2"
 max-instances = 1
+price-per-hour = 0.1
+[resource.cpu.aws]
+ami = "ami-0123456789abcdef0"
+instance-type = "m7i.large"
 [resource.cpu.agent]
 cpu-only = true
 [resource.gpu]
-provider = "sim"
+provider = "ec2"
 max-instances = 1
+price-per-hour = 1.0
+[resource.gpu.aws]
+ami = "ami-0123456789abcdef0"
+instance-type = "g5.xlarge"
 [resource.gpu.agent]
 docker-image = "nvidia/cuda:12.4.1-runtime-ubuntu22.04"
 extra-bash-script = "nvidia-smi"
 [resource.bare]
-provider = "sim"
+provider = "ec2"
 max-instances = 1
+price-per-hour = 0.1
+[resource.bare.aws]
+ami = "ami-0123456789abcdef0"
+instance-type = "m7i.large"
 [resource.bare.agent]
 docker-image = ""
 "#,
@@ -156,5 +179,7 @@ docker-image = ""
         assert!(gpu.contains(&b64("nvidia-smi")) && !gpu.contains(&b64("echo fleet")), "the script replaced");
         assert!(!gpu.contains("--cpu-only"));
         assert!(!bare.contains("--docker"), "an empty image runs without docker");
+        // The hosts the agents use, derived from the api-host.
+        assert!(cpu.contains(&b64("https://app.clear.example")) && cpu.contains(&b64("https://files.clear.example")));
     }
 }

@@ -257,6 +257,30 @@ impl Checker<'_> {
     }
 
     fn agent(&mut self, config: &Config) {
+        // Machines of a real cloud boot an agent that needs the web UI and
+        // file server too: derived from the api-host, or given.
+        let real_cloud = config.providers.values().any(|p| matches!(p.kind, ProviderKind::Aws | ProviderKind::Gcp));
+        if real_cloud && let Some(api) = config.agent_api_host() {
+            let (web, files) = config.clearml_web_and_files_hosts();
+            let missing: Vec<&str> = [("web-host", web.is_none()), ("files-host", files.is_none())]
+                .into_iter()
+                .filter_map(|(k, m)| m.then_some(k))
+                .collect();
+            if !missing.is_empty() {
+                let at: &[&str] = if config.agent.as_ref().is_some_and(|a| a.api_host.is_some()) {
+                    &["agent", "api-host"]
+                } else {
+                    &["clearml", "api-host"]
+                };
+                let keys = missing.join(" and ");
+                self.error(
+                    at,
+                    format!(
+                        "api-host {api:?} is neither an api. host name nor a self-hosted server on port 8008, so the agents' {keys} cannot be derived from it: set {keys} in [agent]"
+                    ),
+                );
+            }
+        }
         let Some(a) = &config.agent else { return };
         for (key, value) in [
             ("access-key", &a.access_key),

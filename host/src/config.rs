@@ -157,17 +157,52 @@ impl Config {
         Duration::from_secs_f64(self.controller.shutdown_timeout_secs.unwrap_or(60.0))
     }
 
-    /// The ClearML web UI's address, when known: `[agent] web-host`, else the
-    /// api-host with "api." turned into "app." (as ClearML's hosted and
-    /// self-hosted servers name them), else none.
-    pub fn clearml_web_host(&self) -> Option<String> {
+    /// The ClearML api-host the agents talk to: `[agent]`'s, else `[clearml]`'s.
+    pub fn agent_api_host(&self) -> Option<String> {
         let agent = self.agent.as_ref();
-        agent.and_then(|a| a.web_host.clone()).or_else(|| {
-            let api =
-                agent.and_then(|a| a.api_host.clone()).or_else(|| self.clearml.as_ref().map(|c| c.api_host.clone()))?;
-            api.contains("api.").then(|| api.replace("api.", "app."))
-        })
+        agent.and_then(|a| a.api_host.clone()).or_else(|| self.clearml.as_ref().map(|c| c.api_host.clone()))
     }
+
+    /// The ClearML web UI and file server the agents use: `[agent]
+    /// web-host` and `files-host` where set, else derived from the api-host
+    /// ([`derive_web_and_files_hosts`]); `None` for one that is neither.
+    pub fn clearml_web_and_files_hosts(&self) -> (Option<String>, Option<String>) {
+        let agent = self.agent.as_ref();
+        let derived = self.agent_api_host().and_then(|api| derive_web_and_files_hosts(&api));
+        (
+            agent.and_then(|a| a.web_host.clone()).or_else(|| derived.as_ref().map(|d| d.0.clone())),
+            agent.and_then(|a| a.files_host.clone()).or_else(|| derived.map(|d| d.1)),
+        )
+    }
+
+    /// The ClearML web UI's address, when known.
+    pub fn clearml_web_host(&self) -> Option<String> {
+        self.clearml_web_and_files_hosts().0
+    }
+}
+
+/// The web UI and file server of a ClearML server, from its api-host, as
+/// ClearML names them: `https://api.example.com` → `https://app.example.com`
+/// and `https://files.example.com`; a self-hosted server on its default
+/// ports, `http://host:8008` → `http://host:8080` and `http://host:8081`.
+/// `None` when the api-host follows neither convention.
+pub fn derive_web_and_files_hosts(api_host: &str) -> Option<(String, String)> {
+    let url = url::Url::parse(api_host).ok()?;
+    let host = url.host_str()?;
+    let with = |f: &dyn Fn(&mut url::Url)| {
+        let mut u = url.clone();
+        f(&mut u);
+        u.as_str().trim_end_matches('/').to_string()
+    };
+    if let Some(rest) = host.strip_prefix("api.") {
+        let web = with(&|u| drop(u.set_host(Some(&format!("app.{rest}")))));
+        let files = with(&|u| drop(u.set_host(Some(&format!("files.{rest}")))));
+        return Some((web, files));
+    }
+    if url.port() == Some(8008) {
+        return Some((with(&|u| drop(u.set_port(Some(8080)))), with(&|u| drop(u.set_port(Some(8081))))));
+    }
+    None
 }
 
 impl ResourceEntry {
@@ -1038,6 +1073,21 @@ fn list<'a>(it: impl Iterator<Item = &'a String>) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Issue 15, item 5: the agents' web UI and file server, as ClearML
+    /// names them, for its hosted service and for a self-hosted server on
+    /// its default ports; nothing guessed otherwise.
+    #[test]
+    fn web_and_files_hosts_derive_from_hosted_and_self_hosted_api_hosts() {
+        let d = |api: &str| super::derive_web_and_files_hosts(api);
+        let pair = |w: &str, f: &str| Some((w.to_string(), f.to_string()));
+        assert_eq!(d("https://api.clear.ml"), pair("https://app.clear.ml", "https://files.clear.ml"));
+        assert_eq!(d("https://api.ml.corp:8443/"), pair("https://app.ml.corp:8443", "https://files.ml.corp:8443"));
+        assert_eq!(d("http://clearml.corp:8008"), pair("http://clearml.corp:8080", "http://clearml.corp:8081"));
+        assert_eq!(d("http://10.0.0.5:8008"), pair("http://10.0.0.5:8080", "http://10.0.0.5:8081"));
+        assert_eq!(d("https://clearml.corp"), None, "no convention: set them");
+        assert_eq!(d("not a url"), None);
+    }
+
     use super::*;
 
     const BASE: &str = r#"

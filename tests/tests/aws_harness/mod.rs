@@ -339,7 +339,6 @@ market = "spot"
 [resource.gpu-spot.aws]
 ami = "{AMI}"
 instance-type = "g5.xlarge"
-market = "spot"
 
 [resource.gpu-on-demand]
 provider = "aws"
@@ -351,6 +350,9 @@ instance-type = "g5.xlarge"
 
 [agent]
 agent-package = "clearml-agent==3.0.3"
+# The test server's random port follows no ClearML naming: given, not derived.
+web-host = "{clearml_url}"
+files-host = "{clearml_url}"
 
 [policies]
 watch = false
