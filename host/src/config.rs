@@ -189,20 +189,18 @@ impl Config {
 pub fn derive_web_and_files_hosts(api_host: &str) -> Option<(String, String)> {
     let url = url::Url::parse(api_host).ok()?;
     let host = url.host_str()?;
-    let with = |f: &dyn Fn(&mut url::Url)| {
-        let mut u = url.clone();
-        f(&mut u);
-        u.as_str().trim_end_matches('/').to_string()
-    };
+    let text = |u: url::Url| u.as_str().trim_end_matches('/').to_string();
+    let (mut web, mut files) = (url.clone(), url.clone());
     if let Some(rest) = host.strip_prefix("api.") {
-        let web = with(&|u| drop(u.set_host(Some(&format!("app.{rest}")))));
-        let files = with(&|u| drop(u.set_host(Some(&format!("files.{rest}")))));
-        return Some((web, files));
+        web.set_host(Some(&format!("app.{rest}"))).ok()?;
+        files.set_host(Some(&format!("files.{rest}"))).ok()?;
+    } else if url.port() == Some(8008) {
+        web.set_port(Some(8080)).ok()?;
+        files.set_port(Some(8081)).ok()?;
+    } else {
+        return None;
     }
-    if url.port() == Some(8008) {
-        return Some((with(&|u| drop(u.set_port(Some(8080)))), with(&|u| drop(u.set_port(Some(8081))))));
-    }
-    None
+    Some((text(web), text(files)))
 }
 
 impl ResourceEntry {
