@@ -6,15 +6,14 @@ use std::collections::HashMap;
 use flockd_clearml::bootstrap::{self, BootstrapSettings, S3Credentials};
 use flockd_clearml::secret::SecretRef;
 
-use crate::config::{AgentSection, Config, ProviderKind, ResourceAgent};
+use crate::config::{AgentSection, Config, ResourceAgent};
 
 /// Start-up scripts by resource, for providers that boot real machines.
 /// Empty when no provider is a real cloud, or there is no `[agent]` section
 /// and no `[clearml]` to default from.
 pub fn startup_scripts(config: &Config) -> anyhow::Result<HashMap<String, String>> {
     // Only machines of a real cloud boot from a start-up script.
-    let real_cloud = config.providers.values().any(|p| matches!(p.kind, ProviderKind::Aws | ProviderKind::Gcp));
-    if !real_cloud {
+    if !config.has_real_cloud() {
         return Ok(HashMap::new());
     }
     let clearml = config.clearml.as_ref();

@@ -259,8 +259,9 @@ impl Checker<'_> {
     fn agent(&mut self, config: &Config) {
         // Machines of a real cloud boot an agent that needs the web UI and
         // file server too: derived from the api-host, or given.
-        let real_cloud = config.providers.values().any(|p| matches!(p.kind, ProviderKind::Aws | ProviderKind::Gcp));
-        if real_cloud && let Some(api) = config.agent_api_host() {
+        if config.has_real_cloud()
+            && let Some(api) = config.agent_api_host()
+        {
             let (web, files) = config.clearml_web_and_files_hosts();
             let missing: Vec<&str> = [("web-host", web.is_none()), ("files-host", files.is_none())]
                 .into_iter()
@@ -361,15 +362,12 @@ impl Checker<'_> {
         }
     }
 
-    /// `[resource.NAME.simulated]` on a real cloud's resource: `run` ignores
-    /// it, `simulate` and `dev` use it, so it must be right too.
+    /// Every `[resource.NAME.simulated]` table, whatever its provider: on a
+    /// real cloud's resource `run` ignores it, but `simulate` and `dev` use
+    /// it, so it must be right too.
     fn simulated_tables(&mut self, config: &Config) {
         for (resource, r) in &config.resources {
             let Some(table) = &r.simulated else { continue };
-            let simulated = config.providers.get(&r.provider).is_some_and(|p| p.kind == ProviderKind::Simulated);
-            if simulated {
-                continue; // checked with its provider
-            }
             let at = ["resource", resource.as_str(), "simulated"];
             match table.clone().try_into::<flockd_sim::SimResourceSettings>() {
                 Ok(settings) => {
@@ -397,14 +395,8 @@ impl Checker<'_> {
                     }
                 }
             }
-            ProviderKind::Simulated => {
-                self.settings::<flockd_sim::SimProviderSettings>(name, entry);
-                for (resource, settings) in self.resource_settings::<flockd_sim::SimResourceSettings>(config, name, entry.kind) {
-                    if let Err(e) = settings.validate() {
-                        self.error(&["resource", &resource, "simulated"], format!("[resource.{resource}.simulated] {e}"));
-                    }
-                }
-            }
+            // Its resources' `.simulated` tables: `simulated_tables`.
+            ProviderKind::Simulated => self.settings::<flockd_sim::SimProviderSettings>(name, entry),
             #[cfg(feature = "aws")]
             ProviderKind::Aws => {
                 self.settings::<flockd_aws::AwsProviderConfig>(name, entry);
@@ -473,8 +465,9 @@ impl Checker<'_> {
         }
     }
 
-    /// Each resource of provider `name`, its `[resource.R.<kind>]` parsed;
-    /// problems reported at the resource.
+    /// Each resource of provider `name` (a real cloud or local: simulated
+    /// machines need no table), its `[resource.R.<kind>]` parsed; problems
+    /// reported at the resource.
     fn resource_settings<T: DeserializeOwned>(
         &mut self,
         config: &Config,
@@ -484,14 +477,10 @@ impl Checker<'_> {
         let mut out = Vec::new();
         for (resource, entry) in config.resources.iter().filter(|(_, r)| r.provider == name) {
             let Some(table) = entry.settings_for(kind) else {
-                if kind != ProviderKind::Simulated {
-                    self.error(
-                        &["resource", resource],
-                        format!("resource {resource:?} uses provider {name:?} ({kind}) but has no [resource.{resource}.{kind}] table: add one"),
-                    );
-                } else if let Ok(defaults) = toml::Value::Table(Default::default()).try_into() {
-                    out.push((resource.clone(), defaults));
-                }
+                self.error(
+                    &["resource", resource],
+                    format!("resource {resource:?} uses provider {name:?} ({kind}) but has no [resource.{resource}.{kind}] table: add one"),
+                );
                 continue;
             };
             match table.try_into::<T>() {

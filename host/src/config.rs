@@ -157,6 +157,12 @@ impl Config {
         Duration::from_secs_f64(self.controller.shutdown_timeout_secs.unwrap_or(60.0))
     }
 
+    /// Whether any provider is a real cloud, whose machines boot from a
+    /// start-up script that starts the agent.
+    pub fn has_real_cloud(&self) -> bool {
+        self.providers.values().any(|p| matches!(p.kind, ProviderKind::Aws | ProviderKind::Gcp))
+    }
+
     /// The ClearML api-host the agents talk to: `[agent]`'s, else `[clearml]`'s.
     pub fn agent_api_host(&self) -> Option<String> {
         let agent = self.agent.as_ref();
