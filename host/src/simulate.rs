@@ -529,7 +529,10 @@ pub struct TotalReport {
     pub terminations: u32,
     pub spot_reclaims: u32,
     pub peak_instances: u32,
+    /// Tasks that arrived before the run's end.
     pub tasks: u32,
+    /// Tasks of the trace that arrive after `--until-secs`: left out.
+    pub tasks_after_the_end: u32,
     pub tasks_finished: u32,
     pub tasks_never_started: u32,
     pub tasks_interrupted: u32,
@@ -556,7 +559,9 @@ impl Report {
     ) -> Report {
         let end = span.end;
         let stats = world.stats(end);
-        let tasks = queue.tasks();
+        // A run cut by --until-secs reports the tasks that arrived before its
+        // end; those the trace has after it were never part of it.
+        let (tasks, after_the_end): (Vec<_>, Vec<_>) = queue.tasks().into_iter().partition(|t| t.enqueued_at <= end);
         let started_on = |t: &flockd_sim::TaskRecord| {
             t.first_started
                 .as_ref()
@@ -623,6 +628,7 @@ impl Report {
             spot_reclaims: sum(|r| r.spot_reclaims),
             peak_instances: world.peak_instances(),
             tasks: tasks.len() as u32,
+            tasks_after_the_end: after_the_end.len() as u32,
             tasks_finished: tasks.iter().filter(|t| t.finished_at.is_some()).count() as u32,
             tasks_never_started: tasks.iter().filter(|t| t.first_started.is_none()).count() as u32,
             tasks_interrupted: sum(|r| r.tasks_interrupted),
@@ -765,6 +771,13 @@ impl Report {
             duration(t.secs_at_global_max_instances),
             duration(t.secs_at_cost_cap)
         );
+        if t.tasks_after_the_end > 0 {
+            let _ = writeln!(
+                out,
+                "\n{} task(s) of the trace arrive after --until-secs and are left out",
+                t.tasks_after_the_end
+            );
+        }
         if t.tasks_never_started > 0 {
             let _ = writeln!(out, "\n{} task(s) never started", t.tasks_never_started);
         }

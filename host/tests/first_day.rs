@@ -292,3 +292,20 @@ fn cli_conventions_default_config_global_flags_and_completions() {
     assert!(syntax.status.success(), "the bash script parses: {}", text(&syntax));
     assert!(String::from_utf8_lossy(&script.stdout).contains("simulate"), "it completes the commands");
 }
+
+/// A run cut short by `--until-secs` leaves out the trace's tasks that arrive
+/// after its end: before, they counted as never started and failed the run
+/// with "no policy in the chain launched for them".
+#[test]
+fn a_run_cut_short_leaves_out_the_tasks_that_arrive_after_its_end() {
+    let dir = setup("");
+    let args = ["simulate", "--config", "flockd.toml", "--trace", "trace.jsonl", "--until-secs", "1000"];
+    let sim = flockd(dir.path(), &[&args[..], &["--format", "json"]].concat());
+    let report = json(&sim);
+    assert_eq!(report["total"]["tasks"], 5, "{report:#}");
+    assert_eq!(report["total"]["tasks-after-the-end"], 2, "{report:#}");
+    assert_eq!(report["total"]["tasks-never-started"], 0, "{report:#}");
+    let table = flockd(dir.path(), &args);
+    assert!(table.status.success(), "{}", text(&table));
+    assert!(String::from_utf8_lossy(&table.stdout).contains("2 task(s) of the trace arrive after --until-secs"));
+}
