@@ -28,10 +28,8 @@ pub fn startup_scripts(config: &Config) -> anyhow::Result<HashMap<String, String
                 .or_else(|| from_clearml.cloned())
                 .ok_or_else(|| anyhow::anyhow!("[agent] {key} is not set and [clearml] has none to default from"))
         };
-    let api_host = section
-        .api_host
-        .clone()
-        .or_else(|| clearml.map(|c| c.api_host.clone()))
+    let api_host = config
+        .agent_api_host()
         .ok_or_else(|| anyhow::anyhow!("[agent] api-host is not set and there is no [clearml] api-host"))?;
     let (web_host, files_host) = match config.clearml_web_and_files_hosts() {
         (Some(web), Some(files)) => (web, files),

@@ -343,7 +343,7 @@ async fn replay(
         world.step();
         let record = controller.tick().await;
         ticks += 1;
-        why.count(config, &record, &world.stats(now), poll);
+        why.count(config, &record, &world.alive_by_resource(), poll);
         if stop_at.is_some_and(|s| now + poll > s) {
             break Ended::UntilSecs;
         }
@@ -384,7 +384,7 @@ impl WhyWaited {
         &mut self,
         config: &Config,
         record: &flockd_core::TickRecord,
-        stats: &BTreeMap<String, flockd_sim::ResourceStats>,
+        alive_by_resource: &BTreeMap<String, u32>,
         poll: Millis,
     ) {
         for t in &record.trims {
@@ -400,7 +400,7 @@ impl WhyWaited {
         let mut alive = 0;
         let mut cost = 0.0;
         for (name, r) in &config.resources {
-            let n = stats.get(name).map_or(0, |s| s.alive);
+            let n = alive_by_resource.get(name).copied().unwrap_or(0);
             alive += n;
             cost += f64::from(n) * r.price();
             if n >= r.max_instances {

@@ -250,6 +250,12 @@ impl SimWorld {
         self.state.lock().unwrap().instances.len()
     }
 
+    /// Instances alive now, per resource (only those with any).
+    pub fn alive_by_resource(&self) -> BTreeMap<String, u32> {
+        let w = self.state.lock().unwrap();
+        w.stats.iter().filter(|(_, s)| s.alive > 0).map(|(r, s)| (r.clone(), s.alive)).collect()
+    }
+
     /// Makes every provider's `list` fail (`true`) or work again.
     pub fn set_listing_fails(&self, fails: bool) {
         self.state.lock().unwrap().list_fails = fails;
