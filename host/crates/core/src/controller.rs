@@ -17,6 +17,7 @@ use crate::clock::Clock;
 use crate::decider::{Decider, Decision};
 use crate::guardrails::{self, HardLimits, Unlisted};
 use crate::journal::{Action, Outcome, QueueLine, TickRecord};
+use crate::leader::Leadership;
 use crate::ledger::{Ledger, Observation};
 use crate::model::*;
 use crate::naming;
@@ -144,6 +145,8 @@ pub struct Controller {
     ready: AtomicBool,
     blindness: Mutex<Blindness>,
     ticks: tokio::sync::broadcast::Sender<TickReport>,
+    /// With a shared store: who leads. Only the leader ticks.
+    leadership: Option<tokio::sync::watch::Receiver<Leadership>>,
 }
 
 /// What flockd terminates as it stops (`[controller] on-shutdown`).
@@ -271,7 +274,33 @@ impl Controller {
             ready: AtomicBool::new(false),
             blindness: Mutex::new(Blindness::default()),
             ticks: tokio::sync::broadcast::channel(TICK_REPORTS_BUFFERED).0,
+            leadership: None,
         })
+    }
+
+    /// Ticks only while `leadership` says this process leads (a shared
+    /// store with a leader lease; see [`crate::leader`]).
+    pub fn with_leadership(mut self, leadership: tokio::sync::watch::Receiver<Leadership>) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
+    /// Who leads, with a shared store; None with an embedded one.
+    pub fn leadership(&self) -> Option<Leadership> {
+        self.leadership.as_ref().map(|l| l.borrow().clone())
+    }
+
+    /// Reads the host state back from the store: a new leader's first step,
+    /// since another process may have led (and written) meanwhile. The next
+    /// tick then reconciles the cloud listing and the unanswered intents
+    /// before deciding.
+    pub async fn reload_state(&self) -> anyhow::Result<()> {
+        let mut state = self.state.lock().await;
+        let loaded = crate::store::load_state(self.seams.store.as_ref()).await?;
+        *self.spent.lock().unwrap() = crate::spend::spent(&loaded.spend, self.seams.clock.now());
+        *self.saved.lock().unwrap() = loaded.clone();
+        *state = loaded;
+        Ok(())
     }
 
     /// Reports every cloud call (its duration and error, a deadline's
@@ -323,25 +352,69 @@ impl Controller {
     }
 
     /// Ticks every `interval` until `shutdown` resolves. A tick is never cut
-    /// short: shutdown waits for cloud calls in flight, then state is saved.
+    /// short by shutdown: it waits for cloud calls in flight, then state is
+    /// saved. With a leader lease, it ticks only while leading: it waits for
+    /// the lease, reloads the state, and stops at once when the lease is
+    /// lost (a tick in flight is dropped: its launch intents are already in
+    /// the store, where the next leader counts them).
     pub async fn run(&self, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        loop {
-            // A signal that came during start-up (or a tick) stops here, before
-            // another tick starts launching.
-            if futures::FutureExt::now_or_never(shutdown.as_mut()).is_some() {
-                break;
-            }
-            let started = tokio::time::Instant::now();
-            self.tick().await;
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = tokio::time::sleep_until(started + interval) => {}
+        'terms: loop {
+            let epoch = match &self.leadership {
+                None => None,
+                Some(leadership) => {
+                    let mut leadership = leadership.clone();
+                    let epoch = tokio::select! {
+                        _ = &mut shutdown => break,
+                        l = leadership.wait_for(|l| l.leading()) => match l {
+                            Ok(l) => l.epoch,
+                            Err(_) => break, // the campaign ended
+                        },
+                    };
+                    if let Err(e) = self.reload_state().await {
+                        tracing::error!("leading, but the store could not be read; retrying: {e:#}");
+                        tokio::select! {
+                            _ = &mut shutdown => break,
+                            _ = tokio::time::sleep(interval) => continue,
+                        }
+                    }
+                    epoch
+                }
+            };
+            let lost = async {
+                match (epoch, &self.leadership) {
+                    (Some(epoch), Some(l)) => crate::leader::lost(l.clone(), epoch).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::pin!(lost);
+            loop {
+                // A signal that came during start-up (or a tick) stops here,
+                // before another tick starts launching.
+                if futures::FutureExt::now_or_never(shutdown.as_mut()).is_some() {
+                    break 'terms;
+                }
+                let started = tokio::time::Instant::now();
+                tokio::select! {
+                    biased;
+                    _ = &mut lost => continue 'terms,
+                    _ = self.tick_as(epoch) => {}
+                }
+                tokio::select! {
+                    _ = &mut shutdown => break 'terms,
+                    _ = &mut lost => continue 'terms,
+                    _ = tokio::time::sleep_until(started + interval) => {}
+                }
             }
         }
     }
 
     pub async fn tick(&self) -> Arc<TickRecord> {
+        self.tick_as(None).await
+    }
+
+    /// One tick, under the lease's `epoch` when leading.
+    async fn tick_as(&self, epoch: Option<u64>) -> Arc<TickRecord> {
         let mut state = self.state.lock().await;
         state.tick += 1;
         let span = tracing::info_span!(
@@ -352,7 +425,7 @@ impl Controller {
             failed = tracing::field::Empty,
             clamps = tracing::field::Empty
         );
-        self.tick_locked(&mut state, None).instrument(span).await
+        self.tick_locked(&mut state, None, epoch).instrument(span).await
     }
 
     /// What flockd does to the fleet as it stops (`[controller]
@@ -382,7 +455,7 @@ impl Controller {
         let mut state = self.state.lock().await;
         state.tick += 1;
         let span = tracing::info_span!("shutdown", tick = state.tick, mode = mode.as_str());
-        Some(self.tick_locked(&mut state, Some(&plan)).instrument(span).await)
+        Some(self.tick_locked(&mut state, Some(&plan), None).instrument(span).await)
     }
 
     /// One tick; `plan`, when given, stands in for the policy chain.
@@ -390,10 +463,12 @@ impl Controller {
         &self,
         state: &mut HostState,
         plan: Option<&(dyn Fn(&Snapshot) -> Plan + Sync)>,
+        epoch: Option<u64>,
     ) -> Arc<TickRecord> {
         let started = Instant::now();
         let now = self.seams.clock.now();
-        let mut record = TickRecord { tick: state.tick, at: now, dry_run: self.config.dry_run, ..Default::default() };
+        let mut record =
+            TickRecord { tick: state.tick, at: now, dry_run: self.config.dry_run, epoch, ..Default::default() };
         let ledger = Ledger::new(&self.config);
         let drained = self.drained(state);
         let reconciled = match self.observe(&drained).await {

@@ -9,7 +9,7 @@ use super::*;
 use crate::clock::TokioClock;
 use crate::model::{Launch, Plan, Snapshot, Termination, TerminationCause};
 use crate::provider_layers::{ProviderCall, ProviderCallSink};
-use crate::store::MemoryStore;
+use crate::store::{JournalQuery, MemoryStore};
 use crate::testing::{FakeCloud, FakeQueues, LaunchAnswer};
 
 const T0: Millis = 1_767_225_600_000;
@@ -638,4 +638,68 @@ async fn on_shutdown_terminates_what_its_mode_names_and_never_a_busy_machine() {
             assert!(reasons.clone().all(|r| r.contains("on-shutdown")), "{:?}", reasons.collect::<Vec<_>>());
         }
     }
+}
+
+/// Leadership set by hand (the elector is tested in `leader`).
+fn leadership(holder: &str) -> tokio::sync::watch::Sender<Leadership> {
+    tokio::sync::watch::channel(Leadership { holder: holder.into(), ..Default::default() }).0
+}
+
+fn lead(l: &tokio::sync::watch::Sender<Leadership>, epoch: Option<u64>) {
+    l.send_modify(|l| l.epoch = epoch);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_leader_ticks_and_a_new_leader_starts_from_the_shared_state() {
+    let f = Fixture::new(3);
+    f.queues.set_pending("q", 10);
+    let (la, lb) = (leadership("a"), leadership("b"));
+    // Both start on the same (empty) shared store; b before a launched anything.
+    let a = Arc::new(f.controller(one_more_a).await.with_leadership(la.subscribe()));
+    let b = Arc::new(f.controller(one_more_a).await.with_leadership(lb.subscribe()));
+    let run = |c: Arc<Controller>| tokio::spawn(async move { c.run(POLL, std::future::pending()).await });
+    let (run_a, run_b) = (run(a.clone()), run(b.clone()));
+
+    // b leads first, then a, then b again: b's memory of the state is
+    // stale by a's launch, which only the shared store knows.
+    lead(&lb, Some(1));
+    tokio::time::sleep(POLL / 2).await;
+    lead(&lb, None);
+    lead(&la, Some(2));
+    tokio::time::sleep(POLL).await;
+    lead(&la, None);
+    lead(&lb, Some(3));
+    tokio::time::sleep(POLL * 5).await;
+
+    let journal = f.store.journal(&JournalQuery::default()).await.unwrap();
+    assert!(journal.iter().all(|r| r.epoch.is_some()), "a process that did not lead ticked");
+    let by = |epoch| journal.iter().filter(|r| r.epoch == Some(epoch)).map(|r| r.launched()).sum::<usize>();
+    assert_eq!((by(1), by(2), by(3)), (1, 1, 1), "one launch a term, then the cap held");
+    assert!(
+        journal.iter().all(|r| r.foreign_machines.is_empty()),
+        "b took a's machine for another writer's: it did not read the shared state"
+    );
+    assert_eq!(f.cloud.alive().len(), 3);
+    run_a.abort();
+    run_b.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_that_loses_the_lease_stops_in_the_middle_of_a_tick() {
+    let f = Fixture::new(3);
+    let la = leadership("a");
+    let a = Arc::new(f.controller(terminate_all_idle).await.with_leadership(la.subscribe()));
+    let ids = f.idle_fleet(4).await;
+    f.cloud.set_terminate_delay(Duration::from_secs(5));
+    lead(&la, Some(1));
+    let run_a = tokio::spawn({
+        let a = a.clone();
+        async move { a.run(POLL, std::future::pending()).await }
+    });
+    // The first terminate call is under way; the lease is lost.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lead(&la, None);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(f.cloud.terminated().len() <= 1, "terminated {:?} of {ids:?} after losing the lease", f.cloud.terminated());
+    run_a.abort();
 }

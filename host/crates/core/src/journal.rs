@@ -36,6 +36,9 @@ pub struct TickRecord {
     /// Workers unregistered because their machine is gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unregistered: Vec<String>,
+    /// The leader lease's epoch this tick ran under (a shared store only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     pub micros: u64,
 }
 

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod decider;
 pub mod guardrails;
 pub mod journal;
+pub mod leader;
 pub mod ledger;
 pub mod model;
 pub mod naming;
@@ -24,6 +25,7 @@ pub use controller::{Controller, ControllerConfig, OnShutdown, QueueSpec, Resour
 pub use decider::{Decider, Decision, PolicyRun};
 pub use guardrails::HardLimits;
 pub use journal::{Action, Outcome, TickRecord};
+pub use leader::{Elector, Fenced, Leadership, LeaseAnswer, LeaseBackend, LeaseTimings};
 pub use model::*;
 pub use provider::{
     CloudInstance, CloudProvider, CloudState, LaunchRequest, MachineFailure, ProviderError, ProviderScope,
