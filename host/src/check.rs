@@ -81,6 +81,7 @@ pub fn check(path: &Path) -> Report {
     checker.clearml(&config);
     checker.agent(&config);
     checker.http(&config);
+    checker.store(&config);
     checker.prices(&config);
     checker.chain_can_launch(&config);
     for (name, entry) in &config.providers {
@@ -296,6 +297,31 @@ impl Checker<'_> {
             self.warn(
                 &["agent", "extra-clearml-conf"],
                 "[agent] extra-clearml-conf seems to set a secret inline: it goes into every machine's start-up data as written; give it by reference with [agent] git-pass, s3-key/s3-secret, access-key/secret-key instead",
+            );
+        }
+    }
+
+    /// `[store]`: the url's reference, the feature, and what on-shutdown
+    /// means with a leader.
+    fn store(&mut self, config: &Config) {
+        if config.store.kind != crate::config::StoreKind::Postgres {
+            return;
+        }
+        self.secret(&["store", "url"], config.store.url.as_ref());
+        if !cfg!(feature = "postgres") {
+            self.error(
+                &["store", "kind"],
+                "store.kind = \"postgres\" needs the `postgres` feature, which this flockd was built without; rebuild with default features",
+            );
+        }
+        let mode = config.controller.on_shutdown;
+        if mode != flockd_core::OnShutdown::Leave {
+            self.warn(
+                &["controller", "on-shutdown"],
+                format!(
+                    "controller.on-shutdown = {:?} does nothing with store.kind = \"postgres\": a leader that stops hands the fleet over to the next one (else every rolling update would shrink it)",
+                    mode.as_str()
+                ),
             );
         }
     }

@@ -57,6 +57,10 @@ pub struct Config {
     pub controller: ControllerSection,
     #[serde(default)]
     pub journal: JournalSection,
+    /// Where the host state and journal live: the embedded file (one
+    /// flockd) or PostgreSQL (two or more, one leading).
+    #[serde(default)]
+    pub store: StoreSection,
     /// Where this config was read from (relative paths resolve against it).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -451,6 +455,48 @@ pub struct JournalSection {
 impl Default for JournalSection {
     fn default() -> Self {
         JournalSection { max_records: defaults::journal_max_records(), max_mib: defaults::journal_max_mib() }
+    }
+}
+
+/// `[store]`: where the host state and the journal live.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StoreSection {
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// PostgreSQL connection string by reference (`env:NAME` or
+    /// `file:PATH`): it usually carries a password.
+    pub url: Option<SecretRef>,
+    /// This process's name in the leader lease. Default: host name, process
+    /// id and start time.
+    pub holder: Option<String>,
+    /// Seconds a lease lasts without renewal (default 15).
+    pub lease_secs: Option<f64>,
+    /// A leader that could not renew for this long stops acting (default 10).
+    pub renew_deadline_secs: Option<f64>,
+    /// Seconds between campaigns and renewals (default 2).
+    pub retry_secs: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// A redb file in `state-dir`: one flockd.
+    #[default]
+    Embedded,
+    /// A PostgreSQL database shared by several flockd, one leading.
+    Postgres,
+}
+
+impl StoreSection {
+    pub fn lease_timings(&self) -> flockd_core::LeaseTimings {
+        let d = flockd_core::LeaseTimings::default();
+        let secs = |v: Option<f64>, default: Duration| v.map_or(default, Duration::from_secs_f64);
+        flockd_core::LeaseTimings {
+            lease: secs(self.lease_secs, d.lease),
+            renew_deadline: secs(self.renew_deadline_secs, d.renew_deadline),
+            retry: secs(self.retry_secs, d.retry),
+        }
     }
 }
 
@@ -888,6 +934,50 @@ impl Config {
             errors.push(invalid(
                 &["journal", "max-mib"],
                 format!("journal.max-mib = {}: keep 1 to 1048576 MiB of journal (default 256)", self.journal.max_mib),
+            ));
+        }
+        let st = &self.store;
+        let mut timings_ok = true;
+        for (key, value) in [
+            ("lease-secs", st.lease_secs),
+            ("renew-deadline-secs", st.renew_deadline_secs),
+            ("retry-secs", st.retry_secs),
+        ] {
+            if let Some(v) = value
+                && !seconds_ok(v, false)
+            {
+                timings_ok = false;
+                errors.push(invalid(
+                    &["store", key],
+                    format!("store.{key} = {v}: use a number of seconds, more than 0 and at most a year"),
+                ));
+            }
+        }
+        if timings_ok && let Err(why) = st.lease_timings().validate() {
+            let key = ["lease-secs", "renew-deadline-secs", "retry-secs"]
+                .into_iter()
+                .zip([st.lease_secs, st.renew_deadline_secs, st.retry_secs])
+                .find_map(|(k, v)| v.map(|_| k))
+                .unwrap_or("lease-secs");
+            errors.push(invalid(&["store", key], format!("[store] lease timings: {why}")));
+        }
+        match (st.kind, &st.url) {
+            (StoreKind::Postgres, None) => errors.push(invalid(
+                &["store", "kind"],
+                "store.kind = \"postgres\" needs store.url: the connection string by reference, e.g. url = \"env:FLOCKD_DATABASE_URL\"",
+            )),
+            (StoreKind::Embedded, Some(_)) => errors.push(invalid(
+                &["store", "url"],
+                "store.url is for kind = \"postgres\": the embedded store is a file in state-dir; set kind = \"postgres\" or drop url",
+            )),
+            _ => {}
+        }
+        if let Some(h) = &st.holder
+            && (h.is_empty() || h.len() > 200 || h.chars().any(char::is_control))
+        {
+            errors.push(invalid(
+                &["store", "holder"],
+                "store.holder: give 1–200 printable characters naming this process (or leave it out for host name and process id)",
             ));
         }
         let mut names = std::collections::BTreeSet::new();

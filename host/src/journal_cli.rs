@@ -92,6 +92,10 @@ pub async fn decisions(args: DecisionsArgs) -> anyhow::Result<ExitCode> {
 
 /// The journal from the store, or from the flockd that holds it.
 async fn read(config: &Config, query: &JournalQuery, acted: bool) -> anyhow::Result<Vec<TickRecord>> {
+    if config.store.kind == crate::config::StoreKind::Postgres {
+        // A database is read beside the running flockd, whoever leads.
+        return crate::run::open_store(config).await?.state.journal(query).await;
+    }
     let dir = config.resolve(&config.state_dir);
     if !dir.join("flockd.redb").exists() {
         anyhow::bail!(

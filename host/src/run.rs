@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use flockd_clearml::ClearmlClient;
-use flockd_core::{Controller, QueueSource, Seams, SystemClock};
+use flockd_core::{Controller, Elector, LeaseBackend, QueueSource, Seams, StateStore, SystemClock};
 use flockd_wasm::{PolicyEngine, PolicyRuntime, Reloader};
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::store::RedbStore;
 
 /// Policies: engine, chain and (if enabled) the watcher.
@@ -76,29 +76,89 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let source: Arc<dyn QueueSource> = Arc::new(client);
     let scripts = crate::agent::startup_scripts(&config)?;
     let mut providers = crate::providers::build(&config, &scripts, Default::default()).await?;
+    let store = open_store(&config).await?;
     // Scopes launched into before, which the config no longer names, are
     // still listed (and their machines retired) until they are empty.
-    let remembered =
-        flockd_core::store::load_state(&RedbStore::open(&config.resolve(&config.state_dir), config.journal_limits())?)
-            .await?;
+    let remembered = flockd_core::store::load_state(store.state.as_ref()).await?;
     providers.retired = crate::providers::retired(&remembered, &providers.scopes).await?;
-    serve(config, source, providers, shutdown, |addr| tracing::info!("dashboard and API on http://{addr}/")).await
+    serve_with(config, source, providers, store, shutdown, |addr| tracing::info!("dashboard and API on http://{addr}/"))
+        .await
+}
+
+/// The configured store, and with PostgreSQL the leader lease it holds.
+pub struct OpenedStore {
+    pub state: Arc<dyn StateStore>,
+    pub lease: Option<Arc<dyn LeaseBackend>>,
+}
+
+pub async fn open_store(config: &Config) -> anyhow::Result<OpenedStore> {
+    match config.store.kind {
+        StoreKind::Embedded => Ok(OpenedStore {
+            state: Arc::new(RedbStore::open(&config.resolve(&config.state_dir), config.journal_limits())?),
+            lease: None,
+        }),
+        StoreKind::Postgres => open_postgres(config).await,
+    }
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(config: &Config) -> anyhow::Result<OpenedStore> {
+    let url = config.store.url.as_ref().ok_or_else(|| anyhow::anyhow!("store.kind = \"postgres\" needs store.url"))?;
+    let url = url.resolve().map_err(|e| anyhow::anyhow!("store.url: {e}"))?;
+    let store = flockd_postgres::PgStore::connect(url.expose(), &config.cluster, config.journal_limits()).await?;
+    let store = Arc::new(store);
+    Ok(OpenedStore { state: store.clone(), lease: Some(store) })
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_: &Config) -> anyhow::Result<OpenedStore> {
+    anyhow::bail!(
+        "store.kind = \"postgres\" needs the `postgres` feature, which this flockd was built without; rebuild with default features"
+    )
+}
+
+/// This process's name in the leader lease: `[store] holder`, else host
+/// name, process id and start time (unique across restarts).
+pub fn lease_holder(config: &Config) -> String {
+    if let Some(h) = &config.store.holder {
+        return h.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "flockd".into());
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    format!("{host}/{}/{started}", std::process::id())
 }
 
 /// A started flockd: controller and policies, not yet ticking.
 pub struct Started {
     pub controller: Arc<Controller>,
+    /// With a shared store: the campaign for the leader lease.
+    pub elector: Option<Arc<Elector>>,
     pub policies: Arc<PolicyRuntime>,
     /// Watching the policy folder while this lives.
     pub reloader: Option<Reloader>,
 }
 
 /// Builds the controller over the given queue source and providers, with the
-/// config's policy chain and the on-disk store.
+/// config's policy chain and store.
 pub async fn start(
     config: &Config,
     source: Arc<dyn QueueSource>,
     providers: crate::providers::Providers,
+) -> anyhow::Result<Started> {
+    let store = open_store(config).await?;
+    start_with(config, source, providers, store).await
+}
+
+pub async fn start_with(
+    config: &Config,
+    source: Arc<dyn QueueSource>,
+    providers: crate::providers::Providers,
+    store: OpenedStore,
 ) -> anyhow::Result<Started> {
     // On a blocking thread: compiling a Python or JavaScript policy takes
     // seconds, which must not stall the async runtime (HTTP, signals).
@@ -107,7 +167,7 @@ pub async fn start(
         tokio::task::spawn_blocking(move || start_policies(&config)).await??
     };
 
-    let store = Arc::new(RedbStore::open(&config.resolve(&config.state_dir), config.journal_limits())?);
+    let OpenedStore { state: store, lease } = store;
     let mut controller_config = config.controller_config();
     let crate::providers::Providers { configured: mut seams_providers, retired, scopes } = providers;
     controller_config.scopes = scopes;
@@ -122,8 +182,15 @@ pub async fn start(
     .await?
     // Every cloud call timed and counted in `/metrics`.
     .with_call_sink(crate::http::metrics::ProviderCallMetrics::global().clone());
+    let (controller, elector) = match lease {
+        None => (controller, None),
+        Some(lease) => {
+            let elector = Arc::new(Elector::new(lease, lease_holder(config), config.store.lease_timings()));
+            (controller.with_leadership(elector.watch()), Some(elector))
+        }
+    };
     let controller = Arc::new(controller);
-    Ok(Started { controller, policies, reloader })
+    Ok(Started { controller, elector, policies, reloader })
 }
 
 /// The loop shared by `run` and `dev`: tick until `shutdown` (see
@@ -135,7 +202,19 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     listening: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<ExitCode> {
-    let started = start(&config, source, providers).await?;
+    let store = open_store(&config).await?;
+    serve_with(config, source, providers, store, shutdown, listening).await
+}
+
+pub async fn serve_with(
+    config: Config,
+    source: Arc<dyn QueueSource>,
+    providers: crate::providers::Providers,
+    store: OpenedStore,
+    shutdown: impl std::future::Future<Output = ()>,
+    listening: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<ExitCode> {
+    let started = start_with(&config, source, providers, store).await?;
     if config.dry_run {
         tracing::warn!("dry run: plans are recorded in the journal, nothing is launched or terminated");
     }
@@ -148,9 +227,23 @@ pub async fn serve(
         None
     };
     tracing::info!(cluster = %config.cluster, interval = ?config.poll_interval(), "flockd running");
+    // The campaign ends (and the lease is released, so a follower takes
+    // over at once) only after the controller stopped acting.
+    let (stop_campaign, campaign_stopped) = tokio::sync::oneshot::channel::<()>();
+    let campaign = started.elector.clone().map(|elector| {
+        tracing::info!(holder = %elector.watch().borrow().holder, "campaigning for the leader lease");
+        tokio::spawn(async move { elector.run(async { drop(campaign_stopped.await) }).await })
+    });
     started.controller.run(config.poll_interval(), shutdown).await;
+    if let Some(campaign) = campaign {
+        let _ = stop_campaign.send(());
+        let _ = campaign.await;
+    }
     let mode = config.controller.on_shutdown;
-    if mode != flockd_core::OnShutdown::Leave {
+    if started.elector.is_some() && mode != flockd_core::OnShutdown::Leave {
+        // Every rolling update would shrink the fleet otherwise.
+        tracing::info!(on_shutdown = mode.as_str(), "stopping: a leader hands over, it leaves the fleet as it is");
+    } else if mode != flockd_core::OnShutdown::Leave {
         tracing::info!(on_shutdown = mode.as_str(), "stopping: terminating what on-shutdown names");
         match tokio::time::timeout(config.shutdown_timeout(), started.controller.shutdown_fleet(mode)).await {
             Ok(Some(record)) => {

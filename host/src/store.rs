@@ -49,19 +49,7 @@ pub struct RedbStore {
     limits: JournalLimits,
 }
 
-/// How much journal is kept: the oldest records go as new ones arrive, once
-/// either bound is passed (the newest record is always kept).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct JournalLimits {
-    pub max_records: u64,
-    pub max_bytes: u64,
-}
-
-impl Default for JournalLimits {
-    fn default() -> Self {
-        JournalLimits { max_records: 100_000, max_bytes: 256 << 20 }
-    }
-}
+pub use flockd_core::store::JournalLimits;
 
 /// Why a store could not be opened, where a caller decides by it: one held
 /// by a running flockd can be asked through its API instead.
@@ -334,6 +322,7 @@ mod tests {
             required_failed: vec![],
             foreign_machines: vec![],
             unregistered: vec![],
+            epoch: None,
             micros: 1,
         }
     }

@@ -20,7 +20,10 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.controller.is_ready() {
+    // A follower serves (status, metrics) without ticking: ready. Were it
+    // not, a rolling update would wait on it forever.
+    let following = shared.controller.leadership().is_some_and(|l| !l.leading());
+    if shared.controller.is_ready() || following {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: no tick has observed the queues and the cloud successfully yet\n")
@@ -30,6 +33,7 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     shared.metrics.sync_policies(&shared.policies);
+    shared.metrics.sync_leadership(shared.controller.leadership().as_ref());
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], shared.metrics.render()).into_response()
 }
 
@@ -43,6 +47,9 @@ pub struct Status {
     /// Machines the last observation listed with launch keys this flockd
     /// never wrote: another writer shares the cluster, and launches stop.
     pub foreign_machines: Vec<String>,
+    /// With a shared store: who leads (only the leader acts; a follower's
+    /// status is its last view, and names the leader).
+    pub leader: Option<LeaderStatus>,
     /// When the snapshot below was observed (unix ms).
     pub as_of: Option<Millis>,
     pub last_tick: Option<LastTick>,
@@ -69,6 +76,50 @@ pub struct FailureStatus {
     pub resource: String,
     pub kind: flockd_core::FailureKind,
     pub message: String,
+}
+
+#[derive(Serialize)]
+pub struct LeaderStatus {
+    /// Whether this flockd holds the lease and acts.
+    pub leading: bool,
+    /// This flockd's name in the lease.
+    pub holder: String,
+    /// The lease's holder as last seen.
+    pub leader: Option<String>,
+    /// The epoch this flockd's writes carry while leading.
+    pub epoch: Option<u64>,
+    pub transitions: u64,
+    pub renew_failures: u64,
+}
+
+impl From<flockd_core::Leadership> for LeaderStatus {
+    fn from(l: flockd_core::Leadership) -> Self {
+        LeaderStatus {
+            leading: l.leading(),
+            holder: l.holder,
+            leader: l.leader,
+            epoch: l.epoch,
+            transitions: l.transitions,
+            renew_failures: l.renew_failures,
+        }
+    }
+}
+
+/// Who leads (`GET /api/v1/leader`). With the embedded store, one flockd
+/// that always acts: leading, with no lease.
+pub fn leader_status(shared: &Shared) -> LeaderStatus {
+    shared.controller.leadership().map(LeaderStatus::from).unwrap_or(LeaderStatus {
+        leading: true,
+        holder: String::new(),
+        leader: None,
+        epoch: None,
+        transitions: 0,
+        renew_failures: 0,
+    })
+}
+
+pub async fn leader(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(leader_status(&shared)).into_response()
 }
 
 #[derive(Serialize)]
@@ -319,6 +370,7 @@ pub fn status(shared: &Shared) -> Status {
             error: b.error,
         }),
         foreign_machines,
+        leader: shared.controller.leadership().map(LeaderStatus::from),
         as_of: snapshot.as_ref().map(|s| s.now),
         last_tick,
         limits: Limits {

@@ -102,6 +102,9 @@ pub struct Metrics {
     ready: IntGauge,
     blind_seconds: Gauge,
     foreign_machines: IntGauge,
+    leader: IntGauge,
+    lease_transitions: IntCounter,
+    lease_renew_failures: IntCounter,
     clamps: IntCounter,
     policy_duration: HistogramVec,
     policy_calls: IntCounterVec,
@@ -259,6 +262,27 @@ impl Metrics {
                     "Listed machines whose launch key this flockd never wrote (another writer on the cluster): launches stop while any is listed",
                 )?,
             )?,
+            leader: reg(
+                r,
+                IntGauge::new(
+                    "flockd_leader",
+                    "1 while this flockd holds the leader lease and acts (always 1 with the embedded store)",
+                )?,
+            )?,
+            lease_transitions: reg(
+                r,
+                IntCounter::new(
+                    "flockd_lease_transitions_total",
+                    "Times this flockd became or stopped being the leader (shared store)",
+                )?,
+            )?,
+            lease_renew_failures: reg(
+                r,
+                IntCounter::new(
+                    "flockd_lease_renew_failures_total",
+                    "Renewals of the leader lease that failed or timed out while leading",
+                )?,
+            )?,
             clamps: reg(
                 r,
                 IntCounter::new("flockd_guardrail_clamps_total", "Plan changes made by the host's hard limits")?,
@@ -410,6 +434,18 @@ impl Metrics {
         }
     }
 
+    /// Leadership as the controller last knew it (None: embedded store,
+    /// where this flockd always acts).
+    pub fn sync_leadership(&self, leadership: Option<&flockd_core::Leadership>) {
+        let Some(l) = leadership else {
+            self.leader.set(1);
+            return;
+        };
+        self.leader.set(l.leading() as i64);
+        self.lease_transitions.inc_by(l.transitions.saturating_sub(self.lease_transitions.get()));
+        self.lease_renew_failures.inc_by(l.renew_failures.saturating_sub(self.lease_renew_failures.get()));
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -445,6 +481,7 @@ mod tests {
             required_failed: vec![],
             foreign_machines: vec![],
             unregistered: vec![],
+            epoch: None,
             micros: 1,
         };
         TickReport { snapshot: None, record: Arc::new(record), blind }

@@ -50,6 +50,10 @@ pub async fn history(State(shared): State<Arc<Shared>>) -> Response {
     json(shared.history.lock().unwrap().samples())
 }
 
+pub async fn leader(State(shared): State<Arc<Shared>>) -> Response {
+    json(api::leader_status(&shared))
+}
+
 pub async fn logs(state: State<Arc<Shared>>, query: Query<api::LogsQuery>) -> Response {
     json(api::logs(state, query).await.0)
 }

@@ -390,8 +390,14 @@ pub struct Flockd {
 
 impl Flockd {
     pub fn start(config: &Path, log: PathBuf) -> Flockd {
+        Flockd::start_with_env(config, log, &[])
+    }
+
+    /// With these variables set too (a database URL, say).
+    pub fn start_with_env(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Flockd {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(flockd_bin())
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -439,6 +445,10 @@ impl Flockd {
             assert!(Instant::now() < deadline, "flockd did not start within 30 s:\n{}", self.log_text());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {

@@ -12,6 +12,8 @@
 //! max-idle and unregisters its worker. A machine flockd did not track would
 //! stay running, and the test fails on it.
 
+#![allow(dead_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,18 +26,18 @@ use tokio::time::Instant;
 
 use crate::aws_harness::*;
 
-const GPU: &str = "gpu";
-const SPOT_MAX: usize = 2;
-const ON_DEMAND_MAX: usize = 2;
+pub const GPU: &str = "gpu";
+pub const SPOT_MAX: usize = 2;
+pub const ON_DEMAND_MAX: usize = 2;
 /// Below the sum of the resources' caps, so the global cap binds too.
-const MAX_INSTANCES: usize = 3;
+pub const MAX_INSTANCES: usize = 3;
 
 /// What the monitor saw.
 #[derive(Default)]
-struct Watch {
-    violations: Vec<String>,
-    peak_total: usize,
-    samples: usize,
+pub struct Watch {
+    pub violations: Vec<String>,
+    pub peak_total: usize,
+    pub samples: usize,
 }
 
 pub async fn run(cluster: &str, rounds: usize, seed: u64) {
@@ -178,14 +180,14 @@ async fn cluster_calls(cluster: &str, action: &str) -> usize {
         .count()
 }
 
-fn pending_tasks(clearml: &Clearml) -> Vec<String> {
+pub fn pending_tasks(clearml: &Clearml) -> Vec<String> {
     let data = clearml.handle.call("tasks.get_all", json!({"status": ["queued"]})).unwrap();
     data["tasks"].as_array().unwrap().iter().filter_map(|t| t["id"].as_str().map(str::to_owned)).collect()
 }
 
 /// Ok once no instance of `cluster` is live; Err(live ids) at the deadline.
 /// `on_live` sees every live instance on every look.
-async fn wait_for_all_terminated(
+pub async fn wait_for_all_terminated(
     cluster: &str,
     within: Duration,
     mut on_live: impl FnMut(&MotoInstance),
@@ -207,7 +209,7 @@ async fn wait_for_all_terminated(
 
 /// The agents of the launched machines, the people enqueueing work, and the
 /// monitor, every 100 ms until `stop`.
-async fn play_fleet(
+pub async fn play_fleet(
     cluster: String,
     clearml: Arc<Clearml>,
     seed: u64,

@@ -98,6 +98,20 @@ pub struct RecentLaunch {
     pub key: String,
 }
 
+/// How much journal is kept: the oldest records go as new ones arrive, once
+/// either bound is passed (the newest record is always kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalLimits {
+    pub max_records: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for JournalLimits {
+    fn default() -> Self {
+        JournalLimits { max_records: 100_000, max_bytes: 256 << 20 }
+    }
+}
+
 /// Which journal entries to return, newest first.
 #[derive(Clone, Debug, Default)]
 pub struct JournalQuery {

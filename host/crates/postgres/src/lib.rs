@@ -20,20 +20,13 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use flockd_core::journal::TickRecord;
 use flockd_core::leader::{Fenced, LeaseAnswer, LeaseBackend};
-use flockd_core::store::{JournalQuery, RecordKey, RecordKind, Records, StateChange, StateStore};
+use flockd_core::store::{JournalLimits, JournalQuery, RecordKey, RecordKind, Records, StateChange, StateStore};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
-}
-
-/// How much journal to keep (the oldest ticks go first).
-#[derive(Clone, Copy, Debug)]
-pub struct JournalLimits {
-    pub max_records: u64,
-    pub max_bytes: u64,
 }
 
 /// Journal pruning runs once every this many appends, not on every one.

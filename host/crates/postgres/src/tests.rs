@@ -6,8 +6,9 @@ use std::time::Duration;
 use flockd_core::leader::{Fenced, LeaseAnswer, LeaseBackend};
 use flockd_core::store::{HostState, LaunchIntent, StateStore, load_state};
 
+use crate::PgStore;
 use crate::testing::TempPostgres;
-use crate::{JournalLimits, PgStore};
+use flockd_core::store::JournalLimits;
 
 const LIMITS: JournalLimits = JournalLimits { max_records: 1000, max_bytes: 1 << 20 };
 const LEASE: Duration = Duration::from_secs(15);

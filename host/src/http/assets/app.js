@@ -75,8 +75,11 @@ function renderBlind(status) {
   const node = document.getElementById("blind");
   const b = status.blind;
   const foreign = status["foreign-machines"] || [];
-  node.hidden = !b && foreign.length === 0;
+  const follower = status.leader && !status.leader.leading ? status.leader : null;
+  node.hidden = !b && foreign.length === 0 && !follower;
   const lines = [];
+  if (follower) lines.push(`Follower: ${follower.leader ? `the leader is ${follower.leader}` : "no leader seen yet"}; ` +
+    `this flockd acts only if it takes over the lease. What it shows is its last view.`);
   if (b) lines.push(`Blind for ${duration(b.seconds)} (${b["failed-ticks"]} failed ticks): nothing is launched or terminated ` +
     `while ${status.fleet.length} machine(s) keep billing. Last error: ${b.error}`);
   if (foreign.length) lines.push(`Another flockd is launching into this cluster (${foreign.length} machine(s) with launch keys ` +
