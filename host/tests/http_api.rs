@@ -265,3 +265,87 @@ async fn a_busy_machine_names_its_task_linked_to_the_web_ui_and_spend_counts() {
     assert!(spent["this-month"].as_f64().unwrap() >= spent["today"].as_f64().unwrap(), "{spent}");
     flockd.stop().await;
 }
+
+/// Guards of `http::actions::admitted`: actions are off without a token;
+/// with one, a browser's Basic credentials act only from the dashboard's own
+/// origin, a form's content type is refused, and a bearer token acts; a
+/// terminate of a machine that is not there is a 404. Each was seen failing
+/// with its check taken out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_need_a_token_and_refuse_what_another_site_could_send() {
+    let open = Flockd::start("").await;
+    let client = reqwest::Client::new();
+    let post = |url: String| client.post(url).header("content-type", "application/json").body("{}");
+    let off = post(format!("{}/api/v1/actions/pause", open.url)).send().await.unwrap();
+    assert_eq!(off.status(), 403, "actions without a token");
+    assert!(off.text().await.unwrap().contains("[http] token"));
+    assert!(open.controller.launches_paused().is_none());
+    open.stop().await;
+
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, "tok-actions\n").unwrap();
+    let flockd = Flockd::start(&format!("token = \"file:{}\"\n", token_file.display())).await;
+    let url = &flockd.url;
+    let host = url.trim_start_matches("http://");
+    let pause = || post(format!("{url}/api/v1/actions/pause"));
+
+    let cross_site =
+        pause().basic_auth("b", Some("tok-actions")).header("origin", "http://evil.example").send().await.unwrap();
+    assert_eq!(cross_site.status(), 403, "Basic credentials from another origin");
+    let no_origin = pause().basic_auth("b", Some("tok-actions")).send().await.unwrap();
+    assert_eq!(no_origin.status(), 403, "Basic credentials without an origin");
+    let form = client
+        .post(format!("{url}/api/v1/actions/pause"))
+        .bearer_auth("tok-actions")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("a=b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 415, "a form post");
+    assert!(flockd.controller.launches_paused().is_none(), "a refused request paused launches");
+
+    let same_origin =
+        pause().basic_auth("b", Some("tok-actions")).header("origin", format!("http://{host}")).send().await.unwrap();
+    assert_eq!(same_origin.status(), 200, "the dashboard's own page");
+    assert!(flockd.controller.launches_paused().is_some());
+    let status: serde_json::Value = get_with(&client, &format!("{url}/api/v2/status")).await;
+    assert!(status["launches-paused-since"].is_u64(), "{status}");
+    assert_eq!(status["actions-enabled"], true);
+
+    let resumed: serde_json::Value = post(format!("{url}/api/v2/actions/resume"))
+        .bearer_auth("tok-actions")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(resumed["launches-paused-since"].is_null(), "{resumed}");
+    assert!(flockd.controller.launches_paused().is_none());
+
+    let missing = client
+        .post(format!("{url}/api/v1/actions/terminate"))
+        .bearer_auth("tok-actions")
+        .header("content-type", "application/json")
+        .body(r#"{"instance": "i-not-here"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404, "{}", missing.text().await.unwrap());
+    let none_idle: serde_json::Value = post(format!("{url}/api/v1/actions/shutdown-idle"))
+        .bearer_auth("tok-actions")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none_idle["terminated"], serde_json::json!([]), "{none_idle}");
+    flockd.stop().await;
+}
+
+async fn get_with(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client.get(url).bearer_auth("tok-actions").send().await.unwrap().json().await.unwrap()
+}

@@ -34,6 +34,7 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     shared.metrics.sync_policies(&shared.policies);
     shared.metrics.sync_leadership(shared.controller.leadership().as_ref());
+    shared.metrics.sync_paused(shared.controller.launches_paused().is_some());
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], shared.metrics.render()).into_response()
 }
 
@@ -50,6 +51,11 @@ pub struct Status {
     /// With a shared store: who leads (only the leader acts; a follower's
     /// status is its last view, and names the leader).
     pub leader: Option<LeaderStatus>,
+    /// Since when an operator has paused launches (unix ms); terminations
+    /// go on meanwhile.
+    pub launches_paused_since: Option<Millis>,
+    /// Whether `POST /api/*/actions/...` are on (only with `[http] token`).
+    pub actions_enabled: bool,
     /// When the snapshot below was observed (unix ms).
     pub as_of: Option<Millis>,
     pub last_tick: Option<LastTick>,
@@ -371,6 +377,8 @@ pub fn status(shared: &Shared) -> Status {
         }),
         foreign_machines,
         leader: shared.controller.leadership().map(LeaderStatus::from),
+        launches_paused_since: shared.controller.launches_paused(),
+        actions_enabled: shared.actions_enabled,
         as_of: snapshot.as_ref().map(|s| s.now),
         last_tick,
         limits: Limits {

@@ -103,6 +103,7 @@ pub struct Metrics {
     blind_seconds: Gauge,
     foreign_machines: IntGauge,
     leader: IntGauge,
+    launches_paused: IntGauge,
     lease_transitions: IntCounter,
     lease_renew_failures: IntCounter,
     clamps: IntCounter,
@@ -267,6 +268,13 @@ impl Metrics {
                 IntGauge::new(
                     "flockd_leader",
                     "1 while this flockd holds the leader lease and acts (always 1 with the embedded store)",
+                )?,
+            )?,
+            launches_paused: reg(
+                r,
+                IntGauge::new(
+                    "flockd_launches_paused",
+                    "1 while an operator has paused launches (terminations go on)",
                 )?,
             )?,
             lease_transitions: reg(
@@ -444,6 +452,10 @@ impl Metrics {
         self.leader.set(l.leading() as i64);
         self.lease_transitions.inc_by(l.transitions.saturating_sub(self.lease_transitions.get()));
         self.lease_renew_failures.inc_by(l.renew_failures.saturating_sub(self.lease_renew_failures.get()));
+    }
+
+    pub fn sync_paused(&self, paused: bool) {
+        self.launches_paused.set(paused as i64);
     }
 
     /// The text exposition format.

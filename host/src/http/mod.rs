@@ -8,6 +8,7 @@
 //! charts' one-hour history. Loopback by default; any other address needs a
 //! token, so a fleet's picture is never open to a network by accident.
 
+mod actions;
 pub(crate) mod api;
 mod auth;
 mod dashboard;
@@ -20,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use flockd_core::Controller;
 use flockd_wasm::PolicyRuntime;
 use tokio::sync::broadcast::error::RecvError;
@@ -40,6 +41,8 @@ pub struct Shared {
     /// The ClearML web UI, when its address is known: the dashboard links
     /// each busy machine's task there.
     clearml_web: Option<String>,
+    /// Whether the mutating `/api/*/actions/...` are on: only with a token.
+    actions_enabled: bool,
 }
 
 /// A running HTTP server; stops when [`HttpServer::shutdown`] is called or
@@ -116,6 +119,7 @@ impl HttpServer {
             history: Mutex::new(history::History::default()),
             logs: logs::global().clone(),
             clearml_web: flockd.clearml_web_host(),
+            actions_enabled: listen.token.is_some(),
         });
         let feeding = tokio::spawn(follow_ticks(shared.clone()));
 
@@ -173,6 +177,14 @@ fn router(shared: Arc<Shared>, token: Option<auth::Token>) -> Router {
         .route("/api/v2/history", get(v2::history))
         .route("/api/v2/logs", get(v2::logs))
         .route("/api/v2/leader", get(v2::leader))
+        .route("/api/v1/actions/pause", post(actions::pause))
+        .route("/api/v1/actions/resume", post(actions::resume))
+        .route("/api/v1/actions/shutdown-idle", post(actions::shutdown_idle))
+        .route("/api/v1/actions/terminate", post(actions::terminate))
+        .route("/api/v2/actions/pause", post(v2::pause))
+        .route("/api/v2/actions/resume", post(v2::resume))
+        .route("/api/v2/actions/shutdown-idle", post(v2::shutdown_idle))
+        .route("/api/v2/actions/terminate", post(v2::terminate))
         .merge(dashboard::routes())
         .with_state(shared)
         .layer(axum::middleware::from_fn_with_state(token, auth::guard))

@@ -50,6 +50,34 @@ pub async fn history(State(shared): State<Arc<Shared>>) -> Response {
     json(shared.history.lock().unwrap().samples())
 }
 
+/// An answer of v1 with its JSON keys in kebab-case.
+async fn kebab_answer(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "cannot read the answer\n").into_response();
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) => (parts.status, Json(kebab(v))).into_response(),
+        Err(_) => Response::from_parts(parts, axum::body::Body::from(bytes)),
+    }
+}
+
+pub async fn pause(state: State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    kebab_answer(super::actions::pause(state, headers).await).await
+}
+
+pub async fn resume(state: State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    kebab_answer(super::actions::resume(state, headers).await).await
+}
+
+pub async fn shutdown_idle(state: State<Arc<Shared>>, headers: axum::http::HeaderMap, body: String) -> Response {
+    kebab_answer(super::actions::shutdown_idle(state, headers, body).await).await
+}
+
+pub async fn terminate(state: State<Arc<Shared>>, headers: axum::http::HeaderMap, body: String) -> Response {
+    kebab_answer(super::actions::terminate(state, headers, body).await).await
+}
+
 pub async fn leader(State(shared): State<Arc<Shared>>) -> Response {
     json(api::leader_status(&shared))
 }

@@ -147,6 +147,36 @@ pub struct Controller {
     ticks: tokio::sync::broadcast::Sender<TickReport>,
     /// With a shared store: who leads. Only the leader ticks.
     leadership: Option<tokio::sync::watch::Receiver<Leadership>>,
+    /// Operator actions for the loop to run between ticks, and its end
+    /// of the channel (taken by [`Controller::run`]).
+    actions: tokio::sync::mpsc::Sender<ActionRequest>,
+    pending_actions: Mutex<Option<tokio::sync::mpsc::Receiver<ActionRequest>>>,
+    /// Mirrors `HostState::launches_paused`, readable without waiting for a tick.
+    launches_paused: Mutex<Option<Millis>>,
+}
+
+/// What an operator can ask of a running flockd (the dashboard's buttons,
+/// `POST /api/v1/actions/...`). Each runs as a tick of its own, on a fresh
+/// observation and through the guardrails: a busy machine is never
+/// terminated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// Terminate every machine whose worker is idle now (of one resource).
+    TerminateIdle { resource: Option<String> },
+    /// Terminate this machine, unless its worker is busy.
+    Terminate { instance: String },
+}
+
+struct ActionRequest {
+    action: OperatorAction,
+    done: tokio::sync::oneshot::Sender<Arc<TickRecord>>,
+}
+
+/// Why an operator action did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("the control loop is not running")]
+    NotRunning,
 }
 
 /// What flockd terminates as it stops (`[controller] on-shutdown`).
@@ -258,6 +288,8 @@ impl Controller {
         }
         let state = crate::store::load_state(seams.store.as_ref()).await?;
         let saved = state.clone();
+        let launches_paused = state.launches_paused;
+        let (actions, pending_actions) = tokio::sync::mpsc::channel(8);
         let spent = crate::spend::spent(&state.spend, seams.clock.now());
         // Every cloud call under its deadline, whatever provider it is.
         let (list, act) = (config.observe_timeout, config.action_timeout);
@@ -275,7 +307,62 @@ impl Controller {
             blindness: Mutex::new(Blindness::default()),
             ticks: tokio::sync::broadcast::channel(TICK_REPORTS_BUFFERED).0,
             leadership: None,
+            actions,
+            pending_actions: Mutex::new(Some(pending_actions)),
+            launches_paused: Mutex::new(launches_paused),
         })
+    }
+
+    /// Since when launches are paused, if they are.
+    pub fn launches_paused(&self) -> Option<Millis> {
+        *self.launches_paused.lock().unwrap()
+    }
+
+    /// Pauses or resumes launches (terminations go on either way). Kept in
+    /// the store, so a pause survives a restart (and, with a shared store,
+    /// a change of leader). Returns since when they are paused.
+    pub async fn pause_launches(&self, paused: bool) -> anyhow::Result<Option<Millis>> {
+        let mut state = self.state.lock().await;
+        let before = state.launches_paused;
+        state.launches_paused = match (paused, before) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(self.seams.clock.now()),
+            (false, _) => None,
+        };
+        if let Err(e) = self.save(&state, Some(&[RecordKind::LaunchesPaused])).await {
+            state.launches_paused = before;
+            return Err(e);
+        }
+        *self.launches_paused.lock().unwrap() = state.launches_paused;
+        tracing::warn!(paused, "launches {} by an operator", if paused { "paused" } else { "resumed" });
+        Ok(state.launches_paused)
+    }
+
+    /// Has the control loop run `action` between its ticks, and waits for
+    /// the tick it ran as.
+    pub async fn request(&self, action: OperatorAction) -> Result<Arc<TickRecord>, ActionError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.actions.send(ActionRequest { action, done }).await.map_err(|_| ActionError::NotRunning)?;
+        answer.await.map_err(|_| ActionError::NotRunning)
+    }
+
+    /// One tick whose plan is `action`'s instead of the policies'.
+    async fn run_action(&self, action: &OperatorAction, epoch: Option<u64>) -> Arc<TickRecord> {
+        let wanted = |i: &Instance| match action {
+            OperatorAction::TerminateIdle { resource } => {
+                i.state == InstanceState::Running && !i.busy && resource.as_ref().is_none_or(|r| &i.resource == r)
+            }
+            OperatorAction::Terminate { instance } => &i.id == instance,
+        };
+        let reason = match action {
+            OperatorAction::TerminateIdle { .. } => "an operator shut down the idle machines",
+            OperatorAction::Terminate { .. } => "an operator terminated this machine",
+        };
+        let plan = |snapshot: &Snapshot| terminate_where(snapshot, wanted, reason);
+        let mut state = self.state.lock().await;
+        state.tick += 1;
+        let span = tracing::info_span!("operator", tick = state.tick, action = ?action);
+        self.tick_locked(&mut state, Some(&plan), epoch).instrument(span).await
     }
 
     /// Ticks only while `leadership` says this process leads (a shared
@@ -299,6 +386,7 @@ impl Controller {
         let loaded = crate::store::load_state(self.seams.store.as_ref()).await?;
         *self.spent.lock().unwrap() = crate::spend::spent(&loaded.spend, self.seams.clock.now());
         *self.saved.lock().unwrap() = loaded.clone();
+        *self.launches_paused.lock().unwrap() = loaded.launches_paused;
         *state = loaded;
         Ok(())
     }
@@ -359,6 +447,7 @@ impl Controller {
     /// the store, where the next leader counts them).
     pub async fn run(&self, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut actions = self.pending_actions.lock().unwrap().take();
         'terms: loop {
             let epoch = match &self.leadership {
                 None => None,
@@ -400,10 +489,17 @@ impl Controller {
                     _ = &mut lost => continue 'terms,
                     _ = self.tick_as(epoch) => {}
                 }
-                tokio::select! {
-                    _ = &mut shutdown => break 'terms,
-                    _ = &mut lost => continue 'terms,
-                    _ = tokio::time::sleep_until(started + interval) => {}
+                // Until the next tick: operator actions run as they come.
+                loop {
+                    tokio::select! {
+                        _ = &mut shutdown => break 'terms,
+                        _ = &mut lost => continue 'terms,
+                        Some(request) = next_action(&mut actions) => {
+                            let record = self.run_action(&request.action, epoch).await;
+                            let _ = request.done.send(record);
+                        }
+                        _ = tokio::time::sleep_until(started + interval) => break,
+                    }
                 }
             }
         }
@@ -439,19 +535,8 @@ impl Controller {
             OnShutdown::Idle => |i| i.state == InstanceState::Running && !i.busy,
             OnShutdown::All => |i| i.state != InstanceState::Stopping && !i.busy,
         };
-        let plan = move |snapshot: &Snapshot| Plan {
-            launches: vec![],
-            terminations: snapshot
-                .instances
-                .iter()
-                .filter(|i| wanted(i))
-                .map(|i| Termination {
-                    instance: i.id.clone(),
-                    cause: TerminationCause::Other,
-                    reason: format!("on-shutdown = {}: flockd is stopping", mode.as_str()),
-                })
-                .collect(),
-        };
+        let reason = format!("on-shutdown = {}: flockd is stopping", mode.as_str());
+        let plan = move |snapshot: &Snapshot| terminate_where(snapshot, wanted, &reason);
         let mut state = self.state.lock().await;
         state.tick += 1;
         let span = tracing::info_span!("shutdown", tick = state.tick, mode = mode.as_str());
@@ -543,6 +628,13 @@ impl Controller {
                     record.foreign_machines.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
                 );
                 withhold_launches(&mut plan, &mut record, &why);
+            }
+            if state.launches_paused.is_some() {
+                withhold_launches(
+                    &mut plan,
+                    &mut record,
+                    "launches are paused by an operator (resume them from the dashboard or POST /api/v1/actions/resume)",
+                );
             }
 
             // A slow decision makes the observation stale: launches may still
@@ -939,6 +1031,27 @@ impl Controller {
 
 /// Drops every launch of `plan`, with a clamp line saying why (nothing when
 /// it launches nothing).
+/// A plan that terminates the machines `wanted` picks, for `reason`.
+fn terminate_where(snapshot: &Snapshot, wanted: impl Fn(&Instance) -> bool, reason: &str) -> Plan {
+    Plan {
+        launches: vec![],
+        terminations: snapshot
+            .instances
+            .iter()
+            .filter(|i| wanted(i))
+            .map(|i| Termination { instance: i.id.clone(), cause: TerminationCause::Other, reason: reason.to_string() })
+            .collect(),
+    }
+}
+
+/// The next operator action; never, without a channel.
+async fn next_action(actions: &mut Option<tokio::sync::mpsc::Receiver<ActionRequest>>) -> Option<ActionRequest> {
+    match actions {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn withhold_launches(plan: &mut Plan, record: &mut TickRecord, why: &str) {
     if plan.launches.is_empty() {
         return;

@@ -703,3 +703,83 @@ async fn a_leader_that_loses_the_lease_stops_in_the_middle_of_a_tick() {
     assert!(f.cloud.terminated().len() <= 1, "terminated {:?} of {ids:?} after losing the lease", f.cloud.terminated());
     run_a.abort();
 }
+
+/// Guard: a pause withholds every launch the chain asks for (the check in
+/// `tick_locked`) while terminations go on, and it is kept in the store.
+#[tokio::test(start_paused = true)]
+async fn paused_launches_stay_paused_across_a_restart_while_terminations_go_on() {
+    let f = Fixture::new(5);
+    f.queues.set_pending("q", 3);
+    let ids = f.idle_fleet(1).await;
+    let launch_and_retire = |s: &Snapshot| Plan { launches: one_more_a(s).launches, ..terminate_all_idle(s) };
+    let controller = f.controller(launch_and_retire).await;
+    let since = controller.pause_launches(true).await.unwrap();
+    assert_eq!(since, Some(T0));
+    let record = controller.tick().await;
+    assert_eq!(record.launched(), 0, "{record:#?}");
+    assert!(record.clamps.iter().any(|c| c.contains("paused by an operator")), "{:?}", record.clamps);
+    assert_eq!(f.cloud.terminated(), ids, "terminations go on while launches are paused");
+
+    // A new process on the same store is still paused.
+    let restarted = f.controller(launch_and_retire).await;
+    assert_eq!(restarted.launches_paused(), Some(T0));
+    ticks(&restarted, 1).await;
+    assert_eq!(f.cloud.made(), 1, "only the idle fleet's machine was ever made");
+    assert_eq!(restarted.pause_launches(false).await.unwrap(), None);
+    ticks(&restarted, 1).await;
+    assert_eq!(f.cloud.made(), 2, "resumed: the chain's launch goes");
+}
+
+/// Guard: operator actions go through the guardrails like any plan — a
+/// busy machine is refused, the idle ones of the named resource go.
+#[tokio::test(start_paused = true)]
+async fn an_operator_cannot_terminate_a_busy_machine_and_shuts_down_the_idle_ones() {
+    let f = Fixture::new(5);
+    let ids = f.idle_fleet(3).await;
+    f.queues.set_task(&worker_of(&ids[0]), Some("training"));
+    let controller = Arc::new(f.controller(|_| Plan::default()).await);
+    let run = tokio::spawn({
+        let c = controller.clone();
+        async move { c.run(POLL, std::future::pending()).await }
+    });
+
+    let busy = controller.request(OperatorAction::Terminate { instance: ids[0].clone() }).await.unwrap();
+    assert!(f.cloud.terminated().is_empty(), "a busy machine was terminated: {busy:#?}");
+    assert!(busy.clamps.iter().any(|c| c.contains(&ids[0])), "the refusal says which: {:?}", busy.clamps);
+
+    let other = controller.request(OperatorAction::TerminateIdle { resource: Some("b".into()) }).await.unwrap();
+    assert!(other.actions.is_empty() && f.cloud.terminated().is_empty(), "{other:#?}");
+    let idle = controller.request(OperatorAction::TerminateIdle { resource: Some("a".into()) }).await.unwrap();
+    assert_eq!(idle.terminated(), 2, "{idle:#?}");
+    let mut terminated = f.cloud.terminated();
+    terminated.sort();
+    assert_eq!(terminated, ids[1..].to_vec());
+    run.abort();
+}
+
+/// Launches what the queue needs beyond the idle workers flockd did not
+/// launch (as scale-up does).
+fn beyond_external_idle(s: &Snapshot) -> Plan {
+    let q = &s.queues[0];
+    let count = q.pending.saturating_sub(q.external_idle_workers);
+    let launches = (count > 0).then(|| Launch { resource: "a".into(), count, reason: "beyond on-prem".into() });
+    Plan { launches: launches.into_iter().collect(), terminations: vec![] }
+}
+
+/// The on-premise path (issue 15, item 8): an idle worker flockd did not
+/// launch holds a launch back; once it takes a task, the cloud is asked.
+#[tokio::test(start_paused = true)]
+async fn an_idle_on_premise_worker_holds_back_a_launch_until_it_is_busy() {
+    let f = Fixture::new(5);
+    f.queues.set_pending("q", 1);
+    f.queues.register("onprem-gpu-1", &["q", "other"], None);
+    let controller = f.controller(beyond_external_idle).await;
+    ticks(&controller, 2).await;
+    assert_eq!(f.cloud.made(), 0, "launched while an on-premise worker was idle");
+    let (snapshot, _) = controller.last().unwrap();
+    assert_eq!(snapshot.queues[0].external_idle_workers, 1);
+
+    f.queues.set_task("onprem-gpu-1", Some("someone-elses-task"));
+    ticks(&controller, 1).await;
+    assert_eq!(f.cloud.made(), 1, "the on-premise worker is busy: the task needs a machine");
+}

@@ -21,7 +21,9 @@ pub mod testing;
 pub mod text;
 
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
-pub use controller::{Controller, ControllerConfig, OnShutdown, QueueSpec, ResourceSpec, Seams};
+pub use controller::{
+    ActionError, Controller, ControllerConfig, OnShutdown, OperatorAction, QueueSpec, ResourceSpec, Seams,
+};
 pub use decider::{Decider, Decision, PolicyRun};
 pub use guardrails::HardLimits;
 pub use journal::{Action, Outcome, TickRecord};

@@ -74,6 +74,9 @@ pub struct HostState {
     /// UTC day ("YYYY-MM-DD") → what the fleet cost that day, so far.
     #[serde(default)]
     pub spend: BTreeMap<String, crate::spend::DaySpend>,
+    /// Since when an operator has paused launches (terminations go on).
+    #[serde(default)]
+    pub launches_paused: Option<Millis>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -139,10 +142,11 @@ pub enum RecordKind {
     LastPrice,
     Scope,
     Spend,
+    LaunchesPaused,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 14] = [
+    pub const ALL: [RecordKind; 15] = [
         RecordKind::Tick,
         RecordKind::IdleSince,
         RecordKind::Registered,
@@ -157,6 +161,7 @@ impl RecordKind {
         RecordKind::LastPrice,
         RecordKind::Scope,
         RecordKind::Spend,
+        RecordKind::LaunchesPaused,
     ];
 
     /// Its name in a store (stable: stores keep it).
@@ -176,6 +181,7 @@ impl RecordKind {
             RecordKind::LastPrice => "last-price",
             RecordKind::Scope => "scope",
             RecordKind::Spend => "spend",
+            RecordKind::LaunchesPaused => "launches-paused",
         }
     }
 
@@ -228,6 +234,7 @@ impl HostState {
         scalar_change(o, RecordKind::Tick, &saved.tick, &self.tick);
         scalar_change(o, RecordKind::OwnKeysComplete, &saved.own_keys_complete, &self.own_keys_complete);
         scalar_change(o, RecordKind::Failures, &saved.failures, &self.failures);
+        scalar_change(o, RecordKind::LaunchesPaused, &saved.launches_paused, &self.launches_paused);
         map_changes(o, RecordKind::IdleSince, &saved.idle_since, &self.idle_since);
         for k in self.registered.difference(&saved.registered) {
             o.push(StateChange::Put(RecordKey { kind: RecordKind::Registered, key: k.clone() }, json(&true)));
@@ -269,6 +276,7 @@ impl HostState {
                 RecordKind::Tick => self.tick = from.tick,
                 RecordKind::OwnKeysComplete => self.own_keys_complete = from.own_keys_complete,
                 RecordKind::Failures => self.failures = from.failures.clone(),
+                RecordKind::LaunchesPaused => self.launches_paused = from.launches_paused,
                 RecordKind::IdleSince => entry(&mut self.idle_since, &from.idle_since, key),
                 RecordKind::Registered => match from.registered.contains(key) {
                     true => drop(self.registered.insert(key.to_string())),
@@ -305,6 +313,7 @@ impl HostState {
                 RecordKind::Tick => s.tick = read(k, v)?,
                 RecordKind::OwnKeysComplete => s.own_keys_complete = read(k, v)?,
                 RecordKind::Failures => s.failures = read(k, v)?,
+                RecordKind::LaunchesPaused => s.launches_paused = read(k, v)?,
                 RecordKind::IdleSince => drop(s.idle_since.insert(key, read(k, v)?)),
                 RecordKind::Registered => drop(s.registered.insert(key)),
                 RecordKind::LastBootOk => drop(s.last_boot_ok.insert(key, read(k, v)?)),
@@ -482,11 +491,12 @@ mod tests {
         full.last_prices.insert("a".into(), 1.5);
         full.scopes.insert(scope.key(), RememberedScope { provider: "aws".into(), scope, since: 0 });
         full.spend.insert("2026-01-01".into(), crate::spend::DaySpend { cost: 1.0, until: 9, rate_per_hour: 2.0 });
+        full.launches_paused = Some(10);
         for (name, value) in serde_json::to_value(&full).unwrap().as_object().unwrap() {
             assert_ne!(value, &serde_json::to_value(HostState::default()).unwrap()[name], "{name} left at its default");
         }
         let writes = full.records();
-        assert_eq!(writes.len(), 14, "{writes:?}");
+        assert_eq!(writes.len(), 15, "{writes:?}");
         let mut records = Records::new();
         apply(&mut records, writes.clone());
         assert_eq!(HostState::from_records(&records).unwrap(), full);

@@ -120,8 +120,66 @@ function instanceRow(i) {
     // is known. The link must not open "why is this machine up?".
     el("td", { class: "task" }, !i.task ? "–" : i["task-url"]
       ? el("a", { href: i["task-url"], target: "_blank", rel: "noopener", onclick: e => e.stopPropagation() }, i.task)
-      : i.task));
+      : i.task),
+    // Only with actions on; flockd refuses it anyway while the worker is busy.
+    actionsEnabled ? el("td", {}, el("button", {
+      type: "button", class: "terminate", "data-instance": i.id,
+      onclick: e => { e.stopPropagation(); act("terminate", { instance: i.id }, `Terminate ${i.id}? A busy machine is refused.`); },
+    }, "terminate")) : null);
 }
+
+let actionsEnabled = false;
+
+// POST an action (after a confirmation) and say what it did. The browser
+// sends the dashboard's credentials and its Origin; flockd checks both.
+async function act(name, body, question) {
+  if (!window.confirm(question)) return;
+  const result = document.getElementById("action-result");
+  result.textContent = `${name}…`;
+  delete result.dataset.status;
+  try {
+    const response = await fetch(`/api/v2/actions/${name}`, {
+      method: "POST", headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (answer.error) {
+      result.textContent = `${name}: ${answer.error}`;
+    } else {
+      const parts = [];
+      if (answer.tick !== null && answer.tick !== undefined) {
+        parts.push(`terminated ${answer.terminated.length}`);
+        for (const r of answer.refused) parts.push(`kept ${r.instance}: ${r.why}`);
+        for (const r of answer.failed) parts.push(`failed ${r.instance}: ${r.why}`);
+      } else {
+        parts.push(answer["launches-paused-since"] ? "launches paused" : "launches resumed");
+      }
+      result.textContent = `${name}: ${parts.join("; ")}`;
+    }
+    result.dataset.status = String(response.status);
+  } catch (e) {
+    result.textContent = `${name}: ${e.message}`;
+  }
+  await refresh();
+}
+
+function renderActions(status) {
+  actionsEnabled = status["actions-enabled"];
+  document.getElementById("actions").hidden = !actionsEnabled;
+  const paused = status["launches-paused-since"];
+  document.getElementById("action-pause").hidden = paused !== null && paused !== undefined;
+  document.getElementById("action-resume").hidden = paused === null || paused === undefined;
+  const banner = document.getElementById("paused");
+  banner.hidden = paused === null || paused === undefined;
+  banner.textContent = banner.hidden ? "" :
+    `Launches paused by an operator since ${clock(paused)}: queued tasks wait; idle machines are still retired.`;
+}
+
+document.getElementById("action-pause").addEventListener("click", () =>
+  act("pause", {}, "Pause launches? Queued tasks will wait; idle machines are still retired."));
+document.getElementById("action-resume").addEventListener("click", () => act("resume", {}, "Resume launches?"));
+document.getElementById("action-shutdown-idle").addEventListener("click", () =>
+  act("shutdown-idle", {}, "Terminate every idle machine now? Busy ones are kept."));
 
 function renderFleet(status) {
   const sections = status.queues.map(q => {
@@ -134,7 +192,7 @@ function renderFleet(status) {
           `${r ? r.market : ""} · ${r ? r["price-per-hour"].toFixed(2) : "?"}/h · max ${r ? r["max-instances"] : "?"} · ` +
           `${r ? r.booting : 0} booting, ${r ? r["running-busy"] : 0} busy, ${r ? r["running-idle"] : 0} idle, ${r ? r.stopping : 0} stopping`));
       const table = instances.length === 0 ? el("p", { class: "muted" }, "no instances") :
-        el("table", {}, el("thead", {}, el("tr", {}, ["state", "instance", "age", "idle", "worker", "task"].map(h => el("th", {}, h)))),
+        el("table", {}, el("thead", {}, el("tr", {}, ["state", "instance", "age", "idle", "worker", "task"].concat(actionsEnabled ? [""] : []).map(h => el("th", {}, h)))),
           el("tbody", {}, instances.map(instanceRow)));
       return el("div", { "data-resource": name }, head, table);
     });
@@ -282,6 +340,7 @@ async function refresh() {
       getJSON("/api/v2/status"), getJSON("/api/v2/history"), getJSON("/api/v2/decisions?acted=true&limit=30"),
     ]);
     renderHeader(status);
+    renderActions(status);
     renderSummary(status);
     renderFleet(status);
     renderCharts(samples, status);
