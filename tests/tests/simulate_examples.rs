@@ -80,3 +80,30 @@ fn spot_outage_is_deterministic_and_falls_back_to_on_demand() {
     assert!(report.total.tasks_interrupted > 0 && report.total.tasks_interrupted <= spot.spot_reclaims);
     assert!(resource(&report, "gpu-on-demand").tasks_finished > 0);
 }
+
+/// Issue 15, item 8: on-premise first, the cloud on overflow
+/// (examples/spillover.toml, scale-up's `spill-after-secs`), replayed by
+/// the real controller and policies. The quiet hours never reach the cloud:
+/// a third task that arrives while both pool machines are busy waits about
+/// 200 s for one, less than the five minutes that would spill it (without
+/// the setting, it would launch a cloud machine); the burst of eight
+/// one-hour tasks does spill, and only after waiting the spill time.
+#[test]
+fn the_spillover_example_keeps_quiet_hours_on_the_pool_and_sends_the_burst_to_the_cloud() {
+    let config = Config::load(&examples().join("spillover.toml")).unwrap();
+    let tasks = read_trace(&examples().join("traces/onprem-overflow.jsonl"), &config).unwrap();
+    let quiet_only: Vec<_> = tasks.iter().filter(|t| t.at < 7200.0).cloned().collect();
+    let resource = |r: &Report, name: &str| r.resources.iter().find(|x| x.name == name).unwrap().clone();
+
+    let quiet = simulate(&config, &quiet_only, Default::default(), false).unwrap();
+    assert_eq!(quiet.total.tasks_finished, 9, "{}", quiet.table());
+    assert_eq!(resource(&quiet, "cloud").launches, 0, "quiet hours reached the cloud:\n{}", quiet.table());
+
+    let all = simulate(&config, &tasks, Default::default(), false).unwrap();
+    assert_eq!(all.total.tasks_finished, 17, "{}", all.table());
+    let (pool, cloud) = (resource(&all, "pool"), resource(&all, "cloud"));
+    assert!(cloud.launches >= 1 && cloud.tasks_started >= 1, "the burst never spilled:\n{}", all.table());
+    assert!(pool.tasks_started >= 8, "the pool took {} tasks:\n{}", pool.tasks_started, all.table());
+    // A task starts in the cloud only after waiting the spill time plus a boot.
+    assert!(cloud.waits.wait_p50_secs >= 300.0, "{}", all.table());
+}

@@ -22,6 +22,10 @@
 //!   keeps a resource out of consideration.
 //! - `max-launches-per-tick` (default: unlimited): cap on the instances this
 //!   policy launches in one tick, over all queues; earlier queues go first.
+//! - `spill-after-secs` (default: none): resource → seconds. Such a resource
+//!   (the cloud, beside on-premise workers or a local pool listed before it)
+//!   is launched for a queue only once the queue's oldest task has waited
+//!   that long: until then the work is left to the workers already there.
 
 use std::collections::BTreeMap;
 
@@ -33,11 +37,12 @@ use serde::Deserialize;
 pub struct Settings {
     pub cool_off_secs: u64,
     pub max_launches_per_tick: Option<u32>,
+    pub spill_after_secs: BTreeMap<String, u64>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { cool_off_secs: 300, max_launches_per_tick: None }
+        Settings { cool_off_secs: 300, max_launches_per_tick: None, spill_after_secs: BTreeMap::new() }
     }
 }
 
@@ -81,6 +86,15 @@ impl Policy for ScaleUp {
                 };
                 if let Some(why) = self.cooling_off(snapshot, name) {
                     skipped.push(why);
+                    continue;
+                }
+                if let Some(&after) = self.settings.spill_after_secs.get(name)
+                    && queue.oldest_wait_ms < after.saturating_mul(1000)
+                {
+                    skipped.push(format!(
+                        "{name}: the oldest task has waited {} s, under spill-after-secs {after}",
+                        queue.oldest_wait_ms / 1000
+                    ));
                     continue;
                 }
                 let alive = alive_counts.get(name.as_str()).copied().unwrap_or(0);

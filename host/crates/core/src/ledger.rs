@@ -157,20 +157,18 @@ impl<'c> Ledger<'c> {
 
         // Workers: ours by id, the rest are external capacity.
         let mut ours: HashMap<String, &Worker> = HashMap::new();
-        let mut external_idle: HashMap<&str, u32> = HashMap::new();
+        let mut external_idle_workers: Vec<&Worker> = Vec::new();
         for w in &observed.queues.workers {
             match naming::parse_worker_id(cluster, &w.id) {
                 Some((_, instance)) => {
                     ours.insert(instance.to_string(), w);
                 }
-                None if w.task.is_none() => {
-                    for q in &w.queues {
-                        *external_idle.entry(q.as_str()).or_default() += 1;
-                    }
-                }
+                None if w.task.is_none() => external_idle_workers.push(w),
                 None => {}
             }
         }
+        let pending: HashMap<&str, u32> = observed.queues.queues.iter().map(|q| (q.name.as_str(), q.pending)).collect();
+        let external_idle = share_external_workers(&external_idle_workers, &pending);
 
         // Zombie workers: registered under our cluster, machine gone. (A
         // machine left alone because its resource is gone from the config is
@@ -519,11 +517,67 @@ impl<'c> Ledger<'c> {
     }
 }
 
+/// Queue → idle workers flockd did not launch (on-premise machines, say)
+/// counted for it. Each worker counts once, for one of the queues it
+/// serves: a worker serving two queues takes one task, not one of each.
+/// The workers serving fewest queues are placed first, each on its queue
+/// with the most pending tasks not yet covered; once no queue it serves
+/// has any, on its first queue (it is idle capacity there all the same).
+fn share_external_workers<'a>(workers: &[&'a Worker], pending: &HashMap<&str, u32>) -> HashMap<&'a str, u32> {
+    let mut order: Vec<&&Worker> = workers.iter().collect();
+    order.sort_by_key(|w| w.queues.len());
+    let mut counted: HashMap<&'a str, u32> = HashMap::new();
+    for w in order {
+        let uncovered = |q: &str, counted: &HashMap<&str, u32>| {
+            pending.get(q).copied().unwrap_or(0).saturating_sub(counted.get(q).copied().unwrap_or(0))
+        };
+        // `rev`: among equals, the first queue the worker names.
+        let neediest =
+            w.queues.iter().rev().max_by_key(|q| uncovered(q, &counted)).filter(|q| uncovered(q, &counted) > 0);
+        if let Some(q) = neediest.or(w.queues.first()) {
+            *counted.entry(q.as_str()).or_default() += 1;
+        }
+    }
+    counted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::controller::{QueueSpec, ResourceSpec};
     use crate::guardrails::HardLimits;
+
+    fn external(id: &str, queues: &[&str]) -> Worker {
+        Worker {
+            id: id.into(),
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            task: None,
+            registered_at: None,
+        }
+    }
+
+    /// Guard: an idle worker we did not launch counts once, not once per
+    /// queue it serves (issue 15, item 8): two queues with a task each and
+    /// one such worker still need one machine.
+    #[test]
+    fn an_external_worker_serving_two_queues_counts_once() {
+        let both = external("onprem-1", &["a", "b"]);
+        let pending = HashMap::from([("a", 1), ("b", 1)]);
+        let counted = share_external_workers(&[&both], &pending);
+        assert_eq!(counted.values().sum::<u32>(), 1, "{counted:?}");
+
+        // The specialist takes its own queue; the generalist the other.
+        let only_a = external("onprem-2", &["a"]);
+        let counted = share_external_workers(&[&both, &only_a], &pending);
+        assert_eq!((counted.get("a"), counted.get("b")), (Some(&1), Some(&1)), "{counted:?}");
+
+        // With nothing pending it is still idle capacity, on its first queue.
+        let counted = share_external_workers(&[&both], &HashMap::new());
+        assert_eq!(counted, HashMap::from([("a", 1)]));
+        // A worker goes where the uncovered work is.
+        let counted = share_external_workers(&[&both], &HashMap::from([("a", 0), ("b", 3)]));
+        assert_eq!(counted, HashMap::from([("b", 1)]));
+    }
 
     const CLUSTER: &str = "c";
 
