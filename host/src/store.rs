@@ -340,6 +340,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_redb_store_keeps_what_the_controller_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        flockd_core::testing::store_behaviour::run(async || {
+            Arc::new(RedbStore::open(&path, JournalLimits::default()).unwrap()) as Arc<dyn StateStore>
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn the_journal_survives_reopening_and_prunes_old_ticks() {
         let dir = tempfile::tempdir().unwrap();
         {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod provider_contract;
+pub mod store_behaviour;
 pub mod store_contract;
 
 use crate::clock::Clock;

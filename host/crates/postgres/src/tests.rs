@@ -42,6 +42,16 @@ async fn the_postgres_store_keeps_the_contract() {
 }
 
 #[tokio::test]
+async fn the_postgres_store_keeps_what_the_controller_needs() {
+    let pg = TempPostgres::start().unwrap();
+    let pg = &pg;
+    flockd_core::testing::store_behaviour::run(async || {
+        Arc::new(leading(pg, "behaviour", "p").await) as Arc<dyn StateStore>
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_follower_cannot_write_and_a_deposed_leader_cannot_record_an_intent() {
     let pg = TempPostgres::start().unwrap();
     let a = leading(&pg, "c", "a").await;
