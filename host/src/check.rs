@@ -422,10 +422,10 @@ impl Checker<'_> {
                 }
             }
             // Its resources' `.simulated` tables: `simulated_tables`.
-            ProviderKind::Simulated => self.settings::<flockd_sim::SimProviderSettings>(name, entry),
+            ProviderKind::Simulated => drop(self.settings::<flockd_sim::SimProviderSettings>(name, entry)),
             #[cfg(feature = "aws")]
             ProviderKind::Aws => {
-                self.settings::<flockd_aws::AwsProviderConfig>(name, entry);
+                drop(self.settings::<flockd_aws::AwsProviderConfig>(name, entry));
                 for (resource, settings) in self.resource_settings::<flockd_aws::AwsResourceConfig>(config, name, entry.kind) {
                     if let Err(e) = settings.validate(&resource) {
                         self.error(&["resource", &resource, "aws"], format!("[resource.{resource}.aws]: {e}"));
@@ -436,7 +436,11 @@ impl Checker<'_> {
             }
             #[cfg(feature = "gcp")]
             ProviderKind::Gcp => {
-                self.settings::<flockd_gcp::GcpProviderConfig>(name, entry);
+                if let Some(provider) = self.settings::<flockd_gcp::GcpProviderConfig>(name, entry)
+                    && let Err(e) = flockd_gcp::validate_metadata(&format!("[provider.{name}]"), &provider.metadata)
+                {
+                    self.error(&["provider", name, "metadata"], e);
+                }
                 for (resource, settings) in self.resource_settings::<flockd_gcp::GcpResourceConfig>(config, name, entry.kind) {
                     if let Err(e) = settings.validate(&resource) {
                         self.error(&["resource", &resource, "gcp"], format!("[resource.{resource}.gcp]: {e}"));
@@ -485,9 +489,13 @@ impl Checker<'_> {
         }
     }
 
-    fn settings<T: DeserializeOwned>(&mut self, name: &str, entry: &crate::config::ProviderEntry) {
-        if let Err(e) = crate::providers::section::<T>(name, entry) {
-            self.error(&["provider", name], format!("{e:#}"));
+    fn settings<T: DeserializeOwned>(&mut self, name: &str, entry: &crate::config::ProviderEntry) -> Option<T> {
+        match crate::providers::section::<T>(name, entry) {
+            Ok(settings) => Some(settings),
+            Err(e) => {
+                self.error(&["provider", name], format!("{e:#}"));
+                None
+            }
         }
     }
 

@@ -769,10 +769,12 @@ impl Config {
         for (name, r) in &self.resources {
             let at = |key: &str| ["resource", name.as_str(), key].map(String::from).to_vec();
             let here = |key: &str, message: String| Invalid { key: at(key), message };
-            if !ok_id(name) {
+            // '_' too, as ClearML users name resources (gpu_g4dn): EC2 tags
+            // and GCE labels take it; a GCE instance name gets '-' instead.
+            if !ok_id(&name.replace('_', "-")) {
                 errors.push(invalid(
                     &["resource", name],
-                    format!("resource name {name:?}: use 1–32 characters of a-z, 0-9 and '-'"),
+                    format!("resource name {name:?}: use 1–32 characters of a-z, 0-9, '-' and '_'"),
                 ));
             }
             let Some(p) = self.providers.get(&r.provider) else {

@@ -59,6 +59,11 @@ pub struct GcpProviderConfig {
     /// `list`), in seconds. Default: 300.
     #[serde(default = "default_operation_timeout_secs")]
     pub operation_timeout_secs: u64,
+    /// Instance metadata for every resource of this provider, e.g.
+    /// `{ install-nvidia-driver = "True" }` for Deep Learning VM images; a
+    /// resource's own `metadata` wins key by key. Default: none.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 fn default_throttle_retries() -> u32 {
@@ -157,6 +162,35 @@ pub struct GcpResourceConfig {
     /// (the one place to write it); set here it must agree with that.
     #[serde(default)]
     pub provisioning: Provisioning,
+    /// Instance metadata, over the provider's (key by key). Keys of letters,
+    /// digits, `-` and `_`; `startup-script` and keys starting with
+    /// "flockd-" are flockd's. Default: none.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// GCE's limits on one metadata entry (its total is 512 KiB).
+const METADATA_VALUE_MAX: usize = 256 << 10;
+
+/// Metadata a person wrote at `at`: keys GCE takes and flockd does not own.
+pub fn validate_metadata(at: &str, metadata: &BTreeMap<String, String>) -> Result<(), String> {
+    for (key, value) in metadata {
+        if key == "startup-script" || key.starts_with("flockd-") {
+            return Err(format!(
+                "{at} metadata {key:?} is flockd's (the agent's start-up script and its own keys): for commands at boot use [agent] extra-bash-script"
+            ));
+        }
+        if key.is_empty() || key.len() > 128 || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "{at} metadata key {key:?} is not one GCE takes: use 1 to 128 letters, digits, '-' and '_'"
+            ));
+        }
+        if value.len() > METADATA_VALUE_MAX {
+            return Err(format!("{at} metadata {key:?} is {} bytes: GCE takes at most 256 KiB per value", value.len()));
+        }
+    }
+    Ok(())
 }
 
 fn default_true() -> bool {
@@ -190,6 +224,7 @@ impl GcpResourceConfig {
                 ));
             }
         }
+        validate_metadata(&at, &self.metadata)?;
         if let Some(accelerator) = self.accelerators.iter().find(|a| a.count < 1) {
             return Err(format!(
                 "{at} accelerator {:?} has count {}: it must be at least 1",

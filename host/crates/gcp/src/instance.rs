@@ -60,6 +60,8 @@ impl InstanceSpec<'_> {
         if let Some(script) = self.startup_script {
             items.push(item(META_STARTUP_SCRIPT, script));
         }
+        // The config's own entries (never one of flockd's keys: refused when read).
+        items.extend(resource.metadata.iter().map(|(k, v)| item(k, v)));
 
         let mut disk_params =
             AttachedDiskInitializeParams::new().set_source_image(&resource.boot_image).set_labels(labels.clone());

@@ -67,6 +67,20 @@ fn digest_hex(value: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A resource named with '_' (gpu_g4dn) keeps it in its label and gets
+    /// a valid instance name (GCE names take no '_').
+    #[test]
+    fn a_resource_named_with_an_underscore_gets_a_valid_instance_name() {
+        let name = instance_name("corp", "gpu_g4dn", "flockd-k-1");
+        assert!(name.starts_with("flockd-gpu-g4dn-"), "{name}");
+        let valid = name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !name.ends_with('-');
+        assert!(valid, "{name}");
+        assert_eq!(label_value("gpu_g4dn"), "gpu_g4dn");
+    }
+
     #[test]
     fn label_values_are_kept_when_valid_and_sanitised_otherwise() {
         assert_eq!(label_value("prod-1_a"), "prod-1_a");

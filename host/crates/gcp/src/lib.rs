@@ -26,7 +26,7 @@ use google_cloud_gax::exponential_backoff::ExponentialBackoffBuilder;
 use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_lro::Poller;
 
-pub use config::{GcpAccelerator, GcpProviderConfig, GcpResourceConfig, Provisioning};
+pub use config::{GcpAccelerator, GcpProviderConfig, GcpResourceConfig, Provisioning, validate_metadata};
 use errors::{classify, operation_failure};
 use instance::{InstanceSpec, cloud_instance, metadata_value};
 pub use instance::{META_CLUSTER, META_LAUNCH_KEY, META_RESOURCE, META_STARTUP_SCRIPT, META_WORKER_ID};
@@ -71,8 +71,13 @@ impl GcpProvider {
         if !(1..=500).contains(&config.list_page_size) {
             return Err(invalid(format!("list-page-size must be between 1 and 500, got {}", config.list_page_size)));
         }
-        for (name, resource) in &resources {
+        validate_metadata("[provider.gcp]", &config.metadata).map_err(invalid)?;
+        let mut resources = resources;
+        for (name, resource) in &mut resources {
             resource.validate(name).map_err(invalid)?;
+            for (key, value) in &config.metadata {
+                resource.metadata.entry(key.clone()).or_insert_with(|| value.clone());
+            }
         }
         // The client is built without a default TLS provider; install ring
         // unless the process already chose one (then this is a no-op).

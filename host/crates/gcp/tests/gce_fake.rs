@@ -28,6 +28,7 @@ fn resource(provisioning: Provisioning) -> GcpResourceConfig {
         scopes: vec!["https://www.googleapis.com/auth/cloud-platform".to_owned()],
         labels: BTreeMap::from([("team".to_owned(), "ml".to_owned())]),
         provisioning,
+        metadata: BTreeMap::new(),
     }
 }
 
@@ -53,9 +54,15 @@ async fn provider_for(fake: &FakeGce, zones: usize, page_size: u32) -> GcpProvid
         list_page_size: page_size,
         operation_poll_ms: 5,
         operation_timeout_secs: 30,
+        metadata: BTreeMap::from([
+            ("install-nvidia-driver".to_owned(), "True".to_owned()),
+            ("team".to_owned(), "everyone".to_owned()),
+        ]),
     };
     let mut gpu = resource(Provisioning::Spot);
     gpu.accelerators = vec![GcpAccelerator { accelerator_type: "nvidia-tesla-t4".to_owned(), count: 1 }];
+    gpu.metadata = BTreeMap::from([("team".to_owned(), "ml".to_owned())]);
+    gpu.subnetwork = Some("regions/europe-west4/subnetworks/ml".to_owned());
     let resources = HashMap::from([("cpu".to_owned(), resource(Provisioning::Standard)), ("gpu".to_owned(), gpu)]);
     GcpProvider::new(&config, resources)
         .await
@@ -103,6 +110,11 @@ async fn spot_launch_is_labelled_at_creation_with_startup_script_and_delete_on_p
     assert_eq!(stored["guestAccelerators"][0]["acceleratorCount"], 1);
     assert_eq!(stored["machineType"], format!("zones/{}/machineTypes/n1-standard-4", zone(0)));
     assert_eq!(stored["serviceAccounts"][0]["email"], "agent@flockd-test.iam.gserviceaccount.com");
+    // Issue 15, item 7: the provider's metadata for every resource, the
+    // resource's own over it key by key; the subnetwork as given.
+    assert_eq!(metadata(&stored, "install-nvidia-driver"), Some("True"));
+    assert_eq!(metadata(&stored, "team"), Some("ml"));
+    assert_eq!(stored["networkInterfaces"][0]["subnetwork"], "regions/europe-west4/subnetworks/ml");
 
     let inserts = fake.calls("insert");
     assert_eq!(inserts.len(), 1);
@@ -356,4 +368,38 @@ fn config_parses_with_defaults_and_rejects_bad_labels() {
     bad.labels.insert("Team".to_owned(), "ML".to_owned());
     assert!(bad.validate("gpu").unwrap_err().contains("\"Team\""));
     assert!(toml::from_str::<GcpResourceConfig>("machine-type = \"x\"\nboot-image = \"i\"\nzone = \"z\"").is_err());
+    // Metadata: flockd's own keys and keys GCE refuses are config errors.
+    for (key, says) in [("startup-script", "extra-bash-script"), ("flockd-resource", "flockd's"), ("a b", "letters")] {
+        let mut bad = resource.clone();
+        bad.metadata.insert(key.to_owned(), "v".to_owned());
+        let error = bad.validate("gpu").unwrap_err();
+        assert!(error.contains(says) && error.contains(&format!("{key:?}")), "{error}");
+    }
+}
+
+/// A resource asking for the project's default service account gets it by
+/// GCE's name for it ("default"), with its scopes.
+#[tokio::test]
+async fn the_default_service_account_is_asked_for_by_name() {
+    let fake = FakeGce::start(PROJECT).await;
+    let config = GcpProviderConfig {
+        project: PROJECT.to_owned(),
+        zones: vec![zone(0)],
+        endpoint: Some(fake.url.clone()),
+        credentials_file: None,
+        anonymous: true,
+        throttle_retries: 2,
+        throttle_backoff_ms: 10,
+        list_page_size: 500,
+        operation_poll_ms: 5,
+        operation_timeout_secs: 30,
+        metadata: BTreeMap::new(),
+    };
+    let mut cpu = resource(Provisioning::Standard);
+    cpu.service_account = Some("default".to_owned());
+    let provider = GcpProvider::new(&config, HashMap::from([("cpu".to_owned(), cpu)])).await.unwrap();
+    let launched = provider.launch(&request(CLUSTER, "cpu", "k-default-sa")).await.unwrap();
+    let stored = fake.instance(&zone(0), &launched.id).unwrap();
+    assert_eq!(stored["serviceAccounts"][0]["email"], "default");
+    assert_eq!(stored["serviceAccounts"][0]["scopes"][0], "https://www.googleapis.com/auth/cloud-platform");
 }
