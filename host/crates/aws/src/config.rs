@@ -161,6 +161,12 @@ pub struct AwsResourceConfig {
     /// the next. Default: none, meaning the default VPC's default subnet.
     #[serde(default)]
     pub subnets: Vec<String>,
+    /// Availability zones to launch in, in order of preference, in the
+    /// default VPC (a subnet is in one zone already: give one list or the
+    /// other). On no capacity in one, the same launch tries the next.
+    /// Default: none, meaning EC2 picks.
+    #[serde(default)]
+    pub availability_zones: Vec<String>,
     /// Security group ids ("sg-…"). Default: the VPC's default group.
     #[serde(default)]
     pub security_groups: Vec<String>,
@@ -210,6 +216,11 @@ impl AwsResourceConfig {
         }
         if let Some(key) = self.tags.keys().find(|k| k.starts_with("flockd-")) {
             return Err(format!("{at} tag {key:?} uses the reserved prefix \"flockd-\": rename it"));
+        }
+        if !self.subnets.is_empty() && !self.availability_zones.is_empty() {
+            return Err(format!(
+                "{at} sets both subnets and availability-zones: a subnet lies in one zone, so list the subnets of the zones you want (or only the zones, in the default VPC)"
+            ));
         }
         if self.spot_max_price.is_some() && self.market != Market::Spot {
             return Err(format!("{at} spot-max-price is set but market is not \"spot\""));

@@ -207,26 +207,21 @@ impl CloudProvider for AwsProvider {
         })?;
         let spec = run::RunSpec::new(request, resource, self.startup_scripts.get(&request.resource))?;
 
-        let subnets: Vec<Option<&str>> = if resource.subnets.is_empty() {
-            vec![None]
-        } else {
-            resource.subnets.iter().map(|s| Some(s.as_str())).collect()
-        };
         let mut no_capacity = Vec::new();
-        for subnet in subnets {
+        for place in run::Place::all(resource) {
             let attempt =
-                self.retrying_throttles("RunInstances", || spec.call(&self.client, subnet).send_classified()).await;
+                self.retrying_throttles("RunInstances", || spec.call(&self.client, &place).send_classified()).await;
             match attempt {
                 Ok(instance) => {
-                    tracing::info!(instance = %instance.id, resource = %request.resource, subnet, "launched EC2 instance");
+                    tracing::info!(instance = %instance.id, resource = %request.resource, place = place.name(), "launched EC2 instance");
                     return Ok(instance);
                 }
                 Err(Ec2Failure { error: ProviderError::Capacity(reason), .. }) => {
-                    tracing::warn!(resource = %request.resource, subnet, %reason, "no capacity; trying the next subnet");
-                    no_capacity.push(format!("{}: {reason}", subnet.unwrap_or("default subnet")));
+                    tracing::warn!(resource = %request.resource, place = place.name(), %reason, "no capacity; trying the next subnet or zone");
+                    no_capacity.push(format!("{}: {reason}", place.name()));
                 }
                 // The key was used before with other parameters: another
-                // subnet, in an earlier try of this same launch.
+                // subnet or zone, in an earlier try of this same launch.
                 Err(failure) if failure.code.as_deref() == Some("IdempotentParameterMismatch") => {
                     return match self.find_launched(&request.cluster, &request.idempotency_key).await? {
                         Some(instance) => Ok(instance),
@@ -237,7 +232,7 @@ impl CloudProvider for AwsProvider {
             }
         }
         Err(ProviderError::Capacity(format!(
-            "resource {:?}: no capacity in any subnet ({})",
+            "resource {:?}: no capacity in any subnet or zone ({})",
             request.resource,
             no_capacity.join("; ")
         )))

@@ -7,7 +7,8 @@ use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification, InstanceInterruptionBehavior,
     InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceType,
-    MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, VolumeType,
+    MarketType, Placement, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    VolumeType,
 };
 use base64::Engine;
 use flockd_core::naming::{self, tags};
@@ -19,6 +20,28 @@ use crate::errors::{Ec2Failure, classify};
 
 /// EC2 tag values hold at most 256 characters.
 const MAX_TAG_VALUE: usize = 256;
+
+/// One place a launch may try: a subnet, a zone of the default VPC, or
+/// wherever EC2 picks.
+#[derive(Clone, Debug, Default)]
+pub struct Place {
+    pub subnet: Option<String>,
+    pub zone: Option<String>,
+}
+
+impl Place {
+    /// The places a resource's launch tries, in order.
+    pub fn all(resource: &AwsResourceConfig) -> Vec<Place> {
+        let subnets = resource.subnets.iter().map(|s| Place { subnet: Some(s.clone()), zone: None });
+        let zones = resource.availability_zones.iter().map(|z| Place { subnet: None, zone: Some(z.clone()) });
+        let places: Vec<Place> = subnets.chain(zones).collect();
+        if places.is_empty() { vec![Place::default()] } else { places }
+    }
+
+    pub fn name(&self) -> &str {
+        self.subnet.as_deref().or(self.zone.as_deref()).unwrap_or("the default subnet")
+    }
+}
 
 /// What stays the same across the subnets one launch tries.
 pub struct RunSpec<'a> {
@@ -58,7 +81,7 @@ impl<'a> RunSpec<'a> {
         })
     }
 
-    pub fn call(&self, client: &Client, subnet: Option<&str>) -> RunCall {
+    pub fn call(&self, client: &Client, place: &Place) -> RunCall {
         let resource = self.resource;
         let mut call = client
             .run_instances()
@@ -67,7 +90,8 @@ impl<'a> RunSpec<'a> {
             .min_count(1)
             .max_count(1)
             .client_token(&self.client_token)
-            .set_subnet_id(subnet.map(str::to_owned))
+            .set_subnet_id(place.subnet.clone())
+            .set_placement(place.zone.as_ref().map(|z| Placement::builder().availability_zone(z).build()))
             .set_security_group_ids((!resource.security_groups.is_empty()).then(|| resource.security_groups.clone()))
             .set_key_name(resource.key_name.clone())
             .set_user_data(self.user_data.clone())

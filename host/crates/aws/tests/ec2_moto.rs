@@ -24,6 +24,7 @@ fn resource(subnets: &[String], market: Market) -> AwsResourceConfig {
         ami: AMI.to_owned(),
         instance_type: "t3.micro".to_owned(),
         subnets: subnets.to_vec(),
+        availability_zones: vec![],
         security_groups: vec![],
         key_name: None,
         iam_instance_profile: None,
@@ -261,6 +262,41 @@ async fn capacity_error_in_one_subnet_moves_the_launch_to_the_next() {
     let retried = s.provider.launch(&request(CLUSTER, "cpu", "k-fallback")).await.unwrap();
     assert_eq!(retried.id, instance.id);
     assert_eq!(instance_count(&s.moto).await, 1);
+}
+
+/// Issue 15, item 7: an explicit availability-zone list (default VPC) is
+/// tried in order like subnets; the instance profile and the spot max price
+/// reach RunInstances.
+#[tokio::test]
+async fn capacity_in_one_zone_moves_the_launch_to_the_next_and_profile_and_max_price_are_sent() {
+    let s = setup(1, 500, |_| {
+        let mut spot = resource(&[], Market::Spot);
+        spot.availability_zones = vec![format!("{}a", moto::REGION), format!("{}b", moto::REGION)];
+        spot.iam_instance_profile = Some("flockd-agent".to_owned());
+        spot.spot_max_price = Some("0.42".to_owned());
+        vec![("gpu", spot)]
+    })
+    .await;
+    s.moto.instance_profile("flockd-agent").await;
+    let first_zone = json!({"Placement.AvailabilityZone": format!("{}a", moto::REGION)});
+    s.moto.inject("RunInstances", "InsufficientInstanceCapacity", 500, 10, first_zone).await;
+    s.provider.launch(&request(CLUSTER, "gpu", "k-zones")).await.unwrap();
+    let calls = s.moto.calls("RunInstances").await;
+    let zones: Vec<&str> = calls.iter().map(|c| c.params["Placement.AvailabilityZone"].as_str()).collect();
+    assert_eq!(
+        zones,
+        [format!("{}a", moto::REGION), format!("{}b", moto::REGION)],
+        "one RunInstances per zone, in order"
+    );
+    let last = &calls[1].params;
+    assert_eq!(last["IamInstanceProfile.Name"], "flockd-agent");
+    assert_eq!(last["InstanceMarketOptions.SpotOptions.MaxPrice"], "0.42");
+    assert!(!last.contains_key("SubnetId"));
+    assert_eq!(instance_count(&s.moto).await, 1);
+
+    let mut both = resource(&["subnet-1".to_owned()], Market::Spot);
+    both.availability_zones = vec![format!("{}a", moto::REGION)];
+    assert!(both.validate("gpu").unwrap_err().contains("both subnets and availability-zones"));
 }
 
 #[tokio::test]

@@ -112,6 +112,25 @@ impl Moto {
         self.http.post(format!("{}/_faults/reset", self.url)).send().await.unwrap();
     }
 
+    /// An IAM instance profile named `name` (moto checks that a launch's
+    /// profile exists, as EC2 does). Through moto's IAM query API: this
+    /// crate has no IAM SDK.
+    pub async fn instance_profile(&self, name: &str) {
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIAFAKEFAKEFAKEFAKE/20260101/{REGION}/iam/aws4_request, SignedHeaders=host, Signature=00"
+        );
+        let response = self
+            .http
+            .post(&self.url)
+            .header("Authorization", auth)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(format!("Action=CreateInstanceProfile&InstanceProfileName={name}&Version=2010-05-08"))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "CreateInstanceProfile: {}", response.text().await.unwrap());
+    }
+
     /// A VPC with `count` subnets, in order.
     pub async fn subnets(&self, count: usize) -> Vec<String> {
         let client = self.client();
