@@ -123,3 +123,28 @@ async fn why_asks_a_running_flockd_through_its_api() {
     assert!(!ticks(&json).is_empty() && json.contains(&format!("\"{instance}\"")), "{json}");
     running.stop().await;
 }
+
+/// With `[store] kind = "postgres"` the commands read the database, beside
+/// whichever flockd leads (issue 15, item 9 with issue 11's store).
+#[tokio::test]
+async fn why_and_decisions_read_a_postgres_store() {
+    use flockd_core::leader::LeaseBackend;
+    let pg = flockd_postgres::testing::TempPostgres::start().expect("PostgreSQL (scripts/setup installs it)");
+    let store = flockd_postgres::PgStore::connect(&pg.url(), "web", JournalLimits::default()).await.unwrap();
+    store.acquire_or_renew("the-leader", Duration::from_secs(60)).await.unwrap();
+    store.append(&launch(1, "i-1")).await.unwrap();
+    store.append(&launch(2, "i-2")).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("database-url");
+    std::fs::write(&url_file, pg.url()).unwrap();
+    let config = dir.path().join("flockd.toml");
+    let store_section = format!("\n[store]\nkind = \"postgres\"\nurl = \"file:{}\"\n", url_file.display());
+    std::fs::write(&config, format!("{}{store_section}", http_harness::CONFIG)).unwrap();
+    let (code, json, err) = flockd(&["decisions", "--format", "json"], &config);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ticks(&json), vec![2, 1]);
+    let (code, out, err) = flockd(&["why", "i-1"], &config);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("tick 1") && !out.contains("i-2"), "{out}");
+}
