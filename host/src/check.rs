@@ -283,6 +283,29 @@ impl Checker<'_> {
                 );
             }
         }
+        // The agent's keys travel in the start-up data, which a task
+        // container can read through the metadata service in docker mode.
+        let docker_on_a_cloud: Vec<&str> = config
+            .resources
+            .iter()
+            .filter(|(name, r)| {
+                let one_hop =
+                    r.aws.as_ref().and_then(|t| t.get("imds-hop-limit")).and_then(|v| v.as_integer()) == Some(1);
+                config.docker_mode(name)
+                    && !one_hop
+                    && config.providers.get(&r.provider).is_some_and(|p| p.kind == ProviderKind::Aws)
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if config.has_real_cloud() && config.agent.is_some() && !docker_on_a_cloud.is_empty() {
+            self.warn(
+                &["agent"],
+                format!(
+                    "resources {} run tasks in docker on EC2: their containers reach the instance metadata service (hop limit 2), and through it the start-up data that carries the ClearML keys and any git or storage secret; run only trusted tasks there, or set imds-hop-limit = 1 in [resource.NAME.aws] if tasks need no AWS role",
+                    docker_on_a_cloud.join(", ")
+                ),
+            );
+        }
         let Some(a) = &config.agent else { return };
         for (key, value) in [
             ("access-key", &a.access_key),

@@ -1040,6 +1040,14 @@ impl Config {
         crate::store::JournalLimits { max_records: self.journal.max_records, max_bytes: self.journal.max_mib << 20 }
     }
 
+    /// Whether `resource`'s agent runs tasks in docker: its own
+    /// `[resource.NAME.agent] docker-image` ("" = no), else `[agent]`'s.
+    pub fn docker_mode(&self, resource: &str) -> bool {
+        let own = self.resources.get(resource).and_then(|r| r.agent.as_ref()).and_then(|a| a.docker_image.as_ref());
+        let image = own.or_else(|| self.agent.as_ref().and_then(|a| a.docker_image.as_ref()));
+        image.is_some_and(|i| !i.trim().is_empty())
+    }
+
     /// A path from the config, relative to the config file.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }

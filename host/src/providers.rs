@@ -244,11 +244,20 @@ pub fn resource_settings<T: DeserializeOwned>(
 ) -> anyhow::Result<HashMap<String, T>> {
     let mut out = HashMap::new();
     for (resource, entry) in config.resources.iter().filter(|(_, r)| r.provider == name) {
-        let table = entry.settings_for(kind).ok_or_else(|| {
+        let mut table = entry.settings_for(kind).ok_or_else(|| {
             anyhow::anyhow!(
                 "resource {resource:?} uses provider {name:?} ({kind}) but has no [resource.{resource}.{kind}] table"
             )
         })?;
+        // Task containers reach the instance metadata service only with a
+        // second hop; without docker, one hop keeps every other process
+        // of the machine's network namespaces away from it.
+        if kind == ProviderKind::Aws
+            && let toml::Value::Table(t) = &mut table
+        {
+            let hops = if config.docker_mode(resource) { 2 } else { 1 };
+            t.entry("imds-hop-limit").or_insert(toml::Value::Integer(hops));
+        }
         let parsed = table.try_into().map_err(|e| anyhow::anyhow!("[resource.{resource}.{kind}]: {e}"))?;
         out.insert(resource.clone(), parsed);
     }
@@ -261,6 +270,60 @@ mod tests {
     use flockd_core::{CloudState, LaunchRequest};
 
     use super::*;
+
+    /// Issue 15, item 6: one IMDS hop unless the resource's agent runs tasks
+    /// in docker (whose containers need the second), and a hop limit the
+    /// table gives is kept.
+    #[cfg(feature = "aws")]
+    #[test]
+    fn the_imds_hop_limit_follows_docker_mode() {
+        let text = r#"
+cluster = "hops"
+[limits]
+max-instances = 3
+max-cost-per-hour = 10.0
+[clearml]
+api-host = "https://api.clear.example"
+access-key = "env:K"
+secret-key = "env:S"
+[agent]
+docker-image = "nvidia/cuda:12.4.1-runtime-ubuntu22.04"
+[[queue]]
+name = "q"
+resources = ["gpu", "cpu", "pinned"]
+[provider.aws]
+kind = "aws"
+region = "eu-west-1"
+[resource.gpu]
+provider = "aws"
+max-instances = 1
+price-per-hour = 1.0
+[resource.gpu.aws]
+ami = "ami-1"
+instance-type = "g5.xlarge"
+[resource.cpu]
+provider = "aws"
+max-instances = 1
+price-per-hour = 1.0
+agent = { docker-image = "" }
+[resource.cpu.aws]
+ami = "ami-1"
+instance-type = "c6i.large"
+[resource.pinned]
+provider = "aws"
+max-instances = 1
+price-per-hour = 1.0
+[resource.pinned.aws]
+ami = "ami-1"
+instance-type = "c6i.large"
+imds-hop-limit = 1
+"#;
+        let config = Config::parse(text, std::path::Path::new("/tmp/flockd.toml")).unwrap();
+        let settings: HashMap<String, flockd_aws::AwsResourceConfig> =
+            resource_settings(&config, "aws", ProviderKind::Aws).unwrap();
+        let hops = |r: &str| settings[r].imds_hop_limit;
+        assert_eq!((hops("gpu"), hops("cpu"), hops("pinned")), (2, 1, 1));
+    }
 
     fn config(dir: &std::path::Path, state_dir: &str) -> Config {
         let text = format!(

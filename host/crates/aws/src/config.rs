@@ -198,6 +198,16 @@ pub struct AwsResourceConfig {
     /// on-demand price. Only with market = "spot".
     #[serde(default)]
     pub spot_max_price: Option<String>,
+    /// Network hops a reply of the instance metadata service (IMDSv2) may
+    /// take: 1 keeps it to the host's own processes, 2 lets the agent's
+    /// task containers reach it (and with it the instance's user data).
+    /// flockd fills it: 2 when the resource's agent runs in docker, else 1.
+    #[serde(default = "default_imds_hop_limit")]
+    pub imds_hop_limit: i32,
+}
+
+fn default_imds_hop_limit() -> i32 {
+    1
 }
 
 fn default_root_device_name() -> String {
@@ -224,6 +234,9 @@ impl AwsResourceConfig {
         }
         if self.spot_max_price.is_some() && self.market != Market::Spot {
             return Err(format!("{at} spot-max-price is set but market is not \"spot\""));
+        }
+        if !(1..=64).contains(&self.imds_hop_limit) {
+            return Err(format!("{at} imds-hop-limit must be 1 to 64, got {}", self.imds_hop_limit));
         }
         if let Some(size) = self.ebs_size_gb
             && size <= 0

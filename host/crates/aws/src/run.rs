@@ -102,8 +102,7 @@ impl<'a> RunSpec<'a> {
                 InstanceMetadataOptionsRequest::builder()
                     .http_endpoint(InstanceMetadataEndpointState::Enabled)
                     .http_tokens(HttpTokensState::Required)
-                    // 2 hops so the agent's containers can reach IMDSv2 too.
-                    .http_put_response_hop_limit(2)
+                    .http_put_response_hop_limit(resource.imds_hop_limit)
                     .build(),
             )
             .tag_specifications(tag_spec(ResourceType::Instance, &self.tags))

@@ -34,6 +34,7 @@ fn resource(subnets: &[String], market: Market) -> AwsResourceConfig {
         tags: BTreeMap::from([("team".to_owned(), "ml".to_owned())]),
         market,
         spot_max_price: None,
+        imds_hop_limit: 2,
     }
 }
 
