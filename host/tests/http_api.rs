@@ -256,6 +256,9 @@ async fn a_busy_machine_names_its_task_linked_to_the_web_ui_and_spend_counts() {
     );
     assert_eq!(status["clearml-web"], "https://app.clear.example/", "{status}");
     assert!(status["failures"].is_array(), "{status}");
+    // What it has cost so far: its age at the resource's 0.5 an hour.
+    let expected = 0.5 * busy["age-secs"].as_f64().unwrap() / 3600.0;
+    assert!((busy["cost-so-far"].as_f64().unwrap() - expected).abs() < 1e-9, "{busy}");
     let spent = until(Duration::from_secs(10), "spend to count the machine's time", || async {
         let s: Value = get(&format!("{url}/api/v2/status")).await.json().await.unwrap();
         let today = s["spend"]["today"].as_f64().unwrap();

@@ -44,6 +44,9 @@ try {
   await expectLine("enqueued");
   const row = await page.waitForSelector("tr.instance[data-activity='booting']", { timeout: STEP_MS });
   const id = await row.getAttribute("data-instance");
+  // Issue 15, item 10: each machine's cost so far.
+  const cost = await row.$eval("td.cost", n => n.textContent);
+  if (!/^\d+\.\d\d$/.test(cost)) problems.push(`the machine's cost so far reads ${JSON.stringify(cost)}`);
   await row.click();
   await page.waitForSelector("#why:not([hidden]) #why-entries li[data-tick] li[data-kind='launch']", { timeout: STEP_MS });
   const why = await page.textContent("#why-entries");

@@ -200,6 +200,9 @@ pub struct InstanceStatus {
     pub task: Option<String>,
     /// That task in the ClearML web UI, when its address is known.
     pub task_url: Option<String>,
+    /// What it has cost since launch at its resource's price (None for a
+    /// resource the config no longer has).
+    pub cost_so_far: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -266,6 +269,10 @@ pub fn status(shared: &Shared) -> Status {
                 task_url: i.task.as_ref().zip(shared.clearml_web.as_ref()).map(|(task, web)| {
                     format!("{}/projects/*/experiments/{task}/output/log", web.trim_end_matches('/'))
                 }),
+                cost_so_far: snapshot
+                    .as_ref()
+                    .and_then(|s| s.resource(&i.resource))
+                    .map(|r| r.price_per_hour * secs(now.saturating_sub(i.launched_at)) / 3600.0),
             })
             .collect();
     let count = |resource: &str, activity: &str| {

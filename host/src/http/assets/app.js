@@ -114,6 +114,7 @@ function instanceRow(i) {
     el("td", {}, el("span", { class: "dot " + i.activity }), i.activity),
     el("td", {}, i.id),
     el("td", {}, duration(i["age-secs"])),
+    el("td", { class: "cost" }, i["cost-so-far"] === null || i["cost-so-far"] === undefined ? "–" : i["cost-so-far"].toFixed(2)),
     el("td", {}, i["idle-secs"] === null ? "–" : duration(i["idle-secs"])),
     el("td", {}, i.worker || "–"),
     // The task a busy machine runs, in the ClearML web UI when its address
@@ -192,7 +193,7 @@ function renderFleet(status) {
           `${r ? r.market : ""} · ${r ? r["price-per-hour"].toFixed(2) : "?"}/h · max ${r ? r["max-instances"] : "?"} · ` +
           `${r ? r.booting : 0} booting, ${r ? r["running-busy"] : 0} busy, ${r ? r["running-idle"] : 0} idle, ${r ? r.stopping : 0} stopping`));
       const table = instances.length === 0 ? el("p", { class: "muted" }, "no instances") :
-        el("table", {}, el("thead", {}, el("tr", {}, ["state", "instance", "age", "idle", "worker", "task"].concat(actionsEnabled ? [""] : []).map(h => el("th", {}, h)))),
+        el("table", {}, el("thead", {}, el("tr", {}, ["state", "instance", "age", "cost", "idle", "worker", "task"].concat(actionsEnabled ? [""] : []).map(h => el("th", {}, h)))),
           el("tbody", {}, instances.map(instanceRow)));
       return el("div", { "data-resource": name }, head, table);
     });
