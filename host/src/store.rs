@@ -322,6 +322,7 @@ mod tests {
             required_failed: vec![],
             foreign_machines: vec![],
             unregistered: vec![],
+            fleet: None,
             epoch: None,
             micros: 1,
         }

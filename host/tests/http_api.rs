@@ -352,3 +352,29 @@ async fn actions_need_a_token_and_refuse_what_another_site_could_send() {
 async fn get_with(client: &reqwest::Client, url: &str) -> serde_json::Value {
     client.get(url).bearer_auth("tok-actions").send().await.unwrap().json().await.unwrap()
 }
+
+/// Issue 15, item 10: the charts' last hour comes back after a restart
+/// (from the journal), per resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_history_survives_a_restart() {
+    let flockd = Flockd::start("").await;
+    flockd.enqueue("cpu");
+    let url = flockd.url.clone();
+    until(Duration::from_secs(30), "a few samples with a booting machine", || async {
+        let h: Value = get(&format!("{url}/api/v2/history")).await.json().await.unwrap();
+        let samples = h.as_array().unwrap();
+        (samples.len() >= 3 && samples.last().unwrap()["resources"][0]["booting"] == 1).then_some(())
+    })
+    .await;
+    let dir = flockd.stop_keeping_dir().await;
+    let stopped_at = flockd_core::Clock::now(&flockd_core::SystemClock);
+    // The old process's last references go with its tasks.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let again = Flockd::start_in(dir, "", 3600.0).await;
+    let h: Value = get(&format!("{}/api/v2/history", again.url)).await.json().await.unwrap();
+    let before: Vec<&Value> = h.as_array().unwrap().iter().filter(|s| s["at"].as_u64().unwrap() < stopped_at).collect();
+    assert!(before.len() >= 3, "the charts started empty after a restart: {h}");
+    assert_eq!(before.last().unwrap()["resources"][0]["name"], "cpu", "{h}");
+    again.stop().await;
+}

@@ -56,6 +56,8 @@ try {
   // Issue 16, item 11: the waits chart, the instance cap drawn as a line,
   // spend so far today, and the failures panel.
   await page.waitForSelector("#chart-waits svg polyline", { timeout: STEP_MS });
+  // Issue 15, item 10: machines per resource over time (alive and busy).
+  await page.waitForSelector("#chart-resources svg polyline", { timeout: STEP_MS });
   // A horizontal line has no height, so playwright never calls it visible:
   // check that it is drawn across the chart instead.
   const cap = await page.waitForSelector("#chart-instances svg polyline[stroke-dasharray='4 3']", { state: "attached", timeout: STEP_MS });

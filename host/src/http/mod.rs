@@ -112,11 +112,22 @@ impl HttpServer {
             &config.resources.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
             &config.queues.iter().map(|q| q.name.clone()).collect::<Vec<_>>(),
         );
+        // The charts' last hour, from the journal: a restart does not blank them.
+        let records = controller
+            .store()
+            .journal(&flockd_core::JournalQuery { limit: history::MAX_SAMPLES, instance: None })
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!("the charts start empty: the journal could not be read: {e:#}");
+                vec![]
+            });
+        let now = flockd_core::Clock::now(&flockd_core::SystemClock);
+        let history = history::History::from_journal(&records, now);
         let shared = Arc::new(Shared {
             controller: controller.clone(),
             policies,
             metrics,
-            history: Mutex::new(history::History::default()),
+            history: Mutex::new(history),
             logs: logs::global().clone(),
             clearml_web: flockd.clearml_web_host(),
             actions_enabled: listen.token.is_some(),
@@ -198,8 +209,8 @@ async fn follow_ticks(shared: Arc<Shared>) {
             Ok(report) => {
                 shared.metrics.observe(&report);
                 shared.metrics.sync_policies(&shared.policies);
-                if let Some(snapshot) = &report.snapshot {
-                    shared.history.lock().unwrap().push(history::Sample::of(snapshot));
+                if let Some(sample) = history::Sample::of(&report.record) {
+                    shared.history.lock().unwrap().push(sample);
                 }
             }
             Err(RecvError::Lagged(missed)) => {

@@ -104,13 +104,18 @@ mod tests {
     /// history keeps its name.
     #[test]
     fn the_history_carries_queue_names_as_values() {
-        let snapshot = flockd_core::Snapshot {
-            now: 5,
-            queues: vec![flockd_core::Queue { name: "gpu_a100".into(), pending: 3, ..Default::default() }],
+        let record = flockd_core::TickRecord {
+            at: 5,
+            queues: vec![flockd_core::journal::QueueLine { name: "gpu_a100".into(), pending: 3, oldest_wait_ms: 0 }],
+            fleet: Some(flockd_core::journal::FleetLine {
+                cost_per_hour: 0.0,
+                resources: vec![flockd_core::journal::ResourceLine { name: "a_b".into(), ..Default::default() }],
+            }),
             ..Default::default()
         };
-        let v2 = kebab(serde_json::to_value(super::super::history::Sample::of(&snapshot)).unwrap());
+        let v2 = kebab(serde_json::to_value(super::super::history::Sample::of(&record).unwrap()).unwrap());
         assert_eq!(v2["queues"][0]["name"], "gpu_a100", "{v2}");
         assert_eq!(v2["queues"][0]["pending"], 3, "{v2}");
+        assert_eq!(v2["resources"][0]["name"], "a_b", "{v2}");
     }
 }

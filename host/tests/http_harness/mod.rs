@@ -70,7 +70,11 @@ impl Flockd {
     /// [`Flockd::start`] with machines that boot in `boot_secs` (and then
     /// take tasks).
     pub async fn start_booting_in(extra: &str, boot_secs: f64) -> Flockd {
-        let dir = tempfile::tempdir().unwrap();
+        Flockd::start_in(tempfile::tempdir().unwrap(), extra, boot_secs).await
+    }
+
+    /// In `dir`, whose store a stopped flockd may have left (a restart).
+    pub async fn start_in(dir: tempfile::TempDir, extra: &str, boot_secs: f64) -> Flockd {
         let config =
             Config::parse(&format!("{CONFIG}\n{extra}"), &dir.path().join("flockd.toml")).expect("test config");
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -122,7 +126,18 @@ impl Flockd {
         self.dir.path().join("policies")
     }
 
+    /// Stops, handing back the folder with the store for a restart.
+    pub async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
+        self.shut_down().await;
+        let empty = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, empty)
+    }
+
     pub async fn stop(mut self) {
+        self.shut_down().await;
+    }
+
+    async fn shut_down(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -590,8 +590,12 @@ impl Controller {
         if let Some(snapshot) = &snapshot_arc {
             self.ready.store(true, Ordering::Relaxed);
             record.snapshot_digest = Some(snapshot.digest());
-            record.queues =
-                snapshot.queues.iter().map(|q| QueueLine { name: q.name.clone(), pending: q.pending }).collect();
+            record.queues = snapshot
+                .queues
+                .iter()
+                .map(|q| QueueLine { name: q.name.clone(), pending: q.pending, oldest_wait_ms: q.oldest_wait_ms })
+                .collect();
+            record.fleet = Some(crate::journal::FleetLine::of(snapshot));
 
             let decision = match plan {
                 Some(plan) => Decision { plan: plan(snapshot), runs: vec![] },

@@ -36,6 +36,9 @@ pub struct TickRecord {
     /// Workers unregistered because their machine is gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unregistered: Vec<String>,
+    /// The fleet as this tick observed it (none when it saw nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetLine>,
     /// The leader lease's epoch this tick ran under (a shared store only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
@@ -46,6 +49,53 @@ pub struct TickRecord {
 pub struct QueueLine {
     pub name: String,
     pub pending: u32,
+    /// How long its oldest pending task had waited (0 in records older
+    /// than this field).
+    #[serde(default)]
+    pub oldest_wait_ms: u64,
+}
+
+/// The fleet as a tick saw it, per resource: what the dashboard's charts
+/// draw, kept in the journal so they survive a restart.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetLine {
+    pub cost_per_hour: f64,
+    pub resources: Vec<ResourceLine>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceLine {
+    pub name: String,
+    pub booting: u32,
+    pub busy: u32,
+    pub idle: u32,
+    pub stopping: u32,
+}
+
+impl FleetLine {
+    /// Counts per resource (the config's, then any other a machine has).
+    pub fn of(snapshot: &crate::model::Snapshot) -> FleetLine {
+        use crate::model::InstanceState;
+        let mut resources: Vec<ResourceLine> =
+            snapshot.resources.iter().map(|r| ResourceLine { name: r.name.clone(), ..Default::default() }).collect();
+        for i in &snapshot.instances {
+            let at = match resources.iter().position(|r| r.name == i.resource) {
+                Some(at) => at,
+                None => {
+                    resources.push(ResourceLine { name: i.resource.clone(), ..Default::default() });
+                    resources.len() - 1
+                }
+            };
+            let line = &mut resources[at];
+            match (i.state, i.busy) {
+                (InstanceState::Booting, _) => line.booting += 1,
+                (InstanceState::Running, true) => line.busy += 1,
+                (InstanceState::Running, false) => line.idle += 1,
+                (InstanceState::Stopping, _) => line.stopping += 1,
+            }
+        }
+        FleetLine { cost_per_hour: snapshot.budget.cost_per_hour, resources }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -290,7 +290,7 @@ function chart(series, options) {
   for (const s of series) {
     const pts = s.points.filter(([t]) => t >= from).map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`);
     if (pts.length === 1) pts.push(pts[0]);
-    if (pts.length) root.append(svg("polyline", { points: pts.join(" "), fill: "none", stroke: s.color, "stroke-width": 2, "stroke-dasharray": s.dashed ? "4 3" : "none" }));
+    if (pts.length) root.append(svg("polyline", { points: pts.join(" "), fill: "none", stroke: s.color, "stroke-width": 2, "stroke-dasharray": s.dashed ? "4 3" : (s.dash || "none") }));
   }
   const legend = el("div", { class: "legend" }, series.map(s => el("span", {}, el("span", { class: "dot", style: `background:${s.color}` }), s.name)));
   return [root, legend];
@@ -317,6 +317,15 @@ function renderCharts(samples, status) {
     { name: "booting", color: COLORS[1], points: samples.map(s => [s.at, s.booting]) },
     capLine(status.limits["max-instances"]),
   ], { min_max: status.limits["max-instances"] }));
+  // Per resource: alive machines, and how many of them are busy.
+  const resourceOf = (s, name) => (s.resources || []).find(r => r.name === name) || {};
+  const perResource = status.resources.flatMap((r, n) => [
+    { name: r.name, color: COLORS[n % COLORS.length],
+      points: samples.map(s => { const x = resourceOf(s, r.name); return [s.at, (x.booting || 0) + (x.busy || 0) + (x.idle || 0) + (x.stopping || 0)]; }) },
+    { name: `${r.name} busy`, color: COLORS[n % COLORS.length], dash: "2 2",
+      points: samples.map(s => [s.at, resourceOf(s, r.name).busy || 0]) },
+  ]);
+  replace("chart-resources", chart(perResource, { min_max: 2 }));
   const cap = status.limits["max-cost-per-hour"];
   replace("chart-cost", chart([
     { name: "cost/h", color: COLORS[0], points: samples.map(s => [s.at, s["cost-per-hour"]]) },
