@@ -236,7 +236,8 @@ async fn refuses_to_listen_off_loopback_without_a_token() {
 /// its address is known; spend so far today; the failures panel's list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_machine_names_its_task_linked_to_the_web_ui_and_spend_counts() {
-    let flockd = Flockd::start_booting_in("[agent]\nweb-host = \"https://app.clear.example/\"\n", 0.3).await;
+    let extra = "[agent]\nweb-host = \"https://app.clear.example/\"\n\n[[policy]]\nname = \"idle\"\nsettings = { max-idle-secs = 120 }\n";
+    let flockd = Flockd::start_booting_in(extra, 0.3).await;
     let url = flockd.url.clone();
     let task = flockd.enqueue("cpu");
     let status: Value = until(Duration::from_secs(30), "a busy machine with its task", || async {
@@ -256,6 +257,9 @@ async fn a_busy_machine_names_its_task_linked_to_the_web_ui_and_spend_counts() {
     );
     assert_eq!(status["clearml-web"], "https://app.clear.example/", "{status}");
     assert!(status["failures"].is_array(), "{status}");
+    // The rules in force: the idle policy's max idle time as configured.
+    let idle = status["policies"].as_array().unwrap().iter().find(|p| p["name"] == "idle").unwrap();
+    assert_eq!(idle["settings"]["max-idle-secs"], 120, "{idle}");
     // What it has cost so far: its age at the resource's 0.5 an hour.
     let expected = 0.5 * busy["age-secs"].as_f64().unwrap() / 3600.0;
     assert!((busy["cost-so-far"].as_f64().unwrap() - expected).abs() < 1e-9, "{busy}");

@@ -219,6 +219,9 @@ pub struct PolicyStatus {
     pub last_error: Option<String>,
     pub reloads: u64,
     pub reload_failures: u64,
+    /// The settings it runs with (e.g. idle's max-idle-secs): the rules
+    /// in force. `{}` for its defaults.
+    pub settings: serde_json::Value,
 }
 
 #[derive(Serialize)]
@@ -327,6 +330,7 @@ pub fn status(shared: &Shared) -> Status {
                 last_error: c.last_error,
                 reloads: c.reloads,
                 reload_failures: c.reload_failures,
+                settings: serde_json::from_str(&p.settings_json).unwrap_or_else(|_| serde_json::json!({})),
             }
         })
         .collect();

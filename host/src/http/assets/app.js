@@ -257,12 +257,19 @@ function renderFailures(status) {
   replace("failures", items.length ? items : [el("li", { class: "muted" }, "no failures in the retention window")]);
 }
 
+function settingsText(settings) {
+  const entries = Object.entries(settings || {});
+  return entries.length ? entries.map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join(", ") : "defaults";
+}
+
 function renderPolicies(status) {
   const body = document.querySelector("#policies tbody");
   body.replaceChildren(...status.policies.map((p, n) => el("tr", { "data-policy": p.name },
     el("td", {}, n + 1), el("td", {}, p.name), el("td", {}, p.origin), el("td", {}, el("code", {}, p.version)),
     el("td", {}, clock(p["loaded-at"])), el("td", {}, p.calls), el("td", { class: p.errors ? "error" : "" }, p.errors),
-    el("td", { class: "error" }, p["last-error"] || ""))));
+    el("td", { class: "error" }, p["last-error"] || ""),
+    // The rules in force: max-idle-secs, budgets, cool-offs…
+    el("td", { class: "settings" }, el("code", {}, settingsText(p.settings))))));
   replace("reloads", status.reloads.length ? status.reloads.map(e => el("li", {
       class: "outcome-" + e.outcome.split(" ")[0], "data-policy": e.policy, "data-outcome": e.outcome,
     },
