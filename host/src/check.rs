@@ -289,10 +289,10 @@ impl Checker<'_> {
             .resources
             .iter()
             .filter(|(name, r)| {
-                let one_hop =
-                    r.aws.as_ref().and_then(|t| t.get("imds-hop-limit")).and_then(|v| v.as_integer()) == Some(1);
+                // A hop limit the table sets is the operator's decision.
+                let decided = r.aws.as_ref().and_then(|t| t.get("imds-hop-limit")).is_some();
                 config.docker_mode(name)
-                    && !one_hop
+                    && !decided
                     && config.providers.get(&r.provider).is_some_and(|p| p.kind == ProviderKind::Aws)
             })
             .map(|(name, _)| name.as_str())
@@ -301,7 +301,7 @@ impl Checker<'_> {
             self.warn(
                 &["agent"],
                 format!(
-                    "resources {} run tasks in docker on EC2: their containers reach the instance metadata service (hop limit 2), and through it the start-up data that carries the ClearML keys and any git or storage secret; run only trusted tasks there, or set imds-hop-limit = 1 in [resource.NAME.aws] if tasks need no AWS role",
+                    "resources {} run tasks in docker on EC2: their containers reach the instance metadata service (hop limit 2), and through it the start-up data that carries the ClearML keys and any git or storage secret; run only trusted tasks there, or set imds-hop-limit in [resource.NAME.aws]: 1 if tasks need no AWS role, 2 to say they may",
                     docker_on_a_cloud.join(", ")
                 ),
             );
