@@ -129,7 +129,7 @@ pub fn lease_holder(config: &Config) -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "flockd".into());
-    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let started = flockd_core::Clock::now(&SystemClock);
     format!("{host}/{}/{started}", std::process::id())
 }
 

@@ -95,7 +95,7 @@ impl Replica {
 
     fn start(&mut self, pg: &TempPostgres) {
         self.starts += 1;
-        let log = self.dir.join(format!("flockd-{}.log", self.starts));
+        let log = self.log(self.starts);
         self.process = Some(Flockd::start_with_env(&self.config, log, &[(PG_URL_ENV, &pg.url())]));
     }
 
@@ -113,10 +113,15 @@ impl Replica {
         self.leader().await.is_some_and(|l| l["leading"] == json!(true))
     }
 
+    /// The log of its `n`th start.
+    fn log(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("flockd-{n}.log"))
+    }
+
     /// Every line of every start's log that says `needle`.
     fn count_in_logs(&self, needle: &str) -> usize {
         (1..=self.starts)
-            .map(|n| std::fs::read_to_string(self.dir.join(format!("flockd-{n}.log"))).unwrap_or_default())
+            .map(|n| std::fs::read_to_string(self.log(n)).unwrap_or_default())
             .map(|log| log.lines().filter(|l| l.contains(needle)).count())
             .sum()
     }
@@ -124,7 +129,7 @@ impl Replica {
     fn logs(&self) -> String {
         let mut out = String::new();
         for n in 1..=self.starts {
-            let log = std::fs::read_to_string(self.dir.join(format!("flockd-{n}.log"))).unwrap_or_default();
+            let log = std::fs::read_to_string(self.log(n)).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             out += &format!(
                 "--- {} start {n} (last lines)\n{}\n",
