@@ -253,7 +253,8 @@ pub fn status(shared: &Shared) -> Status {
         snapshot
             .iter()
             .flat_map(|s| s.instances.iter())
-            .map(|i| InstanceStatus {
+            .map(|i| (i, secs(now.saturating_sub(i.launched_at))))
+            .map(|(i, age_secs)| InstanceStatus {
                 id: i.id.clone(),
                 resource: i.resource.clone(),
                 state: i.state,
@@ -265,7 +266,7 @@ pub fn status(shared: &Shared) -> Status {
                     (InstanceState::Stopping, _) => "stopping",
                 },
                 launched_at: i.launched_at,
-                age_secs: secs(now.saturating_sub(i.launched_at)),
+                age_secs,
                 idle_secs: i.idle_since.map(|t| secs(now.saturating_sub(t))),
                 worker: i.worker.clone(),
                 task: i.task.clone(),
@@ -275,7 +276,7 @@ pub fn status(shared: &Shared) -> Status {
                 cost_so_far: snapshot
                     .as_ref()
                     .and_then(|s| s.resource(&i.resource))
-                    .map(|r| r.price_per_hour * secs(now.saturating_sub(i.launched_at)) / 3600.0),
+                    .map(|r| r.price_per_hour * age_secs / 3600.0),
             })
             .collect();
     let count = |resource: &str, activity: &str| {

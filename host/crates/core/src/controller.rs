@@ -359,10 +359,7 @@ impl Controller {
             OperatorAction::Terminate { .. } => "an operator terminated this machine",
         };
         let plan = |snapshot: &Snapshot| terminate_where(snapshot, wanted, reason);
-        let mut state = self.state.lock().await;
-        state.tick += 1;
-        let span = tracing::info_span!("operator", tick = state.tick, action = ?action);
-        self.tick_locked(&mut state, Some(&plan), epoch).instrument(span).await
+        self.next_tick(Some(&plan), epoch, |tick| tracing::info_span!("operator", tick, action = ?action)).await
     }
 
     /// Ticks only while `leadership` says this process leads (a shared
@@ -511,17 +508,31 @@ impl Controller {
 
     /// One tick, under the lease's `epoch` when leading.
     async fn tick_as(&self, epoch: Option<u64>) -> Arc<TickRecord> {
+        self.next_tick(None, epoch, |tick| {
+            tracing::info_span!(
+                "tick",
+                tick,
+                launched = tracing::field::Empty,
+                terminated = tracing::field::Empty,
+                failed = tracing::field::Empty,
+                clamps = tracing::field::Empty
+            )
+        })
+        .await
+    }
+
+    /// Numbers the next tick and runs it in the span `span` makes of its
+    /// number; `plan`, when given, stands in for the policy chain.
+    async fn next_tick(
+        &self,
+        plan: Option<&(dyn Fn(&Snapshot) -> Plan + Sync)>,
+        epoch: Option<u64>,
+        span: impl FnOnce(u64) -> tracing::Span,
+    ) -> Arc<TickRecord> {
         let mut state = self.state.lock().await;
         state.tick += 1;
-        let span = tracing::info_span!(
-            "tick",
-            tick = state.tick,
-            launched = tracing::field::Empty,
-            terminated = tracing::field::Empty,
-            failed = tracing::field::Empty,
-            clamps = tracing::field::Empty
-        );
-        self.tick_locked(&mut state, None, epoch).instrument(span).await
+        let span = span(state.tick);
+        self.tick_locked(&mut state, plan, epoch).instrument(span).await
     }
 
     /// What flockd does to the fleet as it stops (`[controller]
@@ -537,10 +548,9 @@ impl Controller {
         };
         let reason = format!("on-shutdown = {}: flockd is stopping", mode.as_str());
         let plan = move |snapshot: &Snapshot| terminate_where(snapshot, wanted, &reason);
-        let mut state = self.state.lock().await;
-        state.tick += 1;
-        let span = tracing::info_span!("shutdown", tick = state.tick, mode = mode.as_str());
-        Some(self.tick_locked(&mut state, Some(&plan), None).instrument(span).await)
+        Some(
+            self.next_tick(Some(&plan), None, |tick| tracing::info_span!("shutdown", tick, mode = mode.as_str())).await,
+        )
     }
 
     /// One tick; `plan`, when given, stands in for the policy chain.
@@ -1033,8 +1043,6 @@ impl Controller {
     }
 }
 
-/// Drops every launch of `plan`, with a clamp line saying why (nothing when
-/// it launches nothing).
 /// A plan that terminates the machines `wanted` picks, for `reason`.
 fn terminate_where(snapshot: &Snapshot, wanted: impl Fn(&Instance) -> bool, reason: &str) -> Plan {
     Plan {
@@ -1056,6 +1064,8 @@ async fn next_action(actions: &mut Option<tokio::sync::mpsc::Receiver<ActionRequ
     }
 }
 
+/// Drops every launch of `plan`, with a clamp line saying why (nothing when
+/// it launches nothing).
 fn withhold_launches(plan: &mut Plan, record: &mut TickRecord, why: &str) {
     if plan.launches.is_empty() {
         return;

@@ -78,15 +78,15 @@ impl FleetLine {
         use crate::model::InstanceState;
         let mut resources: Vec<ResourceLine> =
             snapshot.resources.iter().map(|r| ResourceLine { name: r.name.clone(), ..Default::default() }).collect();
+        // Looked up once per machine: a tick may see 10,000 machines of 1,000 resources.
+        let mut at: std::collections::HashMap<String, usize> =
+            resources.iter().enumerate().map(|(n, r)| (r.name.clone(), n)).collect();
         for i in &snapshot.instances {
-            let at = match resources.iter().position(|r| r.name == i.resource) {
-                Some(at) => at,
-                None => {
-                    resources.push(ResourceLine { name: i.resource.clone(), ..Default::default() });
-                    resources.len() - 1
-                }
-            };
-            let line = &mut resources[at];
+            let n = *at.entry(i.resource.clone()).or_insert_with(|| {
+                resources.push(ResourceLine { name: i.resource.clone(), ..Default::default() });
+                resources.len() - 1
+            });
+            let line = &mut resources[n];
             match (i.state, i.busy) {
                 (InstanceState::Booting, _) => line.booting += 1,
                 (InstanceState::Running, true) => line.busy += 1,
